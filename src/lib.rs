@@ -1,0 +1,10 @@
+//! dqetl: a config-driven CDC streaming ETL pipeline with data quality.
+//!
+//! Data flows `cdc → pipeline → sink`; `stream` drives it; `target/{local,aws}` sit at the edge.
+//! `pipeline` is pure (Arrow batches in, a plan out) and does no I/O.
+
+pub mod cdc;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod pipeline;

@@ -1,0 +1,22 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = dqetl::cli::Cli::parse();
+    init_logging();
+    dqetl::commands::run(cli)
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`). The Delta kernel logs an ERROR
+/// when it opens an empty table directory, which is normal on first use, so it is quieted.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,buoyant_kernel=off,delta_kernel=off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
