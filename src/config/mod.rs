@@ -1,4 +1,5 @@
 //! The `tables.yaml` model, its validation (with file positions) and its compilation.
 
+pub mod layout;
 pub mod model;
 pub mod spec;
