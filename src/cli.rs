@@ -20,7 +20,12 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// The pipeline config.
-    #[arg(long, global = true, default_value = "config/tables.yaml", env = "DQETL_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "config/tables.yaml",
+        env = "DQETL_CONFIG"
+    )]
     pub config: PathBuf,
     /// Where the pipeline runs.
     #[arg(long, global = true, value_enum, default_value_t = Target::Local, env = "DQETL_TARGET")]
@@ -51,6 +56,8 @@ pub enum Command {
     Config(ConfigCommand),
     /// Write PostgreSQL DDL, DMS table mappings and the lake catalog from the config.
     Compile(CompileArgs),
+    /// SQL over the Delta tables (data, `<table>_quarantine`, `dq_metrics`).
+    Query(QueryArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,4 +71,10 @@ pub struct CompileArgs {
     /// Output directory.
     #[arg(long, short, default_value = "build")]
     pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// One SQL statement, e.g. "SELECT * FROM vehicles WHERE _is_current".
+    pub sql: String,
 }

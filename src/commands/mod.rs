@@ -1,5 +1,7 @@
 //! One file per command: read its flags, call library code, render the result.
 
+pub mod query;
+
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
@@ -10,8 +12,9 @@ pub fn run(cli: Cli) -> ExitCode {
     let result: anyhow::Result<ExitCode> = match command {
         Command::Validate | Command::Config(_) | Command::Compile(_) => {
             let _ = global;
-            anyhow::bail!("not implemented yet")
+            Err(anyhow::anyhow!("not implemented yet"))
         }
+        Command::Query(args) => query::run(&global, &args),
     };
     match result {
         Ok(code) => code,
