@@ -10,7 +10,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result: anyhow::Result<ExitCode> = match command {
         Command::Validate | Command::Config(_) | Command::Compile(_) => {
             let _ = global;
-            anyhow::bail!("not implemented yet")
+            Err(anyhow::anyhow!("not implemented yet"))
         }
     };
     match result {
