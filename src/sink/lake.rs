@@ -87,31 +87,6 @@ impl Lake {
         slots.entry(location.to_string()).or_default().clone()
     }
 
-    /// The latest state of a table, creating it with `schema` on first use. The caller holds
-    /// the slot lock for the whole read-decide-commit cycle.
-    pub(crate) async fn latest_or_create(
-        &self,
-        cached: &mut Option<DeltaTable>,
-        table: &LakeTable,
-        schema: &SchemaRef,
-    ) -> Result<DeltaTable> {
-        let location = table.location(&self.layout);
-        match cached {
-            Some(t) => {
-                t.update_incremental(None)
-                    .await
-                    .map_err(|source| delta_error(&table.name(), &location, "refresh", source))?;
-                Ok(t.clone())
-            }
-            None => {
-                let t =
-                    open_or_create(&table.name(), &location, schema, &self.storage_options).await?;
-                *cached = Some(t.clone());
-                Ok(t)
-            }
-        }
-    }
-
     /// The latest state of a table, or `None` when it does not exist yet (nothing is created).
     pub(crate) async fn latest_existing(&self, table: &LakeTable) -> Result<Option<DeltaTable>> {
         let location = table.location(&self.layout);
@@ -133,38 +108,79 @@ impl Lake {
         Ok(self.latest_existing(table).await?.and_then(|t| t.version()))
     }
 
-    /// Runs one read-decide-commit cycle on a table under its lock, retrying from a fresh
-    /// read when a concurrent writer's commit conflicts with ours.
-    pub(crate) async fn commit_cycle<T, F>(
-        &self,
-        table: &LakeTable,
-        schema: &SchemaRef,
-        mut attempt: F,
-    ) -> Result<T>
-    where
-        F: AsyncFnMut(DeltaTable) -> Result<(Option<DeltaTable>, T)>,
-    {
+    /// Takes this process's lock on a table for one read-decide-commit cycle.
+    pub(crate) async fn lock(&self, table: LakeTable) -> TableLock<'_> {
         let location = table.location(&self.layout);
-        let slot = self.slot(&location);
-        let mut cached = slot.lock().await;
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let current = self.latest_or_create(&mut cached, table, schema).await?;
-            match attempt(current).await {
-                Ok((committed, outcome)) => {
-                    if let Some(t) = committed {
-                        *cached = Some(t);
-                    }
-                    return Ok(outcome);
-                }
-                Err(err) if err.is_commit_conflict() && tries < CONFLICT_ATTEMPTS => {
-                    tracing::debug!(table = %table.name(), tries, "commit conflict; retrying on a fresh read");
-                    tokio::time::sleep(backoff(tries)).await;
-                }
-                Err(err) => return Err(err),
+        let cached = self.slot(&location).lock_owned().await;
+        TableLock {
+            lake: self,
+            table,
+            location,
+            cached,
+            tries: 0,
+        }
+    }
+}
+
+/// One writer's hold on a table: read the latest state, decide, commit; on a conflict with a
+/// concurrent writer, read again and redo the decision.
+///
+/// ```text
+/// let mut lock = lake.lock(table).await;
+/// loop {
+///     let target = lock.latest_or_create(&schema).await?;
+///     match attempt(target).await {
+///         Ok((committed, outcome)) => return Ok(lock.keep(committed, outcome)),
+///         Err(err) => lock.retry_or_fail(err).await?,
+///     }
+/// }
+/// ```
+pub(crate) struct TableLock<'a> {
+    lake: &'a Lake,
+    table: LakeTable,
+    location: String,
+    cached: tokio::sync::OwnedMutexGuard<Option<DeltaTable>>,
+    tries: u32,
+}
+
+impl TableLock<'_> {
+    /// The latest state of the table, creating it with `schema` on first use.
+    pub(crate) async fn latest_or_create(&mut self, schema: &SchemaRef) -> Result<DeltaTable> {
+        let name = self.table.name();
+        match self.cached.as_mut() {
+            Some(t) => {
+                t.update_incremental(None)
+                    .await
+                    .map_err(|source| delta_error(&name, &self.location, "refresh", source))?;
+                Ok(t.clone())
+            }
+            None => {
+                let t = open_or_create(&name, &self.location, schema, &self.lake.storage_options)
+                    .await?;
+                *self.cached = Some(t.clone());
+                Ok(t)
             }
         }
+    }
+
+    /// Keeps the state a commit produced and hands back the outcome.
+    pub(crate) fn keep<T>(&mut self, committed: Option<DeltaTable>, outcome: T) -> T {
+        if let Some(t) = committed {
+            *self.cached = Some(t);
+        }
+        outcome
+    }
+
+    /// After a failed attempt: waits and returns `Ok` when the failure was a conflict worth
+    /// retrying on a fresh read, or returns the error.
+    pub(crate) async fn retry_or_fail(&mut self, err: SinkError) -> Result<()> {
+        self.tries += 1;
+        if !err.is_commit_conflict() || self.tries >= CONFLICT_ATTEMPTS {
+            return Err(err);
+        }
+        tracing::debug!(table = %self.table.name(), tries = self.tries, "commit conflict; retrying on a fresh read");
+        tokio::time::sleep(backoff(self.tries)).await;
+        Ok(())
     }
 }
 

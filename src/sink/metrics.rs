@@ -1,6 +1,7 @@
 //! `dq_metrics`: one row per metric per batch (and per cumulative state), appended by every
 //! source table's stream into the one shared table.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -9,14 +10,12 @@ use deltalake::arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
 };
 use deltalake::arrow::record_batch::RecordBatch;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::protocol::SaveMode;
 
 use super::error::{Result, SinkError};
 use super::lake::{Lake, LakeTable};
+use super::quarantine::append;
 use super::scd2::CommitOutcome;
-use super::table::delta_error;
-use super::watermarks::{TxnPlan, last_offsets, plan_transactions, recorded};
+use super::watermarks::{TxnPlan, last_offsets, partitions, plan_transactions, recorded};
 use crate::pipeline::plan::{MetricRow, SourcePosition};
 use crate::pipeline::schema::{METRICS_TABLE, metrics_schema};
 
@@ -41,41 +40,40 @@ impl Lake {
         let batch = metrics_batch(batch_id, rows, now)?;
         let ends = last_offsets(ends);
         let schema = metrics_schema();
-        self.commit_cycle(&LakeTable::Metrics, &schema, async |target: DeltaTable| {
-            let seen = recorded(&target, METRICS_TABLE, app_prefix, ends.keys()).await?;
-            let txns = match plan_transactions(app_prefix, &ends, &seen) {
-                TxnPlan::Replay => return Ok((None, CommitOutcome::Replayed)),
-                TxnPlan::Apply(txns) => txns,
-            };
-            let location = target.table_url().to_string();
-            let committed = target
-                .write(vec![batch.clone()])
-                .with_save_mode(SaveMode::Append)
-                .with_commit_properties(
-                    CommitProperties::default().with_application_transactions(txns),
-                )
-                .await
-                .map_err(|source| delta_error(METRICS_TABLE, &location, "append", source))?;
-            let version = committed.version().unwrap_or_default();
-            tracing::debug!(
-                table = table_name,
-                batch_id,
-                version,
-                rows = rows.len(),
-                "metrics appended"
-            );
-            Ok((
-                Some(committed),
-                CommitOutcome::Committed {
-                    version,
-                    rows_inserted: rows.len(),
-                    rows_closed: 0,
-                    rows_unchanged: 0,
-                },
-            ))
-        })
-        .await
+        let mut lock = self.lock(LakeTable::Metrics).await;
+        loop {
+            let target = lock.latest_or_create(&schema).await?;
+            match append_unless_recorded(target, &batch, &ends, app_prefix).await {
+                Ok((committed, outcome)) => {
+                    tracing::debug!(table = table_name, batch_id, ?outcome, "metrics appended");
+                    return Ok(lock.keep(committed, outcome));
+                }
+                Err(err) => lock.retry_or_fail(err).await?,
+            }
+        }
     }
+}
+
+async fn append_unless_recorded(
+    target: DeltaTable,
+    batch: &RecordBatch,
+    ends: &BTreeMap<(String, i32), i64>,
+    app_prefix: &str,
+) -> Result<(Option<DeltaTable>, CommitOutcome)> {
+    let seen = recorded(&target, METRICS_TABLE, app_prefix, &partitions(ends)).await?;
+    let txns = match plan_transactions(app_prefix, ends, &seen) {
+        TxnPlan::Replay => return Ok((None, CommitOutcome::Replayed)),
+        TxnPlan::Apply(txns) => txns,
+    };
+    let committed = append(target, METRICS_TABLE, batch.clone(), txns).await?;
+    let version = committed.version().unwrap_or_default();
+    let outcome = CommitOutcome::Committed {
+        version,
+        rows_inserted: batch.num_rows(),
+        rows_closed: 0,
+        rows_unchanged: 0,
+    };
+    Ok((Some(committed), outcome))
 }
 
 /// Metric rows in the `dq_metrics` schema.

@@ -19,3 +19,28 @@ pub use lake::{Lake, LakeTable};
 pub use scd2::CommitOutcome;
 pub use table::open_existing as open_table;
 pub use watermarks::{Watermarks, app_id, rows_after_watermarks};
+
+/// The processor drives commits from spawned tasks, so every future here must be `Send`; this
+/// fails to compile otherwise.
+#[cfg(test)]
+#[allow(dead_code)]
+mod futures_are_send {
+    use deltalake::arrow::record_batch::RecordBatch;
+
+    use super::{Lake, LakeTable};
+    use crate::config::spec::TableSpec;
+    use crate::pipeline::plan::MetricRow;
+
+    fn is_send<T: Send>(_: &T) {}
+
+    fn check(lake: &Lake, table: &TableSpec, batch: &RecordBatch, rows: &[MetricRow]) {
+        let now = chrono::Utc::now();
+        is_send(&lake.commit_changes(table, batch, &[], "g", now));
+        is_send(&lake.append_quarantine(table, batch, &[], "g"));
+        is_send(&lake.append_metrics("t", 1, rows, &[], "g", now));
+        is_send(&lake.watermarks(LakeTable::Metrics, "g", &[]));
+        is_send(&lake.save_state("s", b""));
+        is_send(&lake.load_state("s"));
+        is_send(&lake.table_version(&LakeTable::Metrics));
+    }
+}

@@ -1,8 +1,11 @@
 //! `<table>_quarantine`: rows that failed an error rule or could not be decoded, appended with
 //! the batch's watermarks in one commit.
 
+use std::collections::BTreeMap;
+
 use deltalake::DeltaTable;
 use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 
@@ -11,7 +14,7 @@ use super::lake::{Lake, LakeTable};
 use super::scd2::CommitOutcome;
 use super::table::delta_error;
 use super::watermarks::{
-    TxnPlan, last_offsets, plan_transactions, recorded, rows_after_watermarks,
+    TxnPlan, last_offsets, partitions, plan_transactions, recorded, rows_after_watermarks,
 };
 use crate::config::spec::TableSpec;
 use crate::pipeline::plan::SourcePosition;
@@ -38,52 +41,69 @@ impl Lake {
             return Ok(CommitOutcome::Unchanged { rows_unchanged: 0 });
         }
         let ends = last_offsets(ends);
-        self.commit_cycle(&lake_table, &schema, async |target: DeltaTable| {
-            let partitions = rows_partitions(&name, rows)?;
-            let seen = recorded(
-                &target,
-                &name,
-                app_prefix,
-                ends.keys().chain(partitions.iter()),
-            )
-            .await?;
-            let txns = match plan_transactions(app_prefix, &ends, &seen) {
-                TxnPlan::Replay => return Ok((None, CommitOutcome::Replayed)),
-                TxnPlan::Apply(txns) => txns,
-            };
-            let fresh = rows_after_watermarks(&name, rows, &seen)?;
-            let skipped = rows.num_rows() - fresh.num_rows();
-            if fresh.num_rows() == 0 {
-                return Ok((
-                    None,
-                    CommitOutcome::Unchanged {
-                        rows_unchanged: skipped,
-                    },
-                ));
+        let row_partitions = rows_partitions(&name, rows)?;
+        let mut lock = self.lock(lake_table).await;
+        loop {
+            let target = lock.latest_or_create(&schema).await?;
+            match append_new_rows(target, &name, rows, &row_partitions, &ends, app_prefix).await {
+                Ok((committed, outcome)) => return Ok(lock.keep(committed, outcome)),
+                Err(err) => lock.retry_or_fail(err).await?,
             }
-            let location = target.table_url().to_string();
-            let written = fresh.num_rows();
-            let committed = target
-                .write(vec![fresh])
-                .with_save_mode(SaveMode::Append)
-                .with_commit_properties(
-                    CommitProperties::default().with_application_transactions(txns),
-                )
-                .await
-                .map_err(|source| delta_error(&name, &location, "append", source))?;
-            let version = committed.version().unwrap_or_default();
-            Ok((
-                Some(committed),
-                CommitOutcome::Committed {
-                    version,
-                    rows_inserted: written,
-                    rows_closed: 0,
-                    rows_unchanged: skipped,
-                },
-            ))
-        })
-        .await
+        }
     }
+}
+
+async fn append_new_rows(
+    target: DeltaTable,
+    name: &str,
+    rows: &RecordBatch,
+    partitions_of_rows: &[(String, i32)],
+    ends: &BTreeMap<(String, i32), i64>,
+    app_prefix: &str,
+) -> Result<(Option<DeltaTable>, CommitOutcome)> {
+    let mut watched = partitions(ends);
+    watched.extend_from_slice(partitions_of_rows);
+    let seen = recorded(&target, name, app_prefix, &watched).await?;
+    let txns = match plan_transactions(app_prefix, ends, &seen) {
+        TxnPlan::Replay => return Ok((None, CommitOutcome::Replayed)),
+        TxnPlan::Apply(txns) => txns,
+    };
+    let fresh = rows_after_watermarks(name, rows, &seen)?;
+    let skipped = rows.num_rows() - fresh.num_rows();
+    if fresh.num_rows() == 0 {
+        return Ok((
+            None,
+            CommitOutcome::Unchanged {
+                rows_unchanged: skipped,
+            },
+        ));
+    }
+    let written = fresh.num_rows();
+    let committed = append(target, name, fresh, txns).await?;
+    let version = committed.version().unwrap_or_default();
+    let outcome = CommitOutcome::Committed {
+        version,
+        rows_inserted: written,
+        rows_closed: 0,
+        rows_unchanged: skipped,
+    };
+    Ok((Some(committed), outcome))
+}
+
+/// Appends rows in one commit that also carries the transaction actions.
+pub(crate) async fn append(
+    target: DeltaTable,
+    name: &str,
+    rows: RecordBatch,
+    txns: Vec<Transaction>,
+) -> Result<DeltaTable> {
+    let location = target.table_url().to_string();
+    target
+        .write(vec![rows])
+        .with_save_mode(SaveMode::Append)
+        .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
+        .await
+        .map_err(|source| delta_error(name, &location, "append", source))
 }
 
 /// The partitions the rows come from (a row may come from a partition `ends` does not name).

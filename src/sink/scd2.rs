@@ -9,7 +9,7 @@
 //! snapshot the MERGE commits on (a concurrent commit makes the MERGE conflict, and the whole
 //! cycle reruns on fresh data), so the MERGE itself carries no logic that could drift.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -28,7 +28,7 @@ use deltalake::kernel::transaction::CommitProperties;
 use super::error::{Result, SinkError};
 use super::lake::{Lake, LakeTable};
 use super::table::delta_error;
-use super::watermarks::{TxnPlan, last_offsets, plan_transactions, recorded};
+use super::watermarks::{TxnPlan, last_offsets, partitions, plan_transactions, recorded};
 use crate::config::spec::{HardDeletes, TableSpec};
 use crate::pipeline::plan::SourcePosition;
 use crate::pipeline::schema::{
@@ -111,47 +111,88 @@ impl Lake {
             return Ok(CommitOutcome::Unchanged { rows_unchanged: 0 });
         }
         let groups = group_by_key(table, &shape, changes)?;
-        let ends = last_offsets(ends);
-        let lake_table = LakeTable::Data(table.name.clone());
-        let schema = data_table_schema(table);
-        self.commit_cycle(&lake_table, &schema, async |target: DeltaTable| {
-            let seen = recorded(&target, &table.name, app_prefix, ends.keys()).await?;
-            let txns = match plan_transactions(app_prefix, &ends, &seen) {
-                TxnPlan::Replay => return Ok((None, CommitOutcome::Replayed)),
-                TxnPlan::Apply(txns) => txns,
-            };
-            let state = read_state(&target, table, &shape, changes).await?;
-            let plan = plan_versions(table, &shape, changes, &groups, &state)?;
-            if plan.closes.is_empty() && plan.versions.is_empty() {
-                return Ok((
-                    None,
-                    CommitOutcome::Unchanged {
-                        rows_unchanged: plan.unchanged,
-                    },
-                ));
+        let batch = Batch {
+            table,
+            shape: &shape,
+            changes,
+            groups: &groups,
+            ends: last_offsets(ends),
+            app_prefix,
+            now,
+            schema: data_table_schema(table),
+        };
+        let mut lock = self.lock(LakeTable::Data(table.name.clone())).await;
+        loop {
+            let target = lock.latest_or_create(&batch.schema).await?;
+            match batch.apply(target).await {
+                Ok((committed, outcome)) => return Ok(lock.keep(committed, outcome)),
+                Err(err) => lock.retry_or_fail(err).await?,
             }
-            let staged = stage(table, &shape, changes, &schema, &plan, now)?;
-            let committed = merge(target, table, &shape, staged, txns).await?;
-            let version = committed.version().unwrap_or_default();
-            tracing::debug!(
-                table = %table.name,
-                version,
-                inserted = plan.versions.len(),
-                closed = plan.closes.len(),
-                unchanged = plan.unchanged,
-                "SCD2 commit"
-            );
-            Ok((
-                Some(committed),
-                CommitOutcome::Committed {
-                    version,
-                    rows_inserted: plan.versions.len(),
-                    rows_closed: plan.closes.len(),
+        }
+    }
+}
+
+/// One batch of changes and what its commit needs.
+struct Batch<'a> {
+    table: &'a TableSpec,
+    shape: &'a ChangeShape,
+    changes: &'a RecordBatch,
+    groups: &'a KeyGroups,
+    ends: BTreeMap<(String, i32), i64>,
+    app_prefix: &'a str,
+    now: DateTime<Utc>,
+    schema: SchemaRef,
+}
+
+impl Batch<'_> {
+    /// Reads the table state, decides the versions and commits them in one MERGE.
+    async fn apply(&self, target: DeltaTable) -> Result<(Option<DeltaTable>, CommitOutcome)> {
+        let Batch {
+            table,
+            shape,
+            changes,
+            groups,
+            ..
+        } = *self;
+        let seen = recorded(
+            &target,
+            &table.name,
+            self.app_prefix,
+            &partitions(&self.ends),
+        )
+        .await?;
+        let txns = match plan_transactions(self.app_prefix, &self.ends, &seen) {
+            TxnPlan::Replay => return Ok((None, CommitOutcome::Replayed)),
+            TxnPlan::Apply(txns) => txns,
+        };
+        let state = read_state(&target, table, shape, changes).await?;
+        let plan = plan_versions(table, shape, changes, groups, &state)?;
+        if plan.closes.is_empty() && plan.versions.is_empty() {
+            return Ok((
+                None,
+                CommitOutcome::Unchanged {
                     rows_unchanged: plan.unchanged,
                 },
-            ))
-        })
-        .await
+            ));
+        }
+        let staged = stage(table, shape, changes, &self.schema, &plan, self.now)?;
+        let committed = merge(target, table, shape, staged, txns).await?;
+        let version = committed.version().unwrap_or_default();
+        tracing::debug!(
+            table = %table.name,
+            version,
+            inserted = plan.versions.len(),
+            closed = plan.closes.len(),
+            unchanged = plan.unchanged,
+            "SCD2 commit"
+        );
+        let outcome = CommitOutcome::Committed {
+            version,
+            rows_inserted: plan.versions.len(),
+            rows_closed: plan.closes.len(),
+            rows_unchanged: plan.unchanged,
+        };
+        Ok((Some(committed), outcome))
     }
 }
 

@@ -38,6 +38,11 @@ pub(crate) fn last_offsets(ends: &[SourcePosition]) -> BTreeMap<(String, i32), i
     last
 }
 
+/// The partitions a batch ends in.
+pub(crate) fn partitions(ends: &BTreeMap<(String, i32), i64>) -> Vec<(String, i32)> {
+    ends.keys().cloned().collect()
+}
+
 /// What the recorded watermarks say about a batch.
 #[derive(Debug)]
 pub(crate) enum TxnPlan {
@@ -81,7 +86,7 @@ pub(crate) async fn recorded(
     table: &DeltaTable,
     table_name: &str,
     app_prefix: &str,
-    partitions: impl IntoIterator<Item = &(String, i32)>,
+    partitions: &[(String, i32)],
 ) -> Result<Watermarks> {
     let location = table.table_url().to_string();
     let snapshot = table
