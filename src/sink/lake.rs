@@ -60,6 +60,8 @@ pub struct Lake {
     layout: LakeLayout,
     storage_options: HashMap<String, String>,
     slots: Mutex<HashMap<String, Slot>>,
+    /// Progress notes this process wrote or read, by state name (see `watermarks.rs`).
+    pub(crate) notes: Mutex<HashMap<String, i64>>,
 }
 
 impl Lake {
@@ -70,6 +72,7 @@ impl Lake {
             layout,
             storage_options,
             slots: Mutex::new(HashMap::new()),
+            notes: Mutex::new(HashMap::new()),
         }
     }
 

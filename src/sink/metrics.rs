@@ -34,11 +34,14 @@ impl Lake {
         app_prefix: &str,
         now: DateTime<Utc>,
     ) -> Result<CommitOutcome> {
+        let ends = last_offsets(ends);
         if rows.is_empty() {
+            // Nothing to append, but the progress through these offsets must still count.
+            self.note_progress(&LakeTable::Metrics, app_prefix, &ends)
+                .await?;
             return Ok(CommitOutcome::Unchanged { rows_unchanged: 0 });
         }
         let batch = metrics_batch(batch_id, rows, now)?;
-        let ends = last_offsets(ends);
         let schema = metrics_schema();
         let mut lock = self.lock(LakeTable::Metrics).await;
         loop {

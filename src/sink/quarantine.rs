@@ -24,8 +24,9 @@ impl Lake {
     /// Appends quarantine rows (schema `quarantine_schema(table)`) in one commit carrying `ends`
     /// as transaction actions. Rows at or below the table's recorded offset of their partition
     /// were written before and are left out, so a replay with other batch boundaries adds no
-    /// duplicate. When no row is left nothing is committed: quarantine rows are a function of
-    /// the events alone, so replaying those events yields no rows again.
+    /// duplicate. When no row is left nothing is committed (quarantine rows are a function of
+    /// the events alone, so replaying those events yields no rows again) and a progress note
+    /// records the offsets; call this for every batch, with no rows when there are none.
     pub async fn append_quarantine(
         &self,
         table: &TableSpec,
@@ -37,19 +38,25 @@ impl Lake {
         let lake_table = LakeTable::Quarantine(table.name.clone());
         let name = lake_table.name();
         super::table::check_batch_schema(&name, "quarantine", &schema, rows)?;
-        if rows.num_rows() == 0 {
-            return Ok(CommitOutcome::Unchanged { rows_unchanged: 0 });
-        }
         let ends = last_offsets(ends);
-        let row_partitions = rows_partitions(&name, rows)?;
-        let mut lock = self.lock(lake_table).await;
-        loop {
-            let target = lock.latest_or_create(&schema).await?;
-            match append_new_rows(target, &name, rows, &row_partitions, &ends, app_prefix).await {
-                Ok((committed, outcome)) => return Ok(lock.keep(committed, outcome)),
-                Err(err) => lock.retry_or_fail(err).await?,
+        let outcome = if rows.num_rows() == 0 {
+            CommitOutcome::Unchanged { rows_unchanged: 0 }
+        } else {
+            let row_partitions = rows_partitions(&name, rows)?;
+            let mut lock = self.lock(lake_table.clone()).await;
+            loop {
+                let target = lock.latest_or_create(&schema).await?;
+                match append_new_rows(target, &name, rows, &row_partitions, &ends, app_prefix).await
+                {
+                    Ok((committed, outcome)) => break lock.keep(committed, outcome),
+                    Err(err) => lock.retry_or_fail(err).await?,
+                }
             }
+        };
+        if let CommitOutcome::Unchanged { .. } = outcome {
+            self.note_progress(&lake_table, app_prefix, &ends).await?;
         }
+        Ok(outcome)
     }
 }
 

@@ -59,7 +59,8 @@ pub enum CommitOutcome {
         rows_unchanged: usize,
     },
     /// Nothing to write: every change equals the table's state (or there were no rows). No new
-    /// table version; the watermarks stay where they were (see [`Lake::commit_changes`]).
+    /// table version, so the txn watermarks stay where they were; a progress note records the
+    /// offsets instead (see [`Lake::commit_changes`] and [`Lake::resume_offsets`]).
     Unchanged { rows_unchanged: usize },
     /// Every partition of the batch is already recorded at or beyond its end offset: the batch
     /// was committed before and is not applied again.
@@ -90,10 +91,11 @@ impl Lake {
     /// time before the key's latest recorded time (the source's clock, not Kafka, is out of
     /// order), it takes effect at that latest time so history intervals never overlap.
     ///
-    /// A batch that changes nothing creates no table version and so does not advance the
-    /// watermarks: after a restart those events are read again and are no-ops again (keys stay
-    /// in one partition, so nothing newer for them can have been committed in between). That
-    /// keeps replays and reloads from growing the log with empty versions.
+    /// A batch that changes nothing creates no table version, so replays and reloads do not grow
+    /// the log with empty versions; the txn watermarks stay behind. Reading those events again
+    /// would be harmless (they are no-ops again: keys stay in one partition, so nothing newer
+    /// for them can have been committed in between), and a progress note records the offsets so
+    /// that [`Lake::resume_offsets`] need not go back that far.
     ///
     /// Contract: a batch holds, per partition, consecutive events that start after this
     /// table's watermark (see [`Lake::watermarks`]); a batch whose partitions are all recorded
@@ -107,28 +109,35 @@ impl Lake {
         now: DateTime<Utc>,
     ) -> Result<CommitOutcome> {
         let shape = ChangeShape::of(table, changes)?;
-        if changes.num_rows() == 0 {
-            return Ok(CommitOutcome::Unchanged { rows_unchanged: 0 });
-        }
-        let groups = group_by_key(table, &shape, changes)?;
-        let batch = Batch {
-            table,
-            shape: &shape,
-            changes,
-            groups: &groups,
-            ends: last_offsets(ends),
-            app_prefix,
-            now,
-            schema: data_table_schema(table),
-        };
-        let mut lock = self.lock(LakeTable::Data(table.name.clone())).await;
-        loop {
-            let target = lock.latest_or_create(&batch.schema).await?;
-            match batch.apply(target).await {
-                Ok((committed, outcome)) => return Ok(lock.keep(committed, outcome)),
-                Err(err) => lock.retry_or_fail(err).await?,
+        let lake_table = LakeTable::Data(table.name.clone());
+        let ends = last_offsets(ends);
+        let outcome = if changes.num_rows() == 0 {
+            CommitOutcome::Unchanged { rows_unchanged: 0 }
+        } else {
+            let groups = group_by_key(table, &shape, changes)?;
+            let batch = Batch {
+                table,
+                shape: &shape,
+                changes,
+                groups: &groups,
+                ends: &ends,
+                app_prefix,
+                now,
+                schema: data_table_schema(table),
+            };
+            let mut lock = self.lock(lake_table.clone()).await;
+            loop {
+                let target = lock.latest_or_create(&batch.schema).await?;
+                match batch.apply(target).await {
+                    Ok((committed, outcome)) => break lock.keep(committed, outcome),
+                    Err(err) => lock.retry_or_fail(err).await?,
+                }
             }
+        };
+        if let CommitOutcome::Unchanged { .. } = outcome {
+            self.note_progress(&lake_table, app_prefix, &ends).await?;
         }
+        Ok(outcome)
     }
 }
 
@@ -138,7 +147,7 @@ struct Batch<'a> {
     shape: &'a ChangeShape,
     changes: &'a RecordBatch,
     groups: &'a KeyGroups,
-    ends: BTreeMap<(String, i32), i64>,
+    ends: &'a BTreeMap<(String, i32), i64>,
     app_prefix: &'a str,
     now: DateTime<Utc>,
     schema: SchemaRef,
@@ -158,10 +167,10 @@ impl Batch<'_> {
             &target,
             &table.name,
             self.app_prefix,
-            &partitions(&self.ends),
+            &partitions(self.ends),
         )
         .await?;
-        let txns = match plan_transactions(self.app_prefix, &self.ends, &seen) {
+        let txns = match plan_transactions(self.app_prefix, self.ends, &seen) {
             TxnPlan::Replay => return Ok((None, CommitOutcome::Replayed)),
             TxnPlan::Apply(txns) => txns,
         };

@@ -2,6 +2,12 @@
 //! offset it holds as a Delta transaction action (`txn`: app id `<group>:<topic>:<partition>`,
 //! version = offset). The processor resumes from these, so the log of every table says how far
 //! it has consumed, atomically with the data.
+//!
+//! A batch that has nothing to write to a table makes no commit there (no empty versions), so
+//! that table's txn watermark stays behind. For those batches a progress note (a small state
+//! object per table and partition) records "every event up to this offset is reflected in this
+//! table". A note is only ever a lower bound of the truth: losing one, or a crash before it is
+//! written, only means some no-op events are read again. [`Lake::resume_offsets`] combines both.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -154,7 +160,108 @@ pub fn rows_after_watermarks(
     })
 }
 
+/// The state name of the progress note of one table and one partition of one group.
+fn note_name(lake_table: &LakeTable, app_id: &str) -> String {
+    format!(
+        "progress-{}-{}",
+        hex::encode(lake_table.name()),
+        hex::encode(app_id)
+    )
+}
+
 impl Lake {
+    /// The offset to resume each partition of a source table's topic from: the smallest of
+    /// what its data, quarantine and metrics tables have taken in (txn watermark or progress
+    /// note), plus one. A partition missing from the answer starts from the beginning, as some
+    /// table has taken in nothing from it yet.
+    ///
+    /// This holds as long as every batch is handed to all three commit methods (with empty rows
+    /// when there is nothing for a table), so each table either commits or notes its progress.
+    pub async fn resume_offsets(
+        &self,
+        table: &str,
+        app_prefix: &str,
+        topics_partitions: &[(String, i32)],
+    ) -> Result<Watermarks> {
+        let tables = [
+            LakeTable::Data(table.to_string()),
+            LakeTable::Quarantine(table.to_string()),
+            LakeTable::Metrics,
+        ];
+        let mut taken_in: Vec<Watermarks> = Vec::with_capacity(tables.len());
+        for lake_table in tables {
+            let mut marks = self
+                .watermarks(lake_table.clone(), app_prefix, topics_partitions)
+                .await?;
+            for (topic, partition) in topics_partitions {
+                let name = note_name(&lake_table, &app_id(app_prefix, topic, *partition));
+                if let Some(noted) = self.read_note(&name).await? {
+                    let mark = marks.entry((topic.clone(), *partition)).or_insert(noted);
+                    *mark = (*mark).max(noted);
+                }
+            }
+            taken_in.push(marks);
+        }
+        let mut resume = Watermarks::new();
+        for key in topics_partitions {
+            let least = taken_in
+                .iter()
+                .map(|marks| marks.get(key).copied())
+                .collect::<Option<Vec<i64>>>();
+            if let Some(least) = least.and_then(|all| all.into_iter().min()) {
+                resume.insert(key.clone(), least + 1);
+            }
+        }
+        Ok(resume)
+    }
+
+    /// Records that a table has taken in every event up to `ends` without a commit.
+    pub(crate) async fn note_progress(
+        &self,
+        lake_table: &LakeTable,
+        app_prefix: &str,
+        ends: &BTreeMap<(String, i32), i64>,
+    ) -> Result<()> {
+        for ((topic, partition), end) in ends {
+            let name = note_name(lake_table, &app_id(app_prefix, topic, *partition));
+            let known = match self.cached_note(&name) {
+                Some(noted) => Some(noted),
+                None => self.read_note(&name).await?,
+            };
+            if known.is_some_and(|noted| noted >= *end) {
+                continue;
+            }
+            self.save_state(&name, end.to_string().as_bytes()).await?;
+            self.notes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name, *end);
+        }
+        Ok(())
+    }
+
+    fn cached_note(&self, name: &str) -> Option<i64> {
+        self.notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied()
+    }
+
+    async fn read_note(&self, name: &str) -> Result<Option<i64>> {
+        let Some(bytes) = self.load_state(name).await? else {
+            return Ok(None);
+        };
+        let noted = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok());
+        if noted.is_none() {
+            // Only a lower bound is lost: those partitions are read again from their txn watermark.
+            tracing::warn!(note = name, "unreadable progress note ignored");
+        }
+        Ok(noted)
+    }
+
     /// The offsets recorded in a table for the given partitions of one consumer group. A
     /// partition the table has never committed (or a table that does not exist yet) is absent:
     /// the processor starts that partition from the beginning for this table.

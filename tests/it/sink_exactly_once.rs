@@ -521,3 +521,92 @@ async fn state_blobs_round_trip_and_are_absent_until_saved() {
         .expect_err("refused");
     assert!(matches!(err, SinkError::StateName { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn resume_offsets_take_the_least_progress_of_the_three_tables_commits_or_not() {
+    let t = TestLake::new();
+    let table = vehicles(HardDeletes::Close, false);
+    let none = quarantined(&table, &[]);
+    let rows = changes(&table, &[insert(1, "ana", 10.0, "2026-03-01T09:00:00Z")]);
+
+    // Batch 1: data commits; quarantine and metrics have nothing to write, so they only note it.
+    let first = ends(&[(0, 4), (1, 2)]);
+    t.lake
+        .commit_changes(&table, &rows, &first, GROUP, Utc::now())
+        .await
+        .expect("data");
+    assert_eq!(
+        t.lake
+            .append_quarantine(&table, &none, &first, GROUP)
+            .await
+            .expect("quarantine"),
+        CommitOutcome::Unchanged { rows_unchanged: 0 }
+    );
+    t.lake
+        .append_metrics("vehicles", 1, &[], &first, GROUP, Utc::now())
+        .await
+        .expect("metrics");
+    let resume = t
+        .reopen()
+        .resume_offsets("vehicles", GROUP, &partitions(&[0, 1, 2]))
+        .await
+        .expect("resume");
+    let expected: HashMap<(String, i32), i64> =
+        [((TOPIC.to_string(), 0), 5), ((TOPIC.to_string(), 1), 3)].into();
+    assert_eq!(
+        resume, expected,
+        "partition 2 was never read, so it starts from the beginning"
+    );
+    assert!(
+        t.lake
+            .load_state("does-not-exist")
+            .await
+            .expect("load")
+            .is_none()
+    );
+
+    // Batch 2: the data is a no-op (noted, no commit), quarantine and metrics commit.
+    let second = ends(&[(0, 9)]);
+    let outcome = t
+        .lake
+        .commit_changes(&table, &rows, &second, GROUP, Utc::now())
+        .await
+        .expect("data");
+    assert_eq!(outcome, CommitOutcome::Unchanged { rows_unchanged: 1 });
+    t.lake
+        .append_quarantine(&table, &quarantined(&table, &[(0, 7)]), &second, GROUP)
+        .await
+        .expect("quarantine");
+    t.lake
+        .append_metrics(
+            "vehicles",
+            2,
+            &[metric("vehicles", "Size", None, 1.0, None)],
+            &second,
+            GROUP,
+            Utc::now(),
+        )
+        .await
+        .expect("metrics");
+    let resume = t
+        .reopen()
+        .resume_offsets("vehicles", GROUP, &partitions(&[0]))
+        .await
+        .expect("resume");
+    assert_eq!(resume[&(TOPIC.to_string(), 0)], 10);
+
+    // Batch 3 crashes after the data commit: quarantine and metrics never saw it, so the
+    // partition resumes where they stopped, not after the data.
+    let third = ends(&[(0, 15)]);
+    let moved = changes(&table, &[update(1, "ana", 11.0, "2026-03-01T10:00:00Z")]);
+    t.lake
+        .commit_changes(&table, &moved, &third, GROUP, Utc::now())
+        .await
+        .expect("data");
+    let resume = t
+        .reopen()
+        .resume_offsets("vehicles", GROUP, &partitions(&[0]))
+        .await
+        .expect("resume");
+    assert_eq!(resume[&(TOPIC.to_string(), 0)], 10);
+}
