@@ -166,6 +166,21 @@ impl TableLock<'_> {
         }
     }
 
+    /// The latest state of the table; `None` when it does not exist (nothing is created).
+    pub(crate) async fn latest_existing(&mut self) -> Result<Option<DeltaTable>> {
+        let name = self.table.name();
+        if self.cached.is_none() {
+            *self.cached = open_existing(&name, &self.location, &self.lake.storage_options).await?;
+            return Ok(self.cached.clone());
+        }
+        if let Some(t) = self.cached.as_mut() {
+            t.update_incremental(None)
+                .await
+                .map_err(|source| delta_error(&name, &self.location, "refresh", source))?;
+        }
+        Ok(self.cached.clone())
+    }
+
     /// Keeps the state a commit produced and hands back the outcome.
     pub(crate) fn keep<T>(&mut self, committed: Option<DeltaTable>, outcome: T) -> T {
         if let Some(t) = committed {

@@ -7,6 +7,7 @@
 
 mod error;
 mod lake;
+mod maintain;
 mod metrics;
 mod quarantine;
 mod scd2;
@@ -16,6 +17,7 @@ mod watermarks;
 
 pub use error::{Result, SinkError};
 pub use lake::{Lake, LakeTable};
+pub use maintain::Compaction;
 pub use scd2::CommitOutcome;
 pub use table::open_existing as open_table;
 pub use watermarks::{Watermarks, app_id, rows_after_watermarks};
@@ -42,5 +44,7 @@ mod futures_are_send {
         is_send(&lake.save_state("s", b""));
         is_send(&lake.load_state("s"));
         is_send(&lake.table_version(&LakeTable::Metrics));
+        is_send(&lake.compact(LakeTable::Metrics));
+        is_send(&lake.resume_offsets("t", "g", &[]));
     }
 }

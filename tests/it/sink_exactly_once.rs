@@ -610,3 +610,52 @@ async fn resume_offsets_take_the_least_progress_of_the_three_tables_commits_or_n
         .expect("resume");
     assert_eq!(resume[&(TOPIC.to_string(), 0)], 10);
 }
+
+#[tokio::test]
+async fn compaction_merges_small_files_and_keeps_rows_and_watermarks() {
+    let t = TestLake::new();
+    let table = vehicles(HardDeletes::Close, false);
+    assert_eq!(
+        t.lake
+            .compact(LakeTable::Data("vehicles".into()))
+            .await
+            .expect("compact"),
+        None,
+        "no table yet"
+    );
+    // New keys each batch: every MERGE adds a small file.
+    for id in 0..4i64 {
+        let batch = changes(&table, &[insert(id, "ana", 10.0, "2026-03-01T09:00:00Z")]);
+        t.lake
+            .commit_changes(&table, &batch, &ends(&[(0, id)]), GROUP, Utc::now())
+            .await
+            .expect("commit");
+    }
+    let before = versions(&t).await;
+    let done = t
+        .lake
+        .compact(LakeTable::Data("vehicles".into()))
+        .await
+        .expect("compact")
+        .expect("table exists");
+    assert!(
+        done.files_removed > done.files_added && done.files_added >= 1,
+        "{done:?}"
+    );
+    assert!(done.version.is_some());
+    assert_eq!(versions(&t).await, before, "compaction changes no row");
+    let marks = t
+        .lake
+        .watermarks(LakeTable::Data("vehicles".into()), GROUP, &partitions(&[0]))
+        .await
+        .expect("read");
+    assert_eq!(marks[&(TOPIC.to_string(), 0)], 3);
+
+    // A MERGE after the compaction still works on the rewritten files.
+    let batch = changes(&table, &[update(1, "ana", 14.0, "2026-03-01T09:04:00Z")]);
+    t.lake
+        .commit_changes(&table, &batch, &ends(&[(0, 4)]), GROUP, Utc::now())
+        .await
+        .expect("commit");
+    crate::sink_scd2::assert_invariants(&versions(&t).await);
+}
