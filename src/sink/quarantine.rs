@@ -9,12 +9,13 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 
-use super::error::{Result, SinkError};
+use super::error::Result;
 use super::lake::{Lake, LakeTable};
 use super::scd2::CommitOutcome;
 use super::table::delta_error;
 use super::watermarks::{
-    TxnPlan, last_offsets, partitions, plan_transactions, recorded, rows_after_watermarks,
+    TxnPlan, last_offsets, partitions, plan_transactions, recorded, row_partitions,
+    rows_after_watermarks,
 };
 use crate::config::spec::TableSpec;
 use crate::pipeline::plan::SourcePosition;
@@ -42,7 +43,7 @@ impl Lake {
         let outcome = if rows.num_rows() == 0 {
             CommitOutcome::Unchanged { rows_unchanged: 0 }
         } else {
-            let row_partitions = rows_partitions(&name, rows)?;
+            let row_partitions = row_partitions(&name, rows)?;
             let mut lock = self.lock(lake_table.clone()).await;
             loop {
                 let target = lock.latest_or_create(&schema).await?;
@@ -111,32 +112,4 @@ pub(crate) async fn append(
         .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
         .await
         .map_err(|source| delta_error(name, &location, "append", source))
-}
-
-/// The partitions the rows come from (a row may come from a partition `ends` does not name).
-fn rows_partitions(table: &str, rows: &RecordBatch) -> Result<Vec<(String, i32)>> {
-    use deltalake::arrow::array::{Array, AsArray};
-    use deltalake::arrow::datatypes::Int32Type;
-
-    use crate::pipeline::schema::{PARTITION, TOPIC};
-    let missing = |name: &str| SinkError::BatchSchema {
-        table: table.to_string(),
-        what: "quarantine",
-        detail: format!("column `{name}` is missing or mistyped"),
-    };
-    let topics = rows
-        .column_by_name(TOPIC)
-        .and_then(|c| c.as_string_opt::<i32>())
-        .ok_or_else(|| missing(TOPIC))?;
-    let partitions = rows
-        .column_by_name(PARTITION)
-        .and_then(|c| c.as_primitive_opt::<Int32Type>())
-        .ok_or_else(|| missing(PARTITION))?;
-    let mut found: Vec<(String, i32)> = (0..rows.num_rows())
-        .filter(|&i| topics.is_valid(i) && partitions.is_valid(i))
-        .map(|i| (topics.value(i).to_string(), partitions.value(i)))
-        .collect();
-    found.sort();
-    found.dedup();
-    Ok(found)
 }

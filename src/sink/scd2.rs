@@ -28,12 +28,15 @@ use deltalake::kernel::transaction::CommitProperties;
 use super::error::{Result, SinkError};
 use super::lake::{Lake, LakeTable};
 use super::table::delta_error;
-use super::watermarks::{TxnPlan, last_offsets, partitions, plan_transactions, recorded};
+use super::watermarks::{
+    TxnPlan, last_offsets, partitions, plan_transactions, recorded, row_partitions,
+    rows_after_watermarks,
+};
 use crate::config::spec::{HardDeletes, TableSpec};
 use crate::pipeline::plan::SourcePosition;
 use crate::pipeline::schema::{
     EFFECTIVE_FROM, EFFECTIVE_TO, INGESTED_AT, IS_CURRENT, OPERATION, changes_schema,
-    data_table_schema, transformed_fields,
+    data_table_schema, positioned_changes_schema, transformed_fields,
 };
 
 /// Columns of the staged MERGE source next to the data table's columns.
@@ -97,9 +100,12 @@ impl Lake {
     /// for them can have been committed in between), and a progress note records the offsets so
     /// that [`Lake::resume_offsets`] need not go back that far.
     ///
-    /// Contract: a batch holds, per partition, consecutive events that start after this
-    /// table's watermark (see [`Lake::watermarks`]); a batch whose partitions are all recorded
-    /// at or beyond their ends is skipped as a replay.
+    /// `changes` may also carry each change's `_topic/_partition/_offset`
+    /// (`positioned_changes_schema`): changes at or below their partition's watermark are then
+    /// dropped row by row, which makes a replay that overlaps the watermark safe (resuming from
+    /// [`Lake::resume_offsets`] re-reads events some tables already hold). Without positions the
+    /// caller must not pass such events. A batch whose partitions are all recorded at or beyond
+    /// their ends is skipped as a replay either way.
     pub async fn commit_changes(
         &self,
         table: &TableSpec,
@@ -163,19 +169,51 @@ impl Batch<'_> {
             groups,
             ..
         } = *self;
-        let seen = recorded(
-            &target,
-            &table.name,
-            self.app_prefix,
-            &partitions(self.ends),
-        )
-        .await?;
+        let mut watched = partitions(self.ends);
+        if shape.positioned {
+            watched.extend(row_partitions(&table.name, changes)?);
+            watched.sort();
+            watched.dedup();
+        }
+        let seen = recorded(&target, &table.name, self.app_prefix, &watched).await?;
         let txns = match plan_transactions(self.app_prefix, self.ends, &seen) {
             TxnPlan::Replay => return Ok((None, CommitOutcome::Replayed)),
             TxnPlan::Apply(txns) => txns,
         };
+        // Changes at or below the watermark of their partition were committed before: applying
+        // them again on a newer state would resurrect or duplicate versions.
+        let filtered;
+        let (changes, groups, already) = if shape.positioned && !seen.is_empty() {
+            let kept = rows_after_watermarks(&table.name, changes, &seen)?;
+            let already = changes.num_rows() - kept.num_rows();
+            if already == 0 {
+                (changes, groups, 0)
+            } else {
+                let regrouped = group_by_key(table, shape, &kept)?;
+                filtered = (kept, regrouped);
+                (&filtered.0, &filtered.1, already)
+            }
+        } else {
+            if txns.len() < self.ends.len() {
+                tracing::warn!(
+                    table = %table.name,
+                    "changes without positions overlap offsets this table already committed; \
+                     they are applied again (send positioned changes to have them filtered)"
+                );
+            }
+            (changes, groups, 0)
+        };
+        if changes.num_rows() == 0 {
+            return Ok((
+                None,
+                CommitOutcome::Unchanged {
+                    rows_unchanged: already,
+                },
+            ));
+        }
         let state = read_state(&target, table, shape, changes).await?;
-        let plan = plan_versions(table, shape, changes, groups, &state)?;
+        let mut plan = plan_versions(table, shape, changes, groups, &state)?;
+        plan.unchanged += already;
         if plan.closes.is_empty() && plan.versions.is_empty() {
             return Ok((
                 None,
@@ -213,6 +251,8 @@ struct ChangeShape {
     key_name: String,
     operation: usize,
     effective_from: usize,
+    /// The batch carries `_topic/_partition/_offset` (see `positioned_changes_schema`).
+    positioned: bool,
 }
 
 impl ChangeShape {
@@ -229,6 +269,7 @@ impl ChangeShape {
                 table: table.name.clone(),
             })?;
         let expected = changes_schema(table);
+        let positioned_schema = positioned_changes_schema(table);
         let actual = changes.schema();
         let describe = |s: &Schema| {
             s.fields()
@@ -237,13 +278,16 @@ impl ChangeShape {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let same = expected.fields().len() == actual.fields().len()
-            && expected
-                .fields()
-                .iter()
-                .zip(actual.fields())
-                .all(|(e, a)| e.name() == a.name() && e.data_type() == a.data_type());
-        if !same {
+        let same = |expected: &Schema| {
+            expected.fields().len() == actual.fields().len()
+                && expected
+                    .fields()
+                    .iter()
+                    .zip(actual.fields())
+                    .all(|(e, a)| e.name() == a.name() && e.data_type() == a.data_type())
+        };
+        let positioned = same(&positioned_schema);
+        if !positioned && !same(&expected) {
             return Err(SinkError::BatchSchema {
                 table: table.name.clone(),
                 what: "changes",
@@ -261,6 +305,7 @@ impl ChangeShape {
             key_name: expected.field(key).name().clone(),
             operation: data_columns,
             effective_from: data_columns + 1,
+            positioned,
         })
     }
 }

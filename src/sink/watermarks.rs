@@ -77,7 +77,7 @@ pub(crate) fn plan_transactions(
         TxnPlan::Replay
     } else {
         if advancing.len() < ends.len() {
-            tracing::warn!(
+            tracing::debug!(
                 already_recorded = ends.len() - advancing.len(),
                 "batch overlaps offsets this table has already committed; callers should start each \
                  partition after its watermark"
@@ -167,6 +167,34 @@ fn note_name(lake_table: &LakeTable, app_id: &str) -> String {
         hex::encode(lake_table.name()),
         hex::encode(app_id)
     )
+}
+
+/// The partitions the rows come from (a row may come from a partition `ends` does not name).
+pub(crate) fn row_partitions(table: &str, rows: &RecordBatch) -> Result<Vec<(String, i32)>> {
+    use deltalake::arrow::array::{Array, AsArray};
+    use deltalake::arrow::datatypes::Int32Type;
+
+    use crate::pipeline::schema::{PARTITION, TOPIC};
+    let missing = |name: &str| SinkError::BatchSchema {
+        table: table.to_string(),
+        what: "positioned",
+        detail: format!("column `{name}` is missing or mistyped"),
+    };
+    let topics = rows
+        .column_by_name(TOPIC)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| missing(TOPIC))?;
+    let partitions = rows
+        .column_by_name(PARTITION)
+        .and_then(|c| c.as_primitive_opt::<Int32Type>())
+        .ok_or_else(|| missing(PARTITION))?;
+    let mut found: Vec<(String, i32)> = (0..rows.num_rows())
+        .filter(|&i| topics.is_valid(i) && partitions.is_valid(i))
+        .map(|i| (topics.value(i).to_string(), partitions.value(i)))
+        .collect();
+    found.sort();
+    found.dedup();
+    Ok(found)
 }
 
 impl Lake {
