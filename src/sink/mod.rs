@@ -35,6 +35,12 @@ mod futures_are_send {
 
     fn is_send<T: Send>(_: &T) {}
 
+    fn shared_between_tasks<T: Send + Sync>() {}
+
+    fn lake_is_shareable() {
+        shared_between_tasks::<Lake>();
+    }
+
     fn check(lake: &Lake, table: &TableSpec, batch: &RecordBatch, rows: &[MetricRow]) {
         let now = chrono::Utc::now();
         is_send(&lake.commit_changes(table, batch, &[], "g", now));
