@@ -1,17 +1,21 @@
 //! One file per command: read its flags, call library code, render the result.
 
+pub mod compile;
+pub mod config_schema;
+pub mod validate;
+
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ConfigCommand, GlobalArgs};
+use crate::config::LoadContext;
 
 /// Runs a command and maps its outcome to dqetl's exit codes: 0 ok, 1 failure, 2 usage/config error.
 pub fn run(cli: Cli) -> ExitCode {
     let Cli { global, command } = cli;
     let result: anyhow::Result<ExitCode> = match command {
-        Command::Validate | Command::Config(_) | Command::Compile(_) => {
-            let _ = global;
-            anyhow::bail!("not implemented yet")
-        }
+        Command::Validate => validate::run(&global),
+        Command::Config(ConfigCommand::Schema) => config_schema::run(),
+        Command::Compile(args) => compile::run(&global, &args),
     };
     match result {
         Ok(code) => code,
@@ -19,5 +23,14 @@ pub fn run(cli: Cli) -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Placeholder values for loading the config: the stack name, and no AWS account (commands that
+/// know the account, on the aws target, set it themselves).
+pub fn load_context(global: &GlobalArgs) -> LoadContext {
+    LoadContext {
+        stack_name: global.stack_name.clone(),
+        account_id: None,
     }
 }
