@@ -35,8 +35,12 @@ pub struct LoadedConfig {
     /// The same document as a YAML tree (placeholders resolved), for checks of unknown keys.
     pub document: Yaml,
     pub positions: Positions,
-    /// Problems found while loading (placeholders that cannot be resolved); `validate` reports them.
+    /// Problems found while loading (values of the wrong shape, placeholders that cannot be
+    /// resolved); `validate` reports them with its own findings.
     pub errors: Vec<Diagnostic>,
+    /// Key paths of values that had the wrong shape: reported in `errors` and left out of
+    /// `config`, so findings under them are consequences, not news.
+    pub set_aside: Vec<String>,
 }
 
 impl LoadedConfig {
@@ -77,7 +81,8 @@ pub enum LoadError {
     /// The text is not YAML.
     #[error("{0}")]
     Syntax(Diagnostic),
-    /// YAML, but a value has the wrong shape (a string where a list belongs, ...).
+    /// YAML, but of a shape no config has (e.g. a list at the top); values of the wrong shape
+    /// deeper down are reported in [`LoadedConfig::errors`] instead.
     #[error("{0}")]
     Structure(Diagnostic),
 }
@@ -168,11 +173,9 @@ pub fn load_str_with_env(
             document,
             positions,
             errors: Vec::new(),
+            set_aside: Vec::new(),
         });
     }
-
-    serde_yaml_ng::from_str::<Config>(text)
-        .map_err(|e| LoadError::Structure(structure_error(file, &positions, &e)))?;
 
     let resolver = Resolver {
         stack_name: &ctx.stack_name,
@@ -185,6 +188,7 @@ pub fn load_str_with_env(
         document: Yaml::Null,
         positions,
         errors: Vec::new(),
+        set_aside: Vec::new(),
     };
     let mut errors = Vec::new();
     resolve_placeholders(
@@ -194,22 +198,171 @@ pub fn load_str_with_env(
         &loaded,
         &mut errors,
     );
-    // Placeholders only ever turn strings into strings, so the shape checked above still holds.
-    loaded.config = serde_yaml_ng::from_value(document.clone()).map_err(|e| {
-        LoadError::Structure(loaded.at(".", strip_location(&e.to_string()).to_string()))
-    })?;
+    // Placeholders only ever turn strings into strings, so they cannot change the shape.
+    let model = deserialize_model(text, &document, file, &loaded.positions)?;
+    errors.extend(model.errors);
+    loaded.config = model.config;
+    loaded.set_aside = model.set_aside;
     loaded.document = document;
     loaded.errors = errors;
     Ok(loaded)
 }
 
+/// Enough for any real file; a bound so a pathological one cannot loop for long.
+const MAX_STRUCTURAL_ERRORS: usize = 200;
+
+struct Model {
+    config: Config,
+    errors: Vec<Diagnostic>,
+    set_aside: Vec<String>,
+}
+
+/// Deserializes the loose model. serde stops at the first value of the wrong shape, so each one
+/// is reported, set aside (nulled) and the rest checked again: every structural error is found.
+fn deserialize_model(
+    text: &str,
+    document: &Yaml,
+    file: &str,
+    positions: &Positions,
+) -> Result<Model, LoadError> {
+    // The first error comes straight from the file, with serde's exact location.
+    let mut pending = serde_yaml_ng::from_str::<Config>(text)
+        .err()
+        .map(|e| (e, true));
+    let mut patched = document.clone();
+    let mut errors: Vec<Diagnostic> = Vec::new();
+    let mut set_aside: Vec<String> = Vec::new();
+    for _ in 0..MAX_STRUCTURAL_ERRORS {
+        let Some((error, from_file)) = pending.take() else {
+            let config = serde_yaml_ng::from_value(patched).map_err(|e| {
+                LoadError::Structure(diagnostic_at(
+                    file,
+                    positions,
+                    ".",
+                    strip_location(&e.to_string()),
+                ))
+            })?;
+            return Ok(Model {
+                config,
+                errors,
+                set_aside,
+            });
+        };
+        let d = structure_error(file, positions, &error, from_file);
+        let attempts = set_aside.iter().filter(|p| **p == d.path).count();
+        if d.path == "." || !set_aside_node(&mut patched, &d.path, attempts) {
+            return Err(LoadError::Structure(d));
+        }
+        if attempts == 0 {
+            set_aside.push(d.path.clone());
+            errors.push(d);
+        } else {
+            set_aside.push(d.path);
+        }
+        // Only errors from text carry key paths, hence the round trip through YAML text; its
+        // positions are not the file's, so positions come from the path.
+        let retext = serde_yaml_ng::to_string(&patched).map_err(|e| {
+            LoadError::Structure(diagnostic_at(file, positions, ".", &e.to_string()))
+        })?;
+        pending = serde_yaml_ng::from_str::<Config>(&retext)
+            .err()
+            .map(|e| (e, false));
+    }
+    Err(LoadError::Structure(diagnostic_at(
+        file,
+        positions,
+        ".",
+        "too many values of the wrong shape",
+    )))
+}
+
+fn diagnostic_at(file: &str, positions: &Positions, path: &str, message: &str) -> Diagnostic {
+    let pos = positions.value(path);
+    Diagnostic {
+        file: file.to_string(),
+        line: pos.line,
+        column: pos.column,
+        path: path.to_string(),
+        message: message.to_string(),
+        hint: None,
+    }
+}
+
+/// One step of a key path: `tables[2].schema` is `tables`, `[2]`, `schema`.
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+fn parse_path(path: &str) -> Option<Vec<Step>> {
+    let mut steps = Vec::new();
+    for part in path.split('.') {
+        let (key, mut rest) = part.split_at(part.find('[').unwrap_or(part.len()));
+        if !key.is_empty() {
+            steps.push(Step::Key(key.to_string()));
+        }
+        while let Some(inner) = rest.strip_prefix('[') {
+            let close = inner.find(']')?;
+            steps.push(Step::Index(inner[..close].parse().ok()?));
+            rest = &inner[close + 1..];
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+    }
+    Some(steps)
+}
+
+/// Replaces the node at `path` with something every model field accepts: a mapping key becomes
+/// null (fields are optional), a list item an empty mapping; a second failure removes it.
+fn set_aside_node(root: &mut Yaml, path: &str, attempts: usize) -> bool {
+    let Some(steps) = parse_path(path) else {
+        return false;
+    };
+    let Some((last, parents)) = steps.split_last() else {
+        return false;
+    };
+    let mut node = root;
+    for step in parents {
+        let next = match (step, node) {
+            (Step::Key(k), Yaml::Mapping(map)) => map.get_mut(k.as_str()),
+            (Step::Index(i), Yaml::Sequence(items)) => items.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(n) => node = n,
+            None => return false,
+        }
+    }
+    match (last, node, attempts) {
+        (Step::Key(k), Yaml::Mapping(map), 0) => {
+            map.get_mut(k.as_str()).map(|v| *v = Yaml::Null).is_some()
+        }
+        (Step::Key(k), Yaml::Mapping(map), 1) => map.remove(k.as_str()).is_some(),
+        (Step::Index(i), Yaml::Sequence(items), 0) if *i < items.len() => {
+            items[*i] = Yaml::Mapping(serde_yaml_ng::Mapping::new());
+            true
+        }
+        (Step::Index(i), Yaml::Sequence(items), 1) if *i < items.len() => {
+            items.remove(*i);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// A structural error from serde_yaml_ng, split into key path and message, placed at the node.
-fn structure_error(file: &str, positions: &Positions, error: &serde_yaml_ng::Error) -> Diagnostic {
+fn structure_error(
+    file: &str,
+    positions: &Positions,
+    error: &serde_yaml_ng::Error,
+    from_file: bool,
+) -> Diagnostic {
     let text = error.to_string();
     let text = strip_location(&text);
     let (path, message) = split_path(text);
     let pos = match error.location() {
-        Some(l) if !positions.contains(path) => Pos {
+        Some(l) if from_file && !positions.contains(path) => Pos {
             line: l.line(),
             column: l.column(),
         },
@@ -345,15 +498,49 @@ mod tests {
     }
 
     #[test]
-    fn structural_errors_carry_path_and_position() {
-        let text = "tables:\n  - name: a\n    schema:\n      - {name: id, type: integer, nullable: maybe}\n";
-        let err = load_str_with_env(text, "t.yaml", &ctx(), &no_env).unwrap_err();
-        let LoadError::Structure(d) = &err else {
-            panic!("expected a structural error, got {err:?}")
-        };
-        assert_eq!(d.path, "tables[0].schema[0].nullable");
-        assert_eq!(d.line, 4);
-        assert!(d.message.contains("expected a boolean"), "{}", d.message);
+    fn every_structural_error_is_reported_and_its_value_set_aside() {
+        let text = "tables:\n  - name: a\n    schema:\n      - {name: id, type: integer, nullable: maybe}\n      - just-a-string\n    transforms: {id: t1}\n";
+        let loaded = load_str_with_env(text, "t.yaml", &ctx(), &no_env).unwrap();
+        let found: Vec<(usize, &str)> = loaded
+            .errors
+            .iter()
+            .map(|d| (d.line, d.path.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (4, "tables[0].schema[0].nullable"),
+                (5, "tables[0].schema[1]"),
+                (6, "tables[0].transforms")
+            ]
+        );
+        assert!(
+            loaded.errors[0].message.contains("expected a boolean"),
+            "{}",
+            loaded.errors[0]
+        );
+        let table = &loaded.config.tables.as_ref().unwrap()[0];
+        assert_eq!(
+            table.schema.as_ref().map(Vec::len),
+            Some(2),
+            "the bad column is kept as an empty one"
+        );
+        assert!(table.transforms.is_none());
+        assert_eq!(loaded.set_aside.len(), 3);
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_mapping_is_a_structural_load_error() {
+        let err = load_str_with_env("- a\n- b\n", "t.yaml", &ctx(), &no_env).unwrap_err();
+        assert!(matches!(err, LoadError::Structure(_)), "{err:?}");
+    }
+
+    #[test]
+    fn key_paths_parse_into_steps() {
+        let steps = parse_path("tables[2].schema[10].name").unwrap();
+        assert_eq!(steps.len(), 5);
+        assert!(matches!(&steps[3], Step::Index(10)));
+        assert!(parse_path("a[x]").is_none());
     }
 
     #[test]

@@ -210,16 +210,39 @@ fn syntax_errors_are_load_errors_with_a_line() {
 
 #[test]
 fn structural_errors_name_the_key_and_line() {
-    let err = load(&fixture("structure_error"), &ctx()).expect_err("nullable: maybe");
-    let LoadError::Structure(d) = &err else {
-        panic!("expected a structural error: {err:?}")
-    };
-    assert_eq!(
-        (d.line, d.path.as_str()),
-        (7, "tables[0].schema[1].nullable"),
-        "{d}"
+    assert_single_error(
+        "structure_error",
+        7,
+        "tables[0].schema[1].nullable",
+        "expected a boolean",
     );
-    assert!(d.message.contains("expected a boolean"), "{d}");
+}
+
+#[test]
+fn structural_errors_do_not_hide_the_other_errors() {
+    let report = report_of(&fixture("structure_errors_with_others"));
+    let found: Vec<(usize, &str)> = report
+        .errors
+        .iter()
+        .map(|e| (e.line, e.path.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (7, "tables[0].schema[1].nullable"),
+            (10, "tables[0].dq_rules[0].column"),
+            (11, "tables[0].transforms")
+        ],
+        "{}",
+        listing(&report.errors)
+    );
+    assert!(
+        report.errors[2].message.contains("expected a sequence"),
+        "{}",
+        report.errors[2]
+    );
+    // `transforms` was set aside, so its absence does not add a "No transforms" warning.
+    assert!(report.warnings.is_empty(), "{}", listing(&report.warnings));
 }
 
 /// The original's 10 warnings minus the 3 it gave the internal table, plus the two declared

@@ -21,7 +21,7 @@ impl<'a> Checker<'a> {
     pub fn new(loaded: &'a LoadedConfig) -> Self {
         Checker {
             loaded,
-            errors: loaded.errors.clone(),
+            errors: Vec::new(),
             warnings: Vec::new(),
         }
     }

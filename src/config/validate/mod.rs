@@ -65,8 +65,22 @@ pub fn validate(loaded: &LoadedConfig) -> ValidationReport {
         Some(tables) => tables_of(&mut c, tables),
     };
 
-    let mut errors = c.errors;
-    let mut warnings = c.warnings;
+    // Findings under a value of the wrong shape are consequences of that error, not news.
+    let within_set_aside = |d: &Diagnostic| {
+        loaded.set_aside.iter().any(|p| {
+            d.path == *p
+                || d.path
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|rest| rest.starts_with(['.', '[']))
+        })
+    };
+    let mut errors: Vec<Diagnostic> = loaded.errors.clone();
+    errors.extend(c.errors.into_iter().filter(|d| !within_set_aside(d)));
+    let mut warnings: Vec<Diagnostic> = c
+        .warnings
+        .into_iter()
+        .filter(|d| !within_set_aside(d))
+        .collect();
     let by_position = |d: &Diagnostic| (d.line, d.column);
     errors.sort_by_key(by_position);
     warnings.sort_by_key(by_position);
