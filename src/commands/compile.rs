@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::cli::{CompileArgs, GlobalArgs, Target};
-use crate::commands::load_context;
+use crate::commands::{load_context, print_stdout};
 use crate::config::compile::{self, CATALOG_FILE, DDL_FILE, DMS_FILE, to_pretty_json};
 use crate::config::layout::LakeLayout;
 use crate::config::placeholders::LOCAL_ACCOUNT;
@@ -57,27 +57,22 @@ pub fn run(global: &GlobalArgs, args: &CompileArgs) -> anyhow::Result<ExitCode> 
             "indexes": indexes,
             "lake_tables": lake_tables,
         });
-        println!("{out}");
+        print_stdout(&format!("{out}\n"))?;
     } else {
-        println!(
-            "Validating config... OK (0 errors, {} warnings)",
-            report.warnings.len()
-        );
-        println!(
-            "Compiling DMS table mappings... {tables} tables → {} rules",
+        let warnings = report.warnings.len();
+        let target = target_name(global.target);
+        let mut text = format!(
+            "Validating config... OK (0 errors, {warnings} warnings)\n\
+             Compiling DMS table mappings... {tables} tables → {} rules\n\
+             Compiling PostgreSQL DDL... {tables} tables, {fks} foreign key(s), {indexes} index(es)\n\
+             Compiling lake catalog... {lake_tables} tables ({target} target)\n\
+             \nOutput:\n",
             tables * 2
         );
-        println!(
-            "Compiling PostgreSQL DDL... {tables} tables, {fks} foreign key(s), {indexes} index(es)"
-        );
-        println!(
-            "Compiling lake catalog... {lake_tables} tables ({} target)",
-            target_name(global.target)
-        );
-        println!("\nOutput:");
         for path in &written {
-            println!("  {}", path.display());
+            text.push_str(&format!("  {}\n", path.display()));
         }
+        print_stdout(&text)?;
     }
     Ok(ExitCode::SUCCESS)
 }

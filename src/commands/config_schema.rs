@@ -3,10 +3,11 @@
 
 use std::process::ExitCode;
 
+use crate::commands::print_stdout;
 use crate::config::model::Config;
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let schema = schemars::schema_for!(Config);
-    println!("{}", serde_json::to_string_pretty(&schema)?);
+    print_stdout(&format!("{}\n", serde_json::to_string_pretty(&schema)?))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -26,6 +26,16 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Prints to stdout; a closed pipe (`dqetl config schema | head`) is not an error.
+pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// Placeholder values for loading the config: the stack name, and no AWS account (commands that
 /// know the account, on the aws target, set it themselves).
 pub fn load_context(global: &GlobalArgs) -> LoadContext {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use crate::cli::GlobalArgs;
-use crate::commands::load_context;
+use crate::commands::{load_context, print_stdout};
 use crate::config::{Diagnostic, LoadError, ValidationReport, load, validate};
 
 /// Exit codes: 0 valid (warnings allowed), 1 errors, 2 file unreadable.
@@ -33,9 +33,9 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if global.json {
-        println!("{}", render_json(&report));
+        print_stdout(&format!("{}\n", render_json(&report)))?;
     } else {
-        print!("{}", render_human(&report));
+        print_stdout(&render_human(&report))?;
     }
     Ok(ExitCode::from(if report.is_valid() { 0 } else { 1 }))
 }
