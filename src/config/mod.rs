@@ -59,11 +59,14 @@ impl ConfigError {
     pub const EXIT_CODE: u8 = 2;
 }
 
-/// Loads and validates a config; what every command but `validate` calls. Warnings are dropped
-/// here (`dqetl validate` shows them).
+/// Loads and validates a config; what every command but `validate` calls. Warnings are logged
+/// at debug level (`dqetl validate` shows them).
 pub fn load_spec(path: &Path, ctx: &LoadContext) -> Result<ConfigSpec, ConfigError> {
     let loaded = load(path, ctx)?;
     let report = validate(&loaded);
+    for warning in &report.warnings {
+        tracing::debug!(%warning, "config warning");
+    }
     report.spec.ok_or(ConfigError::Invalid {
         file: report.file,
         errors: report.errors,

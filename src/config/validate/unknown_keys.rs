@@ -90,3 +90,63 @@ fn resolve<'a>(schema: &'a Json, defs: &'a Map<String, Json>) -> &'a Json {
         None => schema,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load::{LoadContext, load_str_with_env};
+    use crate::config::validate::validate;
+
+    #[test]
+    fn unknown_keys_are_found_at_every_depth_but_not_in_free_form_params() {
+        let text = "\
+kafka: {partitons: 6}
+tables:
+  - name: t
+    primary_key: id
+    schema:
+      - {name: id, type: integer, nulable: false}
+    dq_rules:
+      - {id: r1, type: range, colum: id, params: {min: 0, anything: 1}}
+    transforms: []
+    deequ_checks: []
+    scd2: {hard_delete: close}
+";
+        let ctx = LoadContext {
+            stack_name: "s".into(),
+            account_id: None,
+        };
+        let loaded = load_str_with_env(text, "t.yaml", &ctx, &|_| None).expect("loads");
+        let report = validate(&loaded);
+        let unknown: Vec<(&str, Option<&str>)> = report
+            .warnings
+            .iter()
+            .filter(|w| w.message.starts_with("unknown key"))
+            .map(|w| (w.path.as_str(), w.hint.as_deref()))
+            .collect();
+        assert_eq!(
+            unknown,
+            [
+                ("kafka.partitons", Some("did you mean `partitions`?")),
+                (
+                    "tables[0].schema[0].nulable",
+                    Some("did you mean `nullable`?")
+                ),
+                (
+                    "tables[0].dq_rules[0].colum",
+                    Some("did you mean `column`?")
+                ),
+                (
+                    "tables[0].scd2.hard_delete",
+                    Some("did you mean `hard_deletes`?")
+                ),
+            ]
+        );
+        // Rule params are checked per rule type instead.
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.path == "tables[0].dq_rules[0].params.anything")
+        );
+    }
+}
