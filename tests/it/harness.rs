@@ -2,12 +2,15 @@
 //! consumer-group offsets, and a broker on SQLite storage keeps both across a restart.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use dqetl::target::local::ports::free_port;
+use dqetl::target::local::postgres::{CreateOutcome, InitOutcome, StartOutcome};
 use dqetl::target::local::{
-    Broker, BrokerOptions, SpawnOptions, StopOutcome, Storage, create_topics,
+    Broker, BrokerOptions, Durability, PostgresCluster, SpawnOptions, StopOutcome, Storage,
+    create_topics,
 };
 use nix::sys::signal::Signal;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -75,6 +78,79 @@ async fn postgres_fresh_database_stores_and_returns_a_row() {
         .expect("show")
         .get(0);
     assert_eq!(wal_level, "logical");
+}
+
+/// Stops a `pg_ctl`-started cluster even when the test fails, since it is not tied to us.
+struct StopOnDrop(PostgresCluster);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.stop();
+    }
+}
+
+#[tokio::test]
+async fn a_deployed_cluster_initialises_starts_and_stops_idempotently() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // PostgreSQL runs as the `postgres` user, which must be able to enter the folder.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let port = free_port().expect("free port");
+    let cluster = PostgresCluster::new(dir.path().join("pg"), port)
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)))
+        .with_log_file(dir.path().join("logs/postgres.log"))
+        .with_durability(Durability::UnsafeForTestsOnly);
+
+    assert_eq!(cluster.init().expect("init"), InitOutcome::Created);
+    assert_eq!(
+        cluster.init().expect("init again"),
+        InitOutcome::AlreadyInitialized
+    );
+    assert!(!cluster.is_running().expect("status"));
+
+    let guard = StopOnDrop(cluster.clone());
+    assert_eq!(cluster.start().expect("start"), StartOutcome::Started);
+    assert_eq!(
+        cluster.start().expect("start again"),
+        StartOutcome::AlreadyRunning
+    );
+    assert!(cluster.is_ready());
+    assert_eq!(
+        cluster.create_database("orders").await.expect("create"),
+        CreateOutcome::Created
+    );
+    assert_eq!(
+        cluster
+            .create_database("orders")
+            .await
+            .expect("create again"),
+        CreateOutcome::AlreadyExists
+    );
+    let refused = cluster
+        .create_database("orders; DROP")
+        .await
+        .expect_err("not a plain name");
+    assert!(refused.to_string().contains("orders; DROP"), "{refused}");
+
+    let (client, connection) =
+        tokio_postgres::connect(&cluster.url("orders"), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+    let connection = tokio::spawn(connection);
+    let slots: String = client
+        .query_one("SHOW max_replication_slots", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(slots, "10");
+    drop(client);
+    let _ = connection.await;
+
+    assert_eq!(cluster.stop().expect("stop"), StopOutcome::Exited);
+    assert!(!cluster.is_ready());
+    assert_eq!(cluster.stop().expect("stop again"), StopOutcome::NotRunning);
+    drop(guard);
+    let log = std::fs::read_to_string(cluster.log_file()).expect("server log");
+    assert!(log.contains("database system is shut down"), "{log}");
 }
 
 #[tokio::test]
