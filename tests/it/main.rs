@@ -1,1 +1,5 @@
+//! The one integration-test binary: real PostgreSQL, tansu and Delta tables on disk.
 
+mod support;
+
+mod harness;
