@@ -1,1 +1,1 @@
-
+mod aws_template;
