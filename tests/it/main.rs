@@ -2,4 +2,5 @@
 
 mod support;
 
+mod aws_template;
 mod harness;
