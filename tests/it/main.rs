@@ -2,6 +2,8 @@
 
 mod support;
 
+mod aws_template;
 mod compile_ddl_postgres;
 mod compile_golden;
 mod config_validate;
+mod harness;
