@@ -196,7 +196,11 @@ fn decode_one(
                 .and_then(|text| serde_json::from_str::<Value>(text).ok())
                 .and_then(|document| masked_raw(table, &document, masks))
         };
-        return Outcome::Malformed { reason, operation: None, raw };
+        return Outcome::Malformed {
+            reason,
+            operation: None,
+            raw,
+        };
     }
     let text = match std::str::from_utf8(payload) {
         Ok(text) => text,
@@ -1003,5 +1007,34 @@ mod tests {
             ),
             (2, 3, 1)
         );
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic_and_are_accounted_for(payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..20)) {
+                let table = telemetry_table();
+                let decoded = decode_payloads(&table, &payloads);
+                prop_assert_eq!(decoded.rows.num_rows() + decoded.malformed.len() + decoded.control_records as usize, payloads.len());
+                prop_assert!(decoded.malformed.iter().all(|m| m.reason.starts_with("malformed: ")));
+            }
+
+            #[test]
+            fn damaged_messages_are_malformed_never_lost(cut in 0_usize..400, flip in 0_usize..400, byte in any::<u8>()) {
+                let table = telemetry_table();
+                let mut damaged = dms(&table, "update", good(3), 0);
+                if flip < damaged.len() {
+                    damaged[flip] = byte;
+                }
+                damaged.truncate(cut.max(1));
+                let decoded = decode_payloads(&table, &[damaged, dms(&table, "insert", good(4), 1)]);
+                prop_assert_eq!(decoded.rows.num_rows() + decoded.malformed.len() + decoded.control_records as usize, 2);
+                prop_assert!(decoded.rows.num_rows() >= 1);
+            }
+        }
     }
 }

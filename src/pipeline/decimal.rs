@@ -418,4 +418,41 @@ mod tests {
         assert_eq!(d("-9223372036854775808").to_i64(), Some(i64::MIN));
         assert_eq!(d("37.1").to_f64(), 37.1);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #[test]
+            fn parsing_arbitrary_text_never_panics(text in "\\PC{0,40}") {
+                let _ = Decimal::parse(&text);
+            }
+
+            #[test]
+            fn finite_doubles_round_trip_through_their_decimal_form(x in any::<f64>().prop_filter("finite", |x| x.is_finite())) {
+                let decimal = Decimal::from_f64(x);
+                prop_assert!(decimal.is_some());
+                prop_assert_eq!(decimal.map(|d| d.to_f64()), Some(x));
+            }
+
+            #[test]
+            fn half_up_on_cents_matches_integer_arithmetic(cents in -10_000_000_i64..10_000_000) {
+                // cents / 100 rounded to 1 decimal, ties away from zero, computed on integers.
+                let tenths = (cents.abs() + 5) / 10 * cents.signum();
+                let expected = Decimal::from_unscaled(i128::from(tenths), 1);
+                let rounded = Decimal::from_unscaled(i128::from(cents), 2).round_half_up(1);
+                prop_assert_eq!(rounded, expected);
+            }
+
+            #[test]
+            fn value_order_matches_integer_order(a in -1_000_000_i64..1_000_000, b in -1_000_000_i64..1_000_000, sa in 0_i8..6, sb in 0_i8..6) {
+                // a×10^-sa vs b×10^-sb, compared exactly on integers scaled to 10^-6.
+                let scale = |v: i64, s: i8| i128::from(v) * 10_i128.pow(6 - s as u32);
+                let expected = scale(a, sa).cmp(&scale(b, sb));
+                prop_assert_eq!(Decimal::from_unscaled(i128::from(a), sa).cmp_value(&Decimal::from_unscaled(i128::from(b), sb)), expected);
+            }
+        }
+    }
 }
