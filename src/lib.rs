@@ -10,3 +10,4 @@ pub mod config;
 pub mod pipeline;
 pub mod query;
 pub mod sink;
+pub mod target;

@@ -1,5 +1,12 @@
-//! The one integration test binary: each module is a scenario family against real services.
+//! The one integration-test binary: real PostgreSQL, tansu and Delta tables on disk.
 
+mod support;
+
+mod aws_template;
+mod compile_ddl_postgres;
+mod compile_golden;
+mod config_validate;
+mod harness;
 mod query_local;
 mod sink_exactly_once;
 mod sink_python_reader;

@@ -161,7 +161,24 @@ fn the_query_command_prints_json_rows_from_the_stack_lake() {
     let config = cwd.path().join("tables.yaml");
     std::fs::write(
         &config,
-        "tables:\n  - name: vehicles\n    primary_key: id\n  - name: drivers\n  - name: dq_metrics\n    internal: true\n",
+        r#"settings:
+  trigger_interval: "10 seconds"
+kafka:
+  bootstrap_servers: "PLACEHOLDER_BOOTSTRAP_SERVERS"
+tables:
+  - name: vehicles
+    primary_key: id
+    schema:
+      - {name: id, type: long, nullable: false}
+      - {name: driver, type: string}
+      - {name: speed, type: double}
+    transforms:
+      - {id: t1, type: rename, column: driver, params: {new_name: driver_name}, order: 1}
+  - name: drivers
+    primary_key: id
+    schema:
+      - {name: id, type: long, nullable: false}
+"#,
     )
     .expect("write config");
 
@@ -190,7 +207,12 @@ fn the_query_command_prints_json_rows_from_the_stack_lake() {
     assert_eq!(rows, serde_json::json!([{"id": 1, "speed": 15.0}]));
 
     let out = run("SELECT * FROM drivers");
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("`drivers` has no data yet"), "{stderr}");
+
+    std::fs::write(&config, "tables: [{name: broken}]\n").expect("write config");
+    let out = run("SELECT 1");
+    assert_eq!(out.status.code(), Some(2), "a config error exits with 2");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tables.yaml"));
 }
