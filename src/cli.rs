@@ -53,6 +53,8 @@ pub enum Command {
     Compile(CompileArgs),
     /// SQL over the Delta tables (data, `<table>_quarantine`, `dq_metrics`).
     Query(QueryArgs),
+    /// Run the streaming processor: Kafka → DQ rules → quarantine → transforms → SCD2 → Delta.
+    Process(crate::commands::process::ProcessArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,4 +10,5 @@ pub mod config;
 pub mod pipeline;
 pub mod query;
 pub mod sink;
+pub mod stream;
 pub mod target;
