@@ -2,7 +2,6 @@
 //! consumer-group offsets, and a broker on SQLite storage keeps both across a restart.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -91,13 +90,11 @@ impl Drop for StopOnDrop {
 
 #[tokio::test]
 async fn a_deployed_cluster_initialises_starts_and_stops_idempotently() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // PostgreSQL runs as the `postgres` user, which must be able to enter the folder.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let dir = support::scratch_dir("pg-ctl");
     let port = free_port().expect("free port");
-    let cluster = PostgresCluster::new(dir.path().join("pg"), port)
+    let cluster = PostgresCluster::new(dir.join("pg"), port)
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)))
-        .with_log_file(dir.path().join("logs/postgres.log"))
+        .with_log_file(dir.join("logs/postgres.log"))
         .with_durability(Durability::UnsafeForTestsOnly);
 
     assert_eq!(cluster.init().expect("init"), InitOutcome::Created);
@@ -189,8 +186,7 @@ async fn a_new_group_member_resumes_after_the_committed_offsets() {
 
 #[tokio::test]
 async fn a_broker_on_sqlite_keeps_topics_messages_and_group_offsets_across_a_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let work_dir = dir.path().join("broker");
+    let work_dir = support::scratch_dir("sqlite-broker").join("broker");
     let storage = Storage::Sqlite(PathBuf::from("data/tansu.db"));
     let port = free_port().expect("free port");
     // Tied to this test's thread: a failing test does not leave the broker running.

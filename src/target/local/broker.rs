@@ -212,6 +212,7 @@ impl Broker {
             "ADVERTISED_LISTENER_URL",
             "STORAGE_ENGINE",
             "SCHEMA_REGISTRY",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
         ] {
             command.env_remove(var);
         }
@@ -222,8 +223,11 @@ impl Broker {
             work_dir,
             log_file,
         };
-        process::write_pid_file(&pid_file, broker.pid)?;
-        if let Err(e) = broker.wait_ready(options.ready_timeout) {
+        let ready = process::write_pid_file(&pid_file, broker.pid)
+            .map_err(BrokerError::from)
+            .and_then(|()| broker.wait_ready(options.ready_timeout));
+        if let Err(e) = ready {
+            // A broker nobody can find or use must not keep running.
             let _ = broker.stop();
             return Err(e);
         }

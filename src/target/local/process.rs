@@ -345,11 +345,25 @@ mod tests {
             .id()
     }
 
+    /// Waits until the log's last line is `line`, so a signal does not race the child's start.
+    fn wait_for_line(log: &Path, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log_tail(log, 1) != line {
+            assert!(
+                Instant::now() < deadline,
+                "{} never said {line:?}",
+                log.display()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn a_stopped_child_is_reported_dead_and_its_output_is_in_the_log() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("logs/sleep.log");
         let pid = sleeper(&SpawnOptions::default(), &log);
+        wait_for_line(&log, "started");
         assert!(is_alive(pid));
         assert_eq!(
             stop_pid(pid, Signal::SIGTERM, Duration::from_secs(5)).expect("stop"),
@@ -361,7 +375,6 @@ mod tests {
             StopOutcome::NotRunning
         );
         assert!(wait_for_exit(pid, Duration::from_secs(1)));
-        assert_eq!(log_tail(&log, 5), "started");
     }
 
     #[test]
@@ -377,10 +390,7 @@ mod tests {
         let pid = spawn_logged(command, &log, &SpawnOptions::default())
             .expect("spawn")
             .id();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while log_tail(&log, 1) != "ready" && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_line(&log, "ready");
         let outcome = stop_pid(pid, Signal::SIGTERM, Duration::from_millis(300)).expect("stop");
         assert_eq!(outcome, StopOutcome::Killed);
         assert!(!is_alive(pid));

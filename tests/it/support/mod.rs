@@ -7,8 +7,11 @@
 //!   the folder (kept when `DQETL_KEEP_TEST_DIRS` is set, to read the service logs).
 //! - The test binary is killed or crashes: the services are spawned by one dedicated thread
 //!   that lives as long as the process, with a parent-death signal (PostgreSQL: SIGQUIT, its
-//!   immediate shutdown; tansu: SIGKILL), so they die with the process. Folders of such runs
-//!   are removed by the next run.
+//!   immediate shutdown; tansu: SIGKILL), so they die with the process. The next run stops
+//!   whatever such a run left in its folder (services a test started itself through
+//!   `pg_ctl`, which detaches them) and removes the folder.
+//!
+//! Tests that start their own services do so in [`scratch_dir`] folders.
 #![allow(dead_code)] // Each test module uses a part of the harness.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -207,7 +210,7 @@ struct ExitStop {
 }
 
 static EXIT_STOPS: Mutex<Vec<ExitStop>> = Mutex::new(Vec::new());
-static RUN_ROOT: OnceLock<PathBuf> = OnceLock::new();
+static RUN_ROOT: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 fn register_for_exit(pid: u32, signal: Signal) {
     EXIT_STOPS
@@ -216,30 +219,43 @@ fn register_for_exit(pid: u32, signal: Signal) {
         .push(ExitStop { pid, signal });
 }
 
-/// `$TMPDIR/dqetl-it-<pid>`: this run's services live here. Creating it removes the folders of
-/// earlier runs that died without cleaning up, and registers the exit hook.
+/// A new empty folder for one test inside this run's folder, enterable by the `postgres` user.
+/// Services a test starts there itself are stopped at exit or by the next run if it has to.
+pub fn scratch_dir(prefix: &str) -> PathBuf {
+    let dir = run_root()
+        .unwrap_or_else(|e| panic!("test folder: {e}"))
+        .join(unique(prefix));
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+/// `$TMPDIR/dqetl-it-<pid>`: everything of this run lives here. Creating it cleans up after
+/// earlier runs that died, and registers the exit hook.
 fn run_root() -> Result<PathBuf, String> {
-    if let Some(root) = RUN_ROOT.get() {
+    let mut slot = RUN_ROOT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(root) = slot.as_ref() {
         return Ok(root.clone());
     }
     let tmp = std::env::temp_dir();
     remove_dead_runs(&tmp);
     let root = tmp.join(format!("{ROOT_PREFIX}{}", std::process::id()));
     std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
-    // PostgreSQL runs as the `postgres` user and must be able to enter this folder.
+    // PostgreSQL runs as the `postgres` user and must be able to enter this folder (folders
+    // created inside it get 0755 from the umask).
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| format!("cannot open up {}: {e}", root.display()))?;
-    // Runs on the service thread only, so there is no race between get and set.
-    let root = RUN_ROOT.get_or_init(|| root).clone();
     // SAFETY: registers a plain `extern "C"` function with no arguments, as atexit expects.
     let registered = unsafe { nix::libc::atexit(stop_services_at_exit) };
     if registered != 0 {
         return Err("cannot register the exit hook that stops the test services".to_string());
     }
+    *slot = Some(root.clone());
     Ok(root)
 }
 
+/// Removes the folders of earlier runs whose process is gone, stopping what still runs there.
 fn remove_dead_runs(tmp: &Path) {
     let Ok(entries) = std::fs::read_dir(tmp) else {
         return;
@@ -254,9 +270,58 @@ fn remove_dead_runs(tmp: &Path) {
             continue;
         };
         if pid != std::process::id() && !process::is_alive(pid) {
+            stop_services_under(&entry.path());
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// Stops services whose pid file (`postmaster.pid`, `tansu.pid`) lies under `dir`, if they
+/// still run there: PostgreSQL works in its data folder and tansu in its work folder, so a
+/// reused pid of an unrelated process is never hit. These are the ones a test started itself
+/// (e.g. through `pg_ctl`, which detaches the server) and could not stop because it crashed.
+fn stop_services_under(dir: &Path) {
+    let Ok(dir) = dir.canonicalize() else { return };
+    for pid_file in pid_files(&dir, 4) {
+        let Ok(Some(pid)) = process::read_pid_file(&pid_file) else {
+            continue;
+        };
+        let works_here =
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir));
+        if works_here {
+            // SIGQUIT is PostgreSQL's immediate shutdown; tansu has nothing left worth keeping.
+            let is_postgres = pid_file.file_name().is_some_and(|n| n == "postmaster.pid");
+            let signal = if is_postgres {
+                Signal::SIGQUIT
+            } else {
+                Signal::SIGKILL
+            };
+            let _ = process::stop_pid(pid, signal, Duration::from_secs(10));
+        }
+    }
+}
+
+fn pid_files(dir: &Path, depth: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() && depth > 0 {
+            found.extend(pid_files(&path, depth - 1));
+        } else if kind.is_file()
+            && path
+                .file_name()
+                .is_some_and(|n| n == "postmaster.pid" || n == "tansu.pid")
+        {
+            found.push(path);
+        }
+    }
+    found
 }
 
 extern "C" fn stop_services_at_exit() {
@@ -272,7 +337,10 @@ extern "C" fn stop_services_at_exit() {
                 );
             }
         }
-        if let Some(root) = RUN_ROOT.get() {
+        let root = RUN_ROOT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(root) = root {
+            // Anything a test started itself and left running.
+            stop_services_under(&root);
             if std::env::var_os("DQETL_KEEP_TEST_DIRS").is_some() {
                 eprintln!(
                     "test harness: kept {} (DQETL_KEEP_TEST_DIRS is set)",
