@@ -7,4 +7,5 @@ pub mod cdc;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod generate;
 pub mod pipeline;
