@@ -24,7 +24,7 @@ pub(crate) fn fails(rule: &RuleSpec, value: &Value) -> bool {
         },
         RuleKind::AllowedValues { values } => {
             let text = value.rule_text().unwrap_or_default();
-            !values.iter().any(|allowed| *allowed == text)
+            !values.contains(&text)
         }
         RuleKind::Regex { pattern } => !pattern.is_match(&value.rule_text().unwrap_or_default()),
         RuleKind::Length { min, max } => {

@@ -32,7 +32,7 @@ pub enum GenerateError {
     Rejected {
         table: String,
         operation: &'static str,
-        rejection: DbRejection,
+        rejection: Box<DbRejection>,
     },
     #[error("{operation} on table '{table}' affected {affected} rows instead of 1")]
     RowCount {
@@ -41,7 +41,7 @@ pub enum GenerateError {
         affected: u64,
     },
     #[error("the database rejected the commit of a transaction: {0}")]
-    Commit(DbRejection),
+    Commit(Box<DbRejection>),
     #[error("cannot make a value for column '{column}' of table '{table}': {reason}")]
     NoValue {
         table: String,
@@ -72,7 +72,11 @@ pub struct DbRejection {
 }
 
 impl DbRejection {
-    pub(crate) fn from_error(error: &tokio_postgres::Error) -> DbRejection {
+    pub(crate) fn from_error(error: &tokio_postgres::Error) -> Box<DbRejection> {
+        Box::new(Self::reduce(error))
+    }
+
+    fn reduce(error: &tokio_postgres::Error) -> DbRejection {
         match error.as_db_error() {
             Some(db) => {
                 let code = db.code().code().to_string();

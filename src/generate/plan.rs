@@ -80,7 +80,7 @@ impl Plan {
         }
         let creation_order = creation_order(&tables);
         // Planning draws from its own stream so that it never shifts the traffic's choices.
-        let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_0f_91a4);
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x05ee_d0f9_1a4c);
         let gens: Vec<Vec<ColumnGen>> = tables
             .iter()
             .map(|t| {

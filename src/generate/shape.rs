@@ -513,6 +513,30 @@ pub(crate) mod tests {
         }
     }
 
+    pub(crate) fn config(tables: Vec<TableSpec>) -> crate::config::spec::ConfigSpec {
+        use crate::config::spec::{ConfigSpec, KafkaSpec, SettingsSpec};
+        ConfigSpec {
+            settings: SettingsSpec {
+                checkpoint_location: None,
+                quarantine_path: None,
+                delta_bucket: None,
+                trigger_interval: std::time::Duration::from_secs(15),
+                max_batch_records: 100_000,
+                max_batch_bytes: 1 << 20,
+            },
+            kafka: KafkaSpec {
+                bootstrap_servers: None,
+                security_protocol: None,
+                sasl_mechanism: None,
+                sasl_username: None,
+                partitions: 3,
+                consumer_group: None,
+            },
+            schema_name: "public".into(),
+            tables,
+        }
+    }
+
     pub(crate) fn shape(spec: &TableSpec) -> TableShape {
         let all = [spec.clone()];
         TableShape::build(

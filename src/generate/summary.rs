@@ -308,3 +308,182 @@ impl Summary {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::spec::{ColumnType, HardDeletes, RuleKind};
+    use crate::generate::Mode;
+    use crate::generate::check::tests::rule;
+    use crate::generate::ledger::{LedgerEvent, RuleRef, TableLedger};
+    use crate::generate::row::Key;
+    use crate::generate::shape::tests::{catalog_for, column, config, table};
+
+    fn event(operation: Operation, failed_rules: Vec<u16>, quarantined: bool) -> LedgerEvent {
+        LedgerEvent {
+            operation,
+            failed_rules,
+            quarantined,
+        }
+    }
+
+    /// A table with an error rule (0) and a warning rule (1), and a ledger of four keys:
+    /// 1: valid insert, quarantined update        → current (its insert stays current)
+    /// 2: insert failing both rules, delete       → deleted, never loaded
+    /// 3: quarantined insert, valid update        → current (from the update)
+    /// 4: valid insert, warned update, valid update, delete → deleted
+    fn scenario(hard_deletes: HardDeletes) -> Summary {
+        let mut t = table(
+            "t",
+            vec![
+                column("id", ColumnType::Int, false),
+                column("v", ColumnType::Double, true),
+                column("w", ColumnType::String, true),
+            ],
+        );
+        let mut warning = rule(
+            "warn",
+            "w",
+            RuleKind::AllowedValues {
+                values: vec!["a".into()],
+            },
+        );
+        warning.severity = Severity::Warning;
+        t.rules = vec![
+            rule(
+                "err",
+                "v",
+                RuleKind::Range {
+                    min: Some(0.0),
+                    max: Some(10.0),
+                },
+            ),
+            warning,
+        ];
+        t.scd2.hard_deletes = hard_deletes;
+        let spec = config(vec![t.clone()]);
+        let plan = Plan::build(
+            &spec,
+            &[catalog_for(&t)],
+            Mode::Generic,
+            1,
+            chrono::NaiveDateTime::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let rules = t
+            .rules
+            .iter()
+            .map(|r| RuleRef {
+                id: r.id.clone(),
+                column: r.column.clone(),
+                severity: r.severity,
+            })
+            .collect();
+        let mut ledger = Ledger::new(vec![TableLedger::new("t".into(), rules, 5)]);
+        use Operation::{Delete, Insert, Update};
+        for (key, events) in [
+            (
+                1,
+                vec![event(Insert, vec![], false), event(Update, vec![0], true)],
+            ),
+            (
+                2,
+                vec![
+                    event(Insert, vec![0, 1], true),
+                    event(Delete, vec![], false),
+                ],
+            ),
+            (
+                3,
+                vec![event(Insert, vec![0], true), event(Update, vec![], false)],
+            ),
+            (
+                4,
+                vec![
+                    event(Insert, vec![], false),
+                    event(Update, vec![1], false),
+                    event(Update, vec![], false),
+                    event(Delete, vec![], false),
+                ],
+            ),
+        ] {
+            for e in events {
+                ledger.record(0, Key::Int(key), e);
+            }
+        }
+        let run = RunFacts {
+            seed: 1,
+            bad_ratio: 0.1,
+            events: 9,
+            seed_writes: 0,
+            stopped: StopReason::Budget,
+            elapsed_seconds: 0.0,
+        };
+        Summary::build(&ledger, &plan, run)
+    }
+
+    #[test]
+    fn expectations_follow_the_processor_semantics() {
+        let s = scenario(HardDeletes::Close);
+        let t = s.table("t").cloned().unwrap_or_else(|| panic!("no table"));
+        assert_eq!(
+            t.written,
+            OperationCounts {
+                insert: 4,
+                update: 4,
+                delete: 2
+            }
+        );
+        assert_eq!(
+            t.source,
+            SourceExpectation {
+                preexisting_rows: 5,
+                rows: 7,
+                live_keys: 2,
+                deleted_keys: 2
+            }
+        );
+        assert_eq!(t.lake.current_rows, 2);
+        assert_eq!(
+            (
+                t.lake.quarantined_rows,
+                t.lake.quarantined_inserts,
+                t.lake.quarantined_updates
+            ),
+            (3, 2, 1)
+        );
+        // Loaded versions: key 1's insert, key 3's update, key 4's insert and two updates.
+        assert_eq!((t.lake.versions_min, t.lake.versions_max), (2, 5));
+        let err = s.rule("t", "err").cloned().unwrap_or_else(|| panic!("err"));
+        assert_eq!((err.failures, err.quarantined), (3, 3));
+        // The warning rule failed twice; only the row that also failed the error rule is quarantined.
+        let warn = s
+            .rule("t", "warn")
+            .cloned()
+            .unwrap_or_else(|| panic!("warn"));
+        assert_eq!(
+            (warn.failures, warn.quarantined, warn.severity),
+            (2, 1, "warning")
+        );
+    }
+
+    #[test]
+    fn tombstones_raise_the_upper_bound_of_versions() {
+        let t = scenario(HardDeletes::Tombstone).tables.remove(0);
+        assert_eq!((t.lake.versions_min, t.lake.versions_max), (2, 7));
+    }
+
+    #[test]
+    fn the_text_rendering_lists_tables_rules_and_notes() {
+        let mut s = scenario(HardDeletes::Close);
+        s.notes.push("a note".into());
+        let text = s.render_text();
+        assert!(text.contains("generic traffic, seed 1"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("t ") && l.contains("2..5")),
+            "{text}"
+        );
+        assert!(text.contains("  - a note"), "{text}");
+    }
+}

@@ -113,6 +113,8 @@ const ZONE_RADIUS: f64 = 0.04;
 /// Simulated seconds between two telemetry rows of a vehicle.
 const TICK_SECONDS: f64 = 5.0;
 const MAX_SPEED: f64 = 80.0;
+/// Open deliveries given a chance to move on per delivery action.
+const DELIVERY_MOVES: usize = 3;
 const MAKES: [(&str, &str); 6] = [
     ("Ford", "Transit"),
     ("Ford", "E-Transit"),
@@ -393,13 +395,13 @@ impl VehicleTraffic {
     pub(crate) async fn step(&mut self, w: &mut Writer) -> Step<bool> {
         self.iteration += 1;
         let mut wrote = self.telemetry(w).await?;
-        if self.iteration % 3 == 0 {
+        if self.iteration.is_multiple_of(3) {
             wrote |= self.delivery_action(w).await?;
         }
-        if self.iteration % 4 == 0 {
+        if self.iteration.is_multiple_of(4) {
             wrote |= self.alerts_round(w).await?;
         }
-        if self.iteration % 5 == 0 {
+        if self.iteration.is_multiple_of(5) {
             wrote |= self.vehicle_changes(w).await?;
             wrote |= self.driver_changes(w).await?;
         }
@@ -428,8 +430,8 @@ impl VehicleTraffic {
                 set[c] = true;
             }
         }
-        for c in 0..shape.columns.len() {
-            if !set[c] && !shape.columns[c].generated {
+        for (c, &given) in set.iter().enumerate() {
+            if !given && !shape.columns[c].generated {
                 row.set(c, w.valid_value(table, c, &mut self.rng, now)?);
             }
         }
@@ -846,10 +848,9 @@ impl VehicleTraffic {
             ];
             if self.rng.random_bool(self.bad_ratio)
                 && let Some((column, value)) = self.telemetry_fault(w)
+                && let Some(slot) = values.iter_mut().find(|(name, _)| *name == column)
             {
-                if let Some(slot) = values.iter_mut().find(|(name, _)| *name == column) {
-                    slot.1 = value;
-                }
+                slot.1 = value;
             }
             let row = self.row(w, self.t.telemetry, values)?;
             w.insert(self.t.telemetry, row).await?;
@@ -931,13 +932,13 @@ impl VehicleTraffic {
 
     // ----- deliveries -----
 
+    /// A new delivery (60 %), then a few open ones move on, and now and then a finished one is purged.
     async fn delivery_action(&mut self, w: &mut Writer) -> Step<bool> {
-        let mut wrote = if self.rng.random_bool(0.6) {
-            self.create_delivery(w).await?
-        } else {
-            self.progress_delivery(w).await?
-        };
-        if self.rng.random_bool(0.1)
+        let mut wrote = self.rng.random_bool(0.6) && self.create_delivery(w).await?;
+        for _ in 0..DELIVERY_MOVES {
+            wrote |= self.progress_delivery(w).await?;
+        }
+        if self.rng.random_bool(0.25)
             && let Some(i) = pick_where(&mut self.rng, &self.deliveries, |d| d.stage.finished())
         {
             // Finished deliveries are purged now and then: a hard delete.
