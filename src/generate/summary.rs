@@ -282,6 +282,11 @@ impl Summary {
                 format!("{}..{}", t.lake.versions_min, t.lake.versions_max),
             );
         }
+        let _ = writeln!(
+            out,
+            "(lake current and quarantined are exact once the processor has caught up; versions are bounds, \
+             as versions of one key inside one micro-batch collapse)"
+        );
         if !self.rules.is_empty() {
             let _ = writeln!(
                 out,

@@ -77,10 +77,22 @@ impl Pool {
     }
 }
 
+/// A write of the open transaction.
+struct Staged {
+    table: usize,
+    key: Key,
+    event: LedgerEvent,
+    /// A traffic event (else a seed write).
+    traffic: bool,
+}
+
 /// Pace, budget and interruption.
 struct Gate {
     limiter: Option<TokenBucket>,
     budget: Option<u64>,
+    /// Traffic writes let through, committed or not (what the budget counts).
+    issued: u64,
+    /// Committed traffic writes and seed writes.
     events: u64,
     seed_writes: u64,
     counting: bool,
@@ -103,7 +115,7 @@ pub(crate) struct Writer {
     referenced_values: HashMap<(usize, usize, String), Key>,
     ledger: Ledger,
     /// Writes of the open transaction, recorded in the ledger at COMMIT.
-    staged: Vec<(usize, Key, LedgerEvent)>,
+    staged: Vec<Staged>,
     in_transaction: bool,
     transaction_writes: usize,
     gate: Gate,
@@ -170,6 +182,7 @@ impl Writer {
             gate: Gate {
                 limiter: pace.rate.map(|r| TokenBucket::new(r, Instant::now())),
                 budget: pace.events,
+                issued: 0,
                 events: 0,
                 seed_writes: 0,
                 counting: false,
@@ -372,7 +385,7 @@ impl Writer {
         if self.retained[table] {
             self.pools[table].add(key.clone(), row);
         }
-        self.staged.push((table, key.clone(), event));
+        self.stage(table, key.clone(), event);
         self.after_write().await?;
         Ok(key)
     }
@@ -449,7 +462,7 @@ impl Writer {
         self.note_values(table, key, Some(&old), &new);
         let event = written(shape, Operation::Update, &new);
         self.pools[table].images.insert(key.clone(), new);
-        self.staged.push((table, key.clone(), event));
+        self.stage(table, key.clone(), event);
         self.after_write().await
     }
 
@@ -483,7 +496,7 @@ impl Writer {
         if let Some(old) = self.pools[table].remove(key) {
             self.forget_links(table, &old);
         }
-        self.staged.push((
+        self.stage(
             table,
             key.clone(),
             LedgerEvent {
@@ -491,7 +504,7 @@ impl Writer {
                 failed_rules: vec![],
                 quarantined: false,
             },
-        ));
+        );
         self.after_write().await
     }
 
@@ -508,7 +521,18 @@ impl Writer {
                 DbRejection::from_error(&e),
             )));
         }
-        for (table, key, event) in self.staged.drain(..) {
+        for Staged {
+            table,
+            key,
+            event,
+            traffic,
+        } in self.staged.drain(..)
+        {
+            if traffic {
+                self.gate.events += 1;
+            } else {
+                self.gate.seed_writes += 1;
+            }
             self.ledger.record(table, key, event);
         }
         Ok(())
@@ -532,10 +556,9 @@ impl Writer {
             return Err(Halt::Interrupted);
         }
         if !gate.counting {
-            gate.seed_writes += 1;
             return Ok(());
         }
-        if gate.budget.is_some_and(|b| gate.events >= b) {
+        if gate.budget.is_some_and(|b| gate.issued >= b) {
             return Err(Halt::Budget);
         }
         if let Some(limiter) = gate.limiter.as_mut() {
@@ -544,9 +567,19 @@ impl Writer {
                 () = stopped(&mut gate.stop) => return Err(Halt::Interrupted),
             }
         }
-        gate.events += 1;
+        gate.issued += 1;
         gate.progress.inc(1);
         Ok(())
+    }
+
+    fn stage(&mut self, table: usize, key: Key, event: LedgerEvent) {
+        let traffic = self.gate.counting;
+        self.staged.push(Staged {
+            table,
+            key,
+            event,
+            traffic,
+        });
     }
 
     async fn begin(&mut self) -> Step {

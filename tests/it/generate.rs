@@ -418,6 +418,17 @@ fn violates(rule: &RuleSpec) -> String {
 /// The database holds exactly the rows the ledger says the run left, and for every rule the rows
 /// PostgreSQL finds breaking it are exactly those the ledger records as breaking it.
 async fn assert_source_matches(client: &Client, spec: &ConfigSpec, report: &Report) {
+    let writes: u64 = report
+        .summary
+        .tables
+        .iter()
+        .map(|t| t.written.insert + t.written.update + t.written.delete)
+        .sum();
+    assert_eq!(
+        writes,
+        report.summary.events + report.summary.seed_writes,
+        "committed writes"
+    );
     for t in spec.source_tables() {
         let summary = report
             .summary
