@@ -43,6 +43,11 @@ fn rule(id: &str, column: &str, kind: RuleKind) -> RuleSpec {
     }
 }
 
+fn warning(mut r: RuleSpec) -> RuleSpec {
+    r.severity = Severity::Warning;
+    r
+}
+
 fn range(min: f64, max: f64) -> RuleKind {
     RuleKind::Range {
         min: Some(min),
@@ -258,6 +263,7 @@ fn shop_config() -> ConfigSpec {
                 },
             ),
             rule("ord_004", "customer_id", RuleKind::NotNull),
+            warning(rule("ord_005", "amount", range(0.0, 5_000.0))),
         ],
     );
     orders.foreign_keys = vec![ForeignKeySpec {
@@ -278,6 +284,7 @@ fn shop_config() -> ConfigSpec {
             rule("cus_001", "code", regex(r"^CUS-\d{4}$")),
             rule("cus_002", "tier", allowed(&["gold", "silver", "bronze"])),
             rule("cus_003", "name", RuleKind::NotNull),
+            rule("cus_004", "email", RuleKind::Unique),
         ],
     );
     config(vec![orders, customers])
@@ -411,7 +418,8 @@ fn violates(rule: &RuleSpec) -> String {
             parts.extend(max.map(|m| format!("char_length({c}::text) > {m}")));
             format!("({})", parts.join(" OR "))
         }
-        RuleKind::Unique => "false".into(),
+        // Values never repeat (checked separately), so only NULL fails `unique`.
+        RuleKind::Unique => format!("{c} IS NULL"),
     }
 }
 
@@ -681,6 +689,29 @@ async fn generic_traffic_writes_parents_first_and_violates_only_what_the_databas
             .is_some_and(|w| w.contains("customers.name is NOT NULL")),
         "{cus_003:?}"
     );
+
+    // A warning rule: its failures are loaded unless the row also breaks an error rule.
+    let ord_005 = report
+        .summary
+        .rule("orders", "ord_005")
+        .unwrap_or_else(|| panic!("ord_005"));
+    assert_eq!(ord_005.severity, "warning");
+    assert!(
+        0 < ord_005.quarantined && ord_005.quarantined < ord_005.failures,
+        "{ord_005:?}"
+    );
+    // `unique` fails on NULL only: the generator never repeats a value.
+    let cus_004 = report
+        .summary
+        .rule("customers", "cus_004")
+        .unwrap_or_else(|| panic!("cus_004"));
+    assert!(cus_004.failures > 0, "{cus_004:?}");
+    let repeated = count(
+        &client,
+        "SELECT count(email) - count(DISTINCT email) FROM customers",
+    )
+    .await;
+    assert_eq!(repeated, 0);
 
     // Valid codes have the pattern's shape; unique codes stayed unique.
     let shaped = count(
