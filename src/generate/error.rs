@@ -40,8 +40,11 @@ pub enum GenerateError {
         operation: &'static str,
         affected: u64,
     },
-    #[error("the database rejected the commit of a transaction: {0}")]
-    Commit(Box<DbRejection>),
+    #[error("the database rejected {statement} of a transaction: {rejection}")]
+    Transaction {
+        statement: &'static str,
+        rejection: Box<DbRejection>,
+    },
     #[error("cannot make a value for column '{column}' of table '{table}': {reason}")]
     NoValue {
         table: String,

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use chrono::NaiveDateTime;
 use indicatif::ProgressBar;
+use rand::Rng;
 use rand::rngs::SmallRng;
 use tokio::sync::watch;
 use tokio_postgres::types::ToSql;
@@ -294,7 +295,6 @@ impl Writer {
                     Ok(Value::Null)
                 };
             }
-            use rand::Rng;
             let key = &parents.keys[rng.random_range(0..parents.keys.len())];
             return Ok(parents
                 .images
@@ -517,9 +517,10 @@ impl Writer {
         self.transaction_writes = 0;
         if let Err(e) = self.client.batch_execute("COMMIT").await {
             self.staged.clear();
-            return Err(Halt::Failed(GenerateError::Commit(
-                DbRejection::from_error(&e),
-            )));
+            return Err(Halt::Failed(GenerateError::Transaction {
+                statement: "COMMIT",
+                rejection: DbRejection::from_error(&e),
+            }));
         }
         for Staged {
             table,
@@ -584,10 +585,12 @@ impl Writer {
 
     async fn begin(&mut self) -> Step {
         if !self.in_transaction {
-            self.client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(|e| Halt::Failed(GenerateError::Commit(DbRejection::from_error(&e))))?;
+            self.client.batch_execute("BEGIN").await.map_err(|e| {
+                Halt::Failed(GenerateError::Transaction {
+                    statement: "BEGIN",
+                    rejection: DbRejection::from_error(&e),
+                })
+            })?;
             self.in_transaction = true;
         }
         Ok(())
@@ -645,17 +648,11 @@ impl Writer {
                 *self.references.entry((fk.parent, parent)).or_default() += 1;
             }
         }
-        for (child, other) in plan.tables.iter().enumerate() {
-            for fk in other
-                .foreign_keys
-                .iter()
-                .filter(|f| f.parent == table && f.parent_column != shape.key)
-            {
-                let _ = child;
-                if let Some(text) = row.get(fk.parent_column).sql_literal() {
-                    self.referenced_values
-                        .insert((table, fk.parent_column, text), key.clone());
-                }
+        let referencing = plan.tables.iter().flat_map(|t| &t.foreign_keys);
+        for fk in referencing.filter(|f| f.parent == table && f.parent_column != shape.key) {
+            if let Some(text) = row.get(fk.parent_column).sql_literal() {
+                self.referenced_values
+                    .insert((table, fk.parent_column, text), key.clone());
             }
         }
     }

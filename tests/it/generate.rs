@@ -522,6 +522,27 @@ async fn vehicle_traffic_leaves_the_source_tables_exactly_as_its_summary_says() 
     }
     let hard_deletes: u64 = s.tables.iter().map(|t| t.written.delete).sum();
     assert!(hard_deletes > 0);
+    // Hard deletes of vehicles and drivers only hit rows nothing points at (no FK is declared,
+    // so the database would not have stopped an orphan).
+    let parent_deletes = ["vehicles", "drivers"]
+        .iter()
+        .filter_map(|n| s.table(n))
+        .map(|t| t.written.delete)
+        .sum::<u64>();
+    assert!(parent_deletes > 0);
+    for (child, column, parent) in [
+        ("vehicle_telemetry", "vehicle_id", "vehicles"),
+        ("deliveries", "vehicle_id", "vehicles"),
+        ("deliveries", "driver_id", "drivers"),
+        ("alerts", "vehicle_id", "vehicles"),
+        ("alerts", "driver_id", "drivers"),
+    ] {
+        let orphans = format!(
+            "SELECT count(*) FROM {child} c WHERE c.{column} IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.id = c.{column})"
+        );
+        assert_eq!(count(&client, &orphans).await, 0, "{child}.{column}");
+    }
     let soft = count(
         &client,
         "SELECT count(*) FROM vehicles WHERE status = 'decommissioned'",
