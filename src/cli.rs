@@ -20,12 +20,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// The pipeline config.
-    #[arg(
-        long,
-        global = true,
-        default_value = "config/tables.yaml",
-        env = "DQETL_CONFIG"
-    )]
+    #[arg(long, global = true, default_value = "config/tables.yaml", env = "DQETL_CONFIG")]
     pub config: PathBuf,
     /// Where the pipeline runs.
     #[arg(long, global = true, value_enum, default_value_t = Target::Local, env = "DQETL_TARGET")]
@@ -56,6 +51,10 @@ pub enum Command {
     Config(ConfigCommand),
     /// Write PostgreSQL DDL, DMS table mappings and the lake catalog from the config.
     Compile(CompileArgs),
+    /// SQL over the Delta tables (data, `<table>_quarantine`, `dq_metrics`).
+    Query(QueryArgs),
+    /// Run the streaming processor: Kafka → DQ rules → quarantine → transforms → SCD2 → Delta.
+    Process(crate::commands::process::ProcessArgs),
     /// Write realistic change traffic into the source database: inserts, updates, soft and hard
     /// deletes, and DQ violations; then print what the lake must hold.
     GenerateData(GenerateDataArgs),
@@ -72,6 +71,12 @@ pub struct CompileArgs {
     /// Output directory.
     #[arg(long, short, default_value = "build")]
     pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// One SQL statement, e.g. "SELECT * FROM vehicles WHERE _is_current".
+    pub sql: String,
 }
 
 #[derive(Debug, Args)]

@@ -9,3 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod generate;
 pub mod pipeline;
+pub mod query;
+pub mod sink;
+pub mod stream;
+pub mod target;

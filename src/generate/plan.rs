@@ -6,6 +6,7 @@ use chrono::NaiveDateTime;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
+use crate::config::fk_order::creation_order;
 use crate::config::spec::{ConfigSpec, RuleKind, TableSpec};
 
 use super::error::GenerateError;
@@ -78,7 +79,9 @@ impl Plan {
                 ));
             }
         }
-        let creation_order = creation_order(&tables);
+        // Validation rejects foreign-key cycles; should one slip through, keep config order.
+        let creation_order =
+            creation_order(&sources).unwrap_or_else(|_| (0..sources.len()).collect());
         // Planning draws from its own stream so that it never shifts the traffic's choices.
         let mut rng = SmallRng::seed_from_u64(seed ^ 0x05ee_d0f9_1a4c);
         let gens: Vec<Vec<ColumnGen>> = tables
@@ -177,29 +180,6 @@ fn add_implied_links(tables: &mut [TableShape]) {
             });
         }
     }
-}
-
-/// Parents before children (declared foreign keys), config order otherwise. A cycle (which
-/// validation rejects) keeps config order for the tables caught in it.
-// replaced on integration: crate::config::fk_order::creation_order
-fn creation_order(tables: &[TableShape]) -> Vec<usize> {
-    let mut placed = vec![false; tables.len()];
-    let mut order = Vec::with_capacity(tables.len());
-    while order.len() < tables.len() {
-        let ready = (0..tables.len()).find(|&i| {
-            !placed[i]
-                && tables[i]
-                    .foreign_keys
-                    .iter()
-                    .filter(|f| f.declared)
-                    .all(|f| f.parent == i || placed[f.parent])
-        });
-        let next = ready.or_else(|| (0..tables.len()).find(|&i| !placed[i]));
-        let Some(i) = next else { break };
-        placed[i] = true;
-        order.push(i);
-    }
-    order
 }
 
 /// Whether rule `r` of `table` can be made to fail by a write the database accepts.

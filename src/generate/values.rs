@@ -160,7 +160,7 @@ impl ColumnGen {
                 } else {
                     round_inward(x, *lo, *hi)
                 };
-                if col.column_type.is_text_like() {
+                if col.column_type.is_text() {
                     Value::Text(format!("{x}"))
                 } else {
                     Value::Float(x)
@@ -452,16 +452,6 @@ pub(crate) fn plain(ty: ColumnType, name: &str, ctx: &mut SampleContext<'_>) -> 
 /// `2026-11-25T14:01:32.123456Z`, how the generator writes times into string columns.
 pub(crate) fn iso_utc(ts: NaiveDateTime) -> String {
     ts.and_utc().to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-trait TextLike {
-    fn is_text_like(&self) -> bool;
-}
-
-impl TextLike for ColumnType {
-    fn is_text_like(&self) -> bool {
-        matches!(self, ColumnType::String | ColumnType::Text)
-    }
 }
 
 #[cfg(test)]

@@ -4,12 +4,15 @@
 //! stops the run with the table and the reason.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
+use dqetl::config::compile::ddl;
 use dqetl::config::spec::{
     ColumnSpec, ColumnType, ConfigSpec, ForeignKeySpec, KafkaSpec, RuleKind, RuleSpec, Scd2Spec,
     SettingsSpec, Severity, TableSpec,
 };
+use dqetl::config::{LoadContext, load_spec};
 use dqetl::generate::{self, GenerateError, GenerateOptions, Key, Mode, Report, StopReason};
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
@@ -109,132 +112,13 @@ fn config(tables: Vec<TableSpec>) -> ConfigSpec {
     }
 }
 
-/// The source tables of config/tables.yaml (the vehicle-telemetry use case).
+/// config/tables.yaml, the vehicle-telemetry use case.
 fn vehicle_config() -> ConfigSpec {
-    use ColumnType::{Double, Int, String as Str};
-    let vehicles = table(
-        "vehicles",
-        vec![
-            col("id", Int, false),
-            unique(col("vin", Str, false)),
-            col("license_plate", Str, true),
-            col("make", Str, true),
-            col("model", Str, true),
-            col("year", Int, true),
-            col("fuel_type", Str, true),
-            col("status", Str, true),
-            col("created_at", Str, true),
-            col("updated_at", Str, true),
-        ],
-        vec![],
-    );
-    let drivers = table(
-        "drivers",
-        vec![
-            col("id", Int, false),
-            unique(col("employee_id", Str, false)),
-            col("name", Str, false),
-            col("license_number", Str, true),
-            col("phone", Str, true),
-            col("status", Str, true),
-            col("safety_score", Double, true),
-            col("created_at", Str, true),
-            col("updated_at", Str, true),
-        ],
-        vec![
-            rule("drv_001", "employee_id", regex(r"^DRV\d{5}$")),
-            rule("drv_002", "name", RuleKind::NotNull),
-        ],
-    );
-    let telemetry = table(
-        "vehicle_telemetry",
-        vec![
-            col("id", Int, false),
-            col("vehicle_id", Int, true),
-            col("recorded_at", Str, true),
-            col("latitude", Double, true),
-            col("longitude", Double, true),
-            col("speed_kmh", Double, true),
-            col("fuel_level_pct", Double, true),
-            col("engine_temp_c", Double, true),
-            col("odometer_km", Double, true),
-            col("engine_status", Str, true),
-            col("harsh_braking", Str, true),
-            col("harsh_acceleration", Str, true),
-            col("created_at", Str, true),
-        ],
-        vec![
-            rule("tel_001", "latitude", range(-90.0, 90.0)),
-            rule("tel_002", "longitude", range(-180.0, 180.0)),
-            rule("tel_003", "speed_kmh", range(0.0, 350.0)),
-            rule("tel_004", "fuel_level_pct", range(0.0, 120.0)),
-            rule("tel_005", "vehicle_id", RuleKind::NotNull),
-        ],
-    );
-    let deliveries = table(
-        "deliveries",
-        [
-            "id",
-            "vehicle_id",
-            "driver_id",
-            "status",
-            "pickup_address",
-            "delivery_address",
-            "scheduled_time",
-            "actual_pickup_time",
-            "actual_delivery_time",
-            "customer_name",
-            "customer_phone",
-            "notes",
-            "created_at",
-            "updated_at",
-        ]
-        .iter()
-        .map(|&n| match n {
-            "id" => col(n, Int, false),
-            "vehicle_id" | "driver_id" => col(n, Int, true),
-            _ => col(n, Str, true),
-        })
-        .collect(),
-        vec![rule(
-            "del_001",
-            "status",
-            allowed(&["assigned", "picked_up", "in_transit", "delivered", "failed"]),
-        )],
-    );
-    let alerts = table(
-        "alerts",
-        vec![
-            col("id", Int, false),
-            col("vehicle_id", Int, true),
-            col("driver_id", Int, true),
-            col("alert_type", Str, true),
-            col("severity", Str, true),
-            col("message", Str, true),
-            col("latitude", Double, true),
-            col("longitude", Double, true),
-            col("acknowledged", Str, true),
-            col("acknowledged_at", Str, true),
-            col("created_at", Str, true),
-        ],
-        vec![rule(
-            "alt_001",
-            "alert_type",
-            allowed(&[
-                "speeding",
-                "harsh_braking",
-                "low_fuel",
-                "engine_overheat",
-                "geofence_violation",
-            ]),
-        )],
-    );
-    let mut metrics = table("dq_metrics", vec![col("table_name", Str, false)], vec![]);
-    metrics.internal = true;
-    metrics.primary_key = None;
-    config(vec![
-        vehicles, drivers, telemetry, deliveries, alerts, metrics,
-    ])
+    let context = LoadContext {
+        stack_name: "test".into(),
+        account_id: None,
+    };
+    load_spec(Path::new("config/tables.yaml"), &context).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A shop: `orders` is listed before the `customers` it references, so only a generator that
@@ -291,53 +175,6 @@ fn shop_config() -> ConfigSpec {
 }
 
 // ----- source database -----
-
-// replaced on integration: dqetl::config::compile::ddl (same shapes: SERIAL keys, NOT NULL,
-// UNIQUE, DOUBLE PRECISION, VARCHAR(255), foreign keys, parents first).
-fn ddl(spec: &ConfigSpec) -> String {
-    let mut tables: Vec<&TableSpec> = spec.source_tables().collect();
-    tables.sort_by_key(|t| !t.foreign_keys.is_empty());
-    let mut out = String::new();
-    for t in tables {
-        let mut lines: Vec<String> = t
-            .columns
-            .iter()
-            .map(|c| {
-                let is_key = t.primary_key.as_deref() == Some(c.name.as_str());
-                let ty = match c.column_type {
-                    ColumnType::Int if is_key => {
-                        return format!("    {} SERIAL PRIMARY KEY", c.name);
-                    }
-                    ColumnType::String => "VARCHAR(255)",
-                    ColumnType::Text => "TEXT",
-                    ColumnType::Int => "INTEGER",
-                    ColumnType::Long => "BIGINT",
-                    ColumnType::Double => "DOUBLE PRECISION",
-                    ColumnType::Real => "REAL",
-                    ColumnType::Boolean => "BOOLEAN",
-                    ColumnType::Timestamp => "TIMESTAMP",
-                    ColumnType::Date => "DATE",
-                    ColumnType::Decimal { .. } => "NUMERIC",
-                };
-                let not_null = if c.nullable { "" } else { " NOT NULL" };
-                let unique = if c.unique { " UNIQUE" } else { "" };
-                format!("    {} {ty}{not_null}{unique}", c.name)
-            })
-            .collect();
-        for fk in &t.foreign_keys {
-            lines.push(format!(
-                "    FOREIGN KEY ({}) REFERENCES {}({})",
-                fk.column, fk.ref_table, fk.ref_column
-            ));
-        }
-        out.push_str(&format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n{}\n);\n",
-            t.name,
-            lines.join(",\n")
-        ));
-    }
-    out
-}
 
 async fn connect(url: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)

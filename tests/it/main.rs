@@ -1,2 +1,14 @@
-mod generate;
+//! The one integration-test binary: real PostgreSQL, tansu and Delta tables on disk.
+
 mod support;
+
+mod aws_template;
+mod compile_ddl_postgres;
+mod compile_golden;
+mod config_validate;
+mod generate;
+mod harness;
+mod query_local;
+mod sink_exactly_once;
+mod sink_python_reader;
+mod sink_scd2;

@@ -1,182 +1,286 @@
-//! replaced on integration: the shared test harness (a private PostgreSQL cluster for the test
-//! binary). This stand-in offers the same API: `postgres()` → `.port()`, `.url(db)`,
-//! `.fresh_database(prefix)`.
+//! Real services for the integration tests: one PostgreSQL cluster and one tansu broker per
+//! test binary, started on first use on free loopback ports in `$TMPDIR/dqetl-it-<pid>/`.
+//!
+//! How they are stopped:
+//! - Normal exit (tests passed or failed): an `atexit` hook stops each service by pid
+//!   (PostgreSQL: fast shutdown; tansu: SIGTERM; SIGKILL after a grace period) and removes
+//!   the folder (kept when `DQETL_KEEP_TEST_DIRS` is set, to read the service logs).
+//! - The test binary is killed or crashes: the services are spawned by one dedicated thread
+//!   that lives as long as the process, with a parent-death signal (PostgreSQL: SIGQUIT, its
+//!   immediate shutdown; tansu: SIGKILL), so they die with the process. Folders of such runs
+//!   are removed by the next run.
+#![allow(dead_code)] // Each test module uses a part of the harness.
 
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::Duration;
 
+use dqetl::target::local::ports::free_port;
+use dqetl::target::local::process::{self, SpawnOptions};
+use dqetl::target::local::{
+    Broker, BrokerOptions, Durability, PostgresCluster, Storage, create_topics,
+};
+use nix::sys::signal::Signal;
+
+const ROOT_PREFIX: &str = "dqetl-it-";
+
+/// The test PostgreSQL cluster (trust auth on 127.0.0.1, logical replication enabled).
 pub struct TestPostgres {
-    port: u16,
-}
-
-static POSTGRES: OnceLock<TestPostgres> = OnceLock::new();
-static DATABASES: AtomicU32 = AtomicU32::new(0);
-
-/// The cluster of this test binary, started on first use; it stops when the binary exits.
-pub fn postgres() -> &'static TestPostgres {
-    POSTGRES
-        .get_or_init(|| start().unwrap_or_else(|e| panic!("cannot start the test PostgreSQL: {e}")))
+    cluster: PostgresCluster,
 }
 
 impl TestPostgres {
-    #[allow(dead_code)] // part of the harness API
     pub fn port(&self) -> u16 {
-        self.port
+        self.cluster.port()
     }
 
+    /// Connection URL of database `db` as the `postgres` superuser.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        self.cluster.url(db)
     }
 
-    /// A new empty database; returns its connection URL.
+    /// Creates a new empty database named after `prefix` and returns its URL.
     pub async fn fresh_database(&self, prefix: &str) -> String {
-        let name = format!(
-            "{prefix}_{}_{}",
-            std::process::id(),
-            DATABASES.fetch_add(1, Ordering::SeqCst)
-        );
-        let (client, connection) =
-            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
-                .await
-                .unwrap_or_else(|e| panic!("connect to the test cluster: {e}"));
-        let task = tokio::spawn(connection);
-        client
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
-        drop(client);
-        let _ = task.await;
+        let mut clean: String = prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .take(40)
+            .collect();
+        if !clean.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            clean.insert_str(0, "db_");
+        }
+        let name = unique(&clean);
+        if let Err(e) = self.cluster.create_database(&name).await {
+            panic!("cannot create test database {name}: {}", error_chain(&e));
+        }
         self.url(&name)
     }
+
+    pub fn log_file(&self) -> &Path {
+        self.cluster.log_file()
+    }
 }
 
-fn bin_dir() -> Result<PathBuf, String> {
-    let root = Path::new("/usr/lib/postgresql");
-    let mut versions: Vec<PathBuf> = std::fs::read_dir(root)
-        .map_err(|e| format!("{}: {e}", root.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join("postgres").exists())
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .ok_or_else(|| "no PostgreSQL server binaries under /usr/lib/postgresql".into())
+/// The test tansu broker (memory storage, 127.0.0.1).
+pub struct TestBroker {
+    broker: Broker,
 }
 
-fn ids(user: &str) -> Result<(u32, u32), String> {
-    let out = |flag: &str| -> Result<u32, String> {
-        let o = Command::new("id")
-            .args([flag, user])
-            .output()
-            .map_err(|e| e.to_string())?;
-        String::from_utf8_lossy(&o.stdout)
-            .trim()
-            .parse()
-            .map_err(|_| format!("no user {user}"))
+impl TestBroker {
+    /// `127.0.0.1:<port>`.
+    pub fn bootstrap(&self) -> String {
+        self.broker.bootstrap()
+    }
+
+    /// Creates a topic (an existing one is kept as it is).
+    pub async fn create_topic(&self, name: &str, partitions: i32) {
+        if let Err(e) = create_topics(&self.bootstrap(), &[(name, partitions)]).await {
+            panic!("cannot create topic {name}: {}", error_chain(&e));
+        }
+    }
+
+    pub fn log_file(&self) -> &Path {
+        self.broker.log_file()
+    }
+}
+
+/// The shared PostgreSQL cluster, started on first use.
+pub fn postgres() -> &'static TestPostgres {
+    static POSTGRES: OnceLock<TestPostgres> = OnceLock::new();
+    POSTGRES.get_or_init(|| {
+        on_service_thread(start_postgres).unwrap_or_else(|e| panic!("test PostgreSQL: {e}"))
+    })
+}
+
+/// The shared broker, started on first use.
+pub fn broker() -> &'static TestBroker {
+    static BROKER: OnceLock<TestBroker> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        on_service_thread(start_broker).unwrap_or_else(|e| panic!("test broker: {e}"))
+    })
+}
+
+/// A name no other test of this run uses: `<prefix>_<n>_<random>` (lowercase hex).
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}_{n}_{:08x}", rand::random::<u32>())
+}
+
+/// "error: cause: cause" for panic messages.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn start_postgres() -> Result<TestPostgres, String> {
+    let root = run_root()?;
+    let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+    let cluster = PostgresCluster::new(root.join("pg").join("data"), port)
+        .map_err(|e| error_chain(&e))?
+        .with_durability(Durability::UnsafeForTestsOnly)
+        .with_log_file(root.join("logs").join("postgres.log"));
+    cluster.init().map_err(|e| error_chain(&e))?;
+    let options = SpawnOptions {
+        die_with_parent: Some(Signal::SIGQUIT),
+        ..SpawnOptions::default()
     };
-    Ok((out("-u")?, out("-g")?))
+    let pid = cluster
+        .spawn_postmaster(&options, Duration::from_secs(60))
+        .map_err(|e| error_chain(&e))?;
+    // SIGINT is PostgreSQL's fast shutdown: sessions are ended, the server exits cleanly.
+    register_for_exit(pid, Signal::SIGINT);
+    Ok(TestPostgres { cluster })
 }
 
-fn start() -> Result<TestPostgres, String> {
-    let bin = bin_dir()?;
-    let dir = std::env::temp_dir().join(format!("dqetl-it-pg-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    // /proc/self belongs to the process's effective user.
-    let me = std::fs::metadata("/proc/self").map_err(|e| e.to_string())?;
-    let as_root = me.uid() == 0;
-    let (uid, gid) = if as_root {
-        ids("postgres")?
-    } else {
-        (me.uid(), me.gid())
+fn start_broker() -> Result<TestBroker, String> {
+    let root = run_root()?;
+    let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+    let options = BrokerOptions {
+        spawn: SpawnOptions {
+            die_with_parent: Some(Signal::SIGKILL),
+            ..SpawnOptions::default()
+        },
+        log_file: Some(root.join("logs").join("tansu.log")),
+        ready_timeout: Duration::from_secs(60),
     };
-    if as_root {
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| e.to_string())?;
+    let broker = Broker::start_with(&root.join("broker"), port, Storage::Memory, &options)
+        .map_err(|e| error_chain(&e))?;
+    register_for_exit(broker.pid(), Signal::SIGTERM);
+    Ok(TestBroker { broker })
+}
+
+/// Runs `job` on the service thread. Children spawned there get their parent-death signal
+/// only when the process ends, because that thread never exits before it.
+fn on_service_thread<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    type Job = Box<dyn FnOnce() + Send>;
+    static JOBS: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let jobs = JOBS.get_or_init(|| {
+        let (sender, receiver) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("it-services".into())
+            .spawn(move || {
+                // The sender lives in a static, so this loop (and the thread) lasts until exit.
+                for job in receiver {
+                    // A panicking job must not end the thread: that would kill every service.
+                    let _ = catch_unwind(AssertUnwindSafe(job));
+                }
+            })
+            .unwrap_or_else(|e| panic!("cannot start the service thread: {e}"));
+        Mutex::new(sender)
+    });
+    let (reply, answer) = mpsc::sync_channel(1);
+    let sent = jobs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(Box::new(move || {
+            let outcome = catch_unwind(AssertUnwindSafe(job))
+                .unwrap_or_else(|_| Err("service start panicked".to_string()));
+            let _ = reply.send(outcome);
+        }));
+    sent.map_err(|_| "the service thread is gone".to_string())?;
+    answer
+        .recv()
+        .map_err(|_| "the service thread dropped the job".to_string())?
+}
+
+/// A service to stop at exit: its pid and the signal that shuts it down cleanly.
+struct ExitStop {
+    pid: u32,
+    signal: Signal,
+}
+
+static EXIT_STOPS: Mutex<Vec<ExitStop>> = Mutex::new(Vec::new());
+static RUN_ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+fn register_for_exit(pid: u32, signal: Signal) {
+    EXIT_STOPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(ExitStop { pid, signal });
+}
+
+/// `$TMPDIR/dqetl-it-<pid>`: this run's services live here. Creating it removes the folders of
+/// earlier runs that died without cleaning up, and registers the exit hook.
+fn run_root() -> Result<PathBuf, String> {
+    if let Some(root) = RUN_ROOT.get() {
+        return Ok(root.clone());
     }
-    let data = dir.join("data");
-    let init = Command::new(bin.join("initdb"))
-        .args([
-            "-D",
-            &data.to_string_lossy(),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-        ])
-        .uid(uid)
-        .gid(gid)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !init.status.success() {
-        return Err(format!("initdb: {}", String::from_utf8_lossy(&init.stderr)));
+    let tmp = std::env::temp_dir();
+    remove_dead_runs(&tmp);
+    let root = tmp.join(format!("{ROOT_PREFIX}{}", std::process::id()));
+    std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    // PostgreSQL runs as the `postgres` user and must be able to enter this folder.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("cannot open up {}: {e}", root.display()))?;
+    // Runs on the service thread only, so there is no race between get and set.
+    let root = RUN_ROOT.get_or_init(|| root).clone();
+    // SAFETY: registers a plain `extern "C"` function with no arguments, as atexit expects.
+    let registered = unsafe { nix::libc::atexit(stop_services_at_exit) };
+    if registered != 0 {
+        return Err("cannot register the exit hook that stops the test services".to_string());
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let mut postgres = Command::new(bin.join("postgres"));
-    postgres
-        .args([
-            "-D",
-            &data.to_string_lossy(),
-            "-p",
-            &port.to_string(),
-            "-k",
-            &dir.to_string_lossy(),
-        ])
-        .args([
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-        ])
-        .args(["-c", "wal_level=logical", "-c", "max_connections=200"])
-        .uid(uid)
-        .gid(gid)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: only an async-signal-safe prctl call between fork and exec.
-    unsafe {
-        postgres.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-                .map_err(std::io::Error::from)
-        });
+    Ok(root)
+}
+
+fn remove_dead_runs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(ROOT_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !process::is_alive(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
-    // The parent-death signal follows the spawning thread, so spawn from one that lives as long
-    // as the test binary.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(postgres.spawn().map(|c| c.id()).map_err(|e| e.to_string()));
-        loop {
-            std::thread::park();
+}
+
+extern "C" fn stop_services_at_exit() {
+    // Never unwind out of an exit hook.
+    let _ = catch_unwind(|| {
+        let stops = std::mem::take(&mut *EXIT_STOPS.lock().unwrap_or_else(|e| e.into_inner()));
+        for stop in stops.iter().rev() {
+            if let Err(e) = process::stop_pid(stop.pid, stop.signal, Duration::from_secs(15)) {
+                eprintln!(
+                    "test harness: cannot stop service {}: {}",
+                    stop.pid,
+                    error_chain(&e)
+                );
+            }
+        }
+        if let Some(root) = RUN_ROOT.get() {
+            if std::env::var_os("DQETL_KEEP_TEST_DIRS").is_some() {
+                eprintln!(
+                    "test harness: kept {} (DQETL_KEEP_TEST_DIRS is set)",
+                    root.display()
+                );
+            } else {
+                let _ = std::fs::remove_dir_all(root);
+            }
         }
     });
-    rx.recv().map_err(|e| e.to_string())??;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("PostgreSQL did not accept connections within 30 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // Accepting TCP is not yet accepting sessions; wait until the startup has finished.
-    let ready = Command::new(bin.join("pg_isready"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "30"])
-        .stdout(std::process::Stdio::null())
-        .status();
-    if !ready.is_ok_and(|s| s.success()) {
-        return Err("pg_isready failed".into());
-    }
-    Ok(TestPostgres { port })
 }
