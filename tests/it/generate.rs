@@ -696,3 +696,22 @@ async fn duration_zero_seeds_the_fleet_only() {
     );
     assert_source_matches(&client, &spec, &report).await;
 }
+
+#[tokio::test]
+async fn the_original_projects_vehicle_config_runs_unchanged() {
+    let context = LoadContext {
+        stack_name: "test".into(),
+        account_id: None,
+    };
+    let spec = load_spec(
+        Path::new("config/examples/vehicle-telemetry-original.yaml"),
+        &context,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (url, client) = source_database("gen_original", &spec).await;
+    let report = generate(&spec, &options(&url, Mode::Auto, 400, 4, 0.08)).await;
+
+    assert!(report.failure.is_none(), "{:?}", report.failure);
+    assert_eq!(report.summary.mode, "vehicle");
+    assert_source_matches(&client, &spec, &report).await;
+}
