@@ -89,7 +89,7 @@ pub(crate) fn fits(sources: &[TableSpec]) -> Result<(), String> {
         let ok = match kind {
             Kind::Text => matches!(col.column_type, ColumnType::String | ColumnType::Text),
             Kind::Integer => matches!(col.column_type, ColumnType::Int | ColumnType::Long),
-            Kind::Number => col.column_type.arrow_type().is_numeric(),
+            Kind::Number => col.column_type.is_numeric(),
         };
         if !ok {
             return Err(format!(
