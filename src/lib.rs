@@ -7,6 +7,7 @@ pub mod cdc;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod generate;
 pub mod pipeline;
 pub mod query;
 pub mod sink;

@@ -2,6 +2,7 @@
 
 pub mod compile;
 pub mod config_schema;
+pub mod generate_data;
 pub mod process;
 pub mod query;
 pub mod validate;
@@ -27,6 +28,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Compile(args) => compile::run(&global, &args),
         Command::Query(args) => query::run(&global, &args),
         Command::Process(args) => block_on(process::run(&global, args)),
+        Command::GenerateData(args) => generate_data::run(&global, args),
     };
     match result {
         Ok(code) => code,

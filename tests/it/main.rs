@@ -6,6 +6,7 @@ mod aws_template;
 mod compile_ddl_postgres;
 mod compile_golden;
 mod config_validate;
+mod generate;
 mod harness;
 mod query_local;
 mod sink_exactly_once;
