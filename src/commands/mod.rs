@@ -1,5 +1,11 @@
 //! One file per command: read its flags, call library code, render the result.
 
+pub mod demo;
+pub mod deploy;
+pub mod post_deploy;
+pub mod status;
+pub mod teardown;
+
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
@@ -12,6 +18,11 @@ pub fn run(cli: Cli) -> ExitCode {
             let _ = global;
             Err(anyhow::anyhow!("not implemented yet"))
         }
+        Command::Deploy => deploy::run(&global),
+        Command::PostDeploy(args) => post_deploy::run(&global, &args),
+        Command::Status => status::run(&global),
+        Command::Teardown(args) => teardown::run(&global, &args),
+        Command::Demo(args) => demo::run(&global, &args),
     };
     match result {
         Ok(code) => code,

@@ -3,4 +3,6 @@
 mod support;
 
 mod aws_template;
+mod e2e_local;
 mod harness;
+mod local_stack;
