@@ -517,6 +517,18 @@ mod tests {
             WorkerStart::AlreadyRunning { pid }
         );
         assert_eq!(running_worker(&dir, None, Worker::Capture), Some(pid));
+        // Its own session: a Ctrl-C in our terminal does not reach it, and it outlives us.
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // After the command: state, ppid, pgrp, session.
+        assert_eq!(fields.get(3), Some(&pid.to_string().as_str()), "{stat}");
+        assert_ne!(
+            nix::unistd::getsid(None).expect("our session").as_raw() as u32,
+            pid
+        );
         assert_eq!(
             stop_worker(&dir, None, Worker::Capture).expect("stop"),
             WorkerStop::Stopped { pid }
