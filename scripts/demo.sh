@@ -14,6 +14,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
+
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/dqetl/target}
 export PATH="$HOME/.cargo/bin:$PATH"
 profile=${DQETL_PROFILE:-release}

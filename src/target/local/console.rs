@@ -7,7 +7,7 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 /// What a step did.
@@ -155,18 +155,34 @@ impl Drop for Console {
     }
 }
 
+/// A spinner (no total) or a bar, configured before it is first drawn, ticking on its own.
+fn new_bar(total: Option<u64>, prefix: &str, message: &str) -> ProgressBar {
+    let (bar, style) = match total {
+        Some(total) => (
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden()),
+            ProgressStyle::with_template("{prefix:<12} [{bar:30}] {pos}/{len} ({elapsed}, {msg})")
+                .map(|s| s.progress_chars("=> "))
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => (
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden()),
+            ProgressStyle::with_template("{spinner} {prefix:<12} {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.set_style(style);
+    bar.set_prefix(prefix.to_string());
+    bar.set_message(message.to_string());
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
 impl Reporter for Console {
     fn begin(&mut self, step: &str, doing: &str) {
         self.clear();
         if self.mode == Mode::Terminal {
-            let spinner = ProgressBar::new_spinner();
-            spinner.set_style(
-                ProgressStyle::with_template("{spinner} {prefix:<12} {msg} ({elapsed})")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            spinner.set_prefix(step.to_string());
-            spinner.set_message(doing.to_string());
-            spinner.enable_steady_tick(Duration::from_millis(100));
+            let spinner = new_bar(None, step, doing);
             self.spinner = Some(spinner);
         }
     }
@@ -200,32 +216,16 @@ impl Reporter for Console {
                 let reuse = self
                     .bar
                     .as_ref()
-                    .is_some_and(|(l, b)| l == label && b.length() == total);
+                    .is_some_and(|(l, b)| l == label && b.length().is_some() == total.is_some());
                 if !reuse {
                     if let Some((_, bar)) = self.bar.take() {
                         bar.finish_and_clear();
                     }
-                    let bar = match total {
-                        Some(total) => ProgressBar::new(total).with_style(
-                            ProgressStyle::with_template(
-                                "{prefix:<12} [{bar:30}] {pos}/{len} ({elapsed}, {msg})",
-                            )
-                            .unwrap_or_else(|_| ProgressStyle::default_bar())
-                            .progress_chars("=> "),
-                        ),
-                        None => ProgressBar::new_spinner().with_style(
-                            ProgressStyle::with_template(
-                                "{spinner} {prefix:<12} {msg} ({elapsed})",
-                            )
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                        ),
-                    };
-                    bar.set_prefix(label.to_string());
-                    bar.enable_steady_tick(Duration::from_millis(200));
-                    self.bar = Some((label.to_string(), bar));
+                    self.bar = Some((label.to_string(), new_bar(total, label, detail)));
                 }
                 if let Some((_, bar)) = &self.bar {
-                    if total.is_some() {
+                    if let Some(total) = total {
+                        bar.set_length(total);
                         bar.set_position(done);
                     }
                     bar.set_message(detail.to_string());
