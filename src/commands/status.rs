@@ -196,3 +196,116 @@ fn ago(commit: &DeltaCommit) -> String {
     let text = humantime::format_duration(std::time::Duration::from_secs(seconds as u64));
     format!("{text} ago")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::local::kafka::{PartitionLag, TopicLag};
+    use crate::target::local::status::{
+        LakeTableStatus, MetricBreach, Probe, RowCounts, ServiceStatus, SlotStatus,
+    };
+
+    fn probe<T>(value: T) -> Probe<T> {
+        Probe {
+            value: Some(value),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_table_shows_a_stopped_processor_its_lag_and_a_breached_metric() {
+        let commit = DeltaCommit {
+            version: 7,
+            committed_at: Utc::now(),
+        };
+        let report = StatusReport {
+            stack: "demo".into(),
+            folder: "/w/.dqetl/demo".into(),
+            deployed: true,
+            services: vec![
+                ServiceStatus {
+                    name: "postgres".into(),
+                    up: true,
+                    pid: Some(10),
+                    port: Some(5432),
+                },
+                ServiceStatus {
+                    name: "process".into(),
+                    up: false,
+                    pid: None,
+                    port: None,
+                },
+            ],
+            replication: probe(SlotStatus {
+                slot: "dqetl_demo".into(),
+                exists: true,
+                active: true,
+                retained_wal_bytes: Some(2048),
+                unconfirmed_bytes: Some(0),
+            }),
+            consumer_group: "dqetl-demo".into(),
+            topics: probe(vec![TopicLag {
+                topic: "cdc-vehicles".into(),
+                exists: true,
+                partitions: vec![PartitionLag {
+                    partition: 0,
+                    low: 0,
+                    high: 12,
+                    committed: Some(9),
+                }],
+            }]),
+            lake: vec![LakeTableStatus {
+                table: "vehicles".into(),
+                data: Some(commit.clone()),
+                quarantine: None,
+            }],
+            metrics_table: Some(commit),
+            rows: probe(vec![(
+                "vehicles".into(),
+                RowCounts {
+                    current_rows: 30,
+                    history_rows: 4,
+                    quarantined_rows: 2,
+                    pass_rate: Some(0.75),
+                },
+            )]),
+            breaches: probe(vec![MetricBreach {
+                table: "vehicle_telemetry".into(),
+                metric: "Completeness".into(),
+                column: Some("latitude".into()),
+                value: Some(0.8),
+                threshold: Some(0.9),
+                batch_id: Some(3),
+            }]),
+        };
+        assert!(!report.healthy());
+        let text = render(&report, "demo");
+        let line = |start: &str| {
+            text.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no `{start}` line in:\n{text}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(line("process"), "process DOWN not running");
+        assert_eq!(
+            line("slot"),
+            "slot dqetl_demo active retains 2.0 KiB of WAL, 0 B not yet confirmed"
+        );
+        assert!(
+            line("topic cdc-vehicles")
+                .starts_with("topic cdc-vehicles lag 3 1 partitions, 12 messages")
+        );
+        assert!(
+            line("table vehicles").contains("v7")
+                && line("table vehicles")
+                    .contains("30 current, 4 history, 2 quarantined, pass rate 75.0%"),
+            "{text}"
+        );
+        assert_eq!(
+            line("metric vehicle_telemetry"),
+            "metric vehicle_telemetry BELOW Completeness(latitude) = 0.8000 < 0.9 (batch 3)"
+        );
+    }
+}
