@@ -20,7 +20,12 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// The pipeline config.
-    #[arg(long, global = true, default_value = "config/tables.yaml", env = "DQETL_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "config/tables.yaml",
+        env = "DQETL_CONFIG"
+    )]
     pub config: PathBuf,
     /// Where the pipeline runs.
     #[arg(long, global = true, value_enum, default_value_t = Target::Local, env = "DQETL_TARGET")]
@@ -58,6 +63,16 @@ pub enum Command {
     /// Write realistic change traffic into the source database: inserts, updates, soft and hard
     /// deletes, and DQ violations; then print what the lake must hold.
     GenerateData(GenerateDataArgs),
+    /// Start the stack's services (local: PostgreSQL and the broker under `.dqetl/<stack>/`).
+    Deploy,
+    /// Create source tables and topics, start CDC and the processor, seed sample data.
+    PostDeploy(PostDeployArgs),
+    /// Health of every stage: services, replication and consumer lag, lake commits, DQ.
+    Status,
+    /// Stop and delete everything the stack created.
+    Teardown(TeardownArgs),
+    /// The whole pipeline on this machine: deploy, load, generate, then show the results.
+    Demo(DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,4 +126,64 @@ pub enum GenerateMode {
     Auto,
     Vehicle,
     Generic,
+}
+
+#[derive(Debug, Args)]
+pub struct PostDeployArgs {
+    /// Do not create the source tables.
+    #[arg(long)]
+    pub skip_tables: bool,
+    /// Do not create the topics.
+    #[arg(long)]
+    pub skip_topics: bool,
+    /// Do not start change data capture.
+    #[arg(long)]
+    pub skip_cdc: bool,
+    /// Do not start the processor.
+    #[arg(long)]
+    pub skip_processor: bool,
+    /// Do not seed sample data.
+    #[arg(long)]
+    pub skip_seed: bool,
+    /// After seeding, generate change traffic in the foreground for --duration.
+    #[arg(long)]
+    pub generate_data: bool,
+    /// How long --generate-data runs (e.g. `60s`, `5m`).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Generated row writes per second.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+    /// Share of generated rows that break a DQ rule, between 0 and 1.
+    #[arg(long, default_value_t = 0.08)]
+    pub bad_ratio: f64,
+    /// Seed of the generator's random choices (random by default).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Partitions of new topics [default: the config's kafka.partitions, else 3].
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    pub partitions: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct TeardownArgs {
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How long to generate change traffic (e.g. `30s`, `2m`).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Generated row writes per second.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+    /// Share of generated rows that break a DQ rule, between 0 and 1.
+    #[arg(long, default_value_t = 0.08)]
+    pub bad_ratio: f64,
+    /// How long to wait for the pipeline to catch up after generating.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub catch_up_timeout: std::time::Duration,
 }

@@ -2,20 +2,24 @@
 
 pub mod compile;
 pub mod config_schema;
+pub mod demo;
+pub mod deploy;
 pub mod generate_data;
+pub mod post_deploy;
 pub mod process;
 pub mod query;
+pub mod status;
+pub mod teardown;
 pub mod validate;
 
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command, ConfigCommand, GlobalArgs};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::cli::Target;
+use crate::cli::{Cli, Command, ConfigCommand, GlobalArgs, Target};
 use crate::config::spec::ConfigSpec;
 use crate::config::{ConfigError, LoadContext, load_spec};
 
@@ -29,6 +33,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Query(args) => query::run(&global, &args),
         Command::Process(args) => block_on(process::run(&global, args)),
         Command::GenerateData(args) => generate_data::run(&global, args),
+        Command::Deploy => deploy::run(&global),
+        Command::PostDeploy(args) => post_deploy::run(&global, &args),
+        Command::Status => status::run(&global),
+        Command::Teardown(args) => teardown::run(&global, &args),
+        Command::Demo(args) => demo::run(&global, &args),
     };
     match result {
         Ok(code) => code,
@@ -64,7 +73,9 @@ pub fn load_context(global: &GlobalArgs) -> LoadContext {
 }
 
 /// Runs an async command on a fresh multi-threaded runtime.
-fn block_on(command: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+fn block_on(
+    command: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(command)?;
     Ok(ExitCode::SUCCESS)
