@@ -1,0 +1,835 @@
+//! `dqetl capture` against a real PostgreSQL (wal_level=logical) and a real broker: snapshot and
+//! stream meet without gap or double, a restart loses nothing, large unchanged values survive
+//! updates, and deletes carry the key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use dqetl::capture::{self, CancellationToken, CaptureOptions, CaptureReport};
+use dqetl::config::spec::{
+    ColumnSpec, ColumnType, ConfigSpec, KafkaSpec, Scd2Spec, SettingsSpec, TableSpec,
+};
+use rdkafka::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+use crate::support;
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_and_concurrent_writes_arrive_exactly_once_in_dms_format() {
+    let db = support::postgres().fresh_database("capture_snapshot").await;
+    let pg = connect(&db).await;
+    pg.batch_execute(
+        "CREATE TABLE vehicles (id int PRIMARY KEY, name varchar(50), speed numeric(6,2), \
+         active boolean, seen_at timestamptz, version int NOT NULL DEFAULT 0); \
+         INSERT INTO vehicles (id, name, speed, active, seen_at) \
+         SELECT g, 'truck-' || g, g * 1.25, g % 2 = 0, '2026-01-02 03:04:05.5+00' FROM generate_series(1, 300) g",
+    )
+    .await
+    .unwrap();
+    let topic = unique("cdc-vehicles");
+    support::broker().create_topic(&topic, 3).await;
+    let config = config_with(vec![vehicles_spec(&topic)]);
+
+    // Writes race the slot creation and the snapshot: each must show up once, as a load or as
+    // a change, never both and never neither.
+    let writer_db = db.clone();
+    let writer = tokio::spawn(async move {
+        let pg = connect(&writer_db).await;
+        for i in 0..150 {
+            let id = 1000 + i;
+            pg.execute(
+                "INSERT INTO vehicles (id, name, speed, active, seen_at) VALUES ($1, 'new', 10.5, true, now())",
+                &[&id],
+            )
+            .await
+            .unwrap();
+            let target = 1 + (i * 7) % 300;
+            pg.execute(
+                "UPDATE vehicles SET version = version + 1, speed = speed + 1 WHERE id = $1",
+                &[&target],
+            )
+            .await
+            .unwrap();
+            if i % 10 == 0 {
+                pg.execute("DELETE FROM vehicles WHERE id = $1", &[&(250 + i / 10)])
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let capture = Running::start(config, options(&db, "snap", dir.path()));
+    writer.await.unwrap();
+
+    let expected = table_state(&pg, "vehicles").await;
+    let messages = read_until(&topic, 3, |msgs| replay(msgs) == expected).await;
+    let report = capture.stop().await;
+    assert_eq!(
+        replay(&messages),
+        expected,
+        "the replayed messages rebuild the table"
+    );
+    assert_eq!(report.snapshot_rows as usize, count_op(&messages, "load"));
+
+    let mut seen_first: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut versions: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for m in &messages {
+        assert_dms_record(
+            m,
+            "vehicles",
+            &["id", "name", "speed", "active", "seen_at", "version"],
+        );
+        let op = m.op();
+        let id = m.value["data"]["id"].as_i64().unwrap();
+        assert_eq!(
+            m.key.as_deref(),
+            Some(id.to_string().as_str()),
+            "keyed by the primary key's text"
+        );
+        if op == "load" || op == "insert" {
+            *seen_first.entry(id).or_default() += 1;
+        }
+        if op != "delete" {
+            versions
+                .entry(id)
+                .or_default()
+                .push(m.value["data"]["version"].as_i64().unwrap());
+        }
+        if op == "load" {
+            assert!(
+                m.value["metadata"].get("transaction-id").is_none(),
+                "loads carry no transaction id"
+            );
+        } else {
+            assert!(
+                m.value["metadata"]["transaction-id"].is_u64(),
+                "changes carry the xid"
+            );
+        }
+    }
+    let ids: BTreeSet<i64> = (1..=300).chain(1000..1150).collect();
+    assert_eq!(
+        seen_first.keys().copied().collect::<BTreeSet<_>>(),
+        ids,
+        "every row arrives"
+    );
+    assert!(
+        seen_first.values().all(|&n| n == 1),
+        "no row arrives both as a load and an insert"
+    );
+    for (id, seen) in versions {
+        let consecutive = seen.windows(2).all(|w| w[1] == w[0] + 1);
+        assert!(
+            consecutive,
+            "row {id}: versions {seen:?} skip or repeat an update"
+        );
+    }
+    assert!(count_op(&messages, "update") > 0 && count_op(&messages, "delete") > 0);
+
+    let sample = messages
+        .iter()
+        .find(|m| m.op() == "load" && m.value["data"]["id"] == 2)
+        .unwrap();
+    assert_eq!(sample.value["data"]["name"], "truck-2");
+    assert_eq!(
+        sample.value["data"]["speed"], 2.5,
+        "numeric as a JSON number"
+    );
+    assert_eq!(
+        sample.value["data"]["active"], "true",
+        "boolean as a string, as DMS writes it"
+    );
+    assert_eq!(
+        sample.value["data"]["seen_at"],
+        "2026-01-02T03:04:05.500000Z"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_stream_loses_no_change_and_does_not_snapshot_again() {
+    let db = support::postgres().fresh_database("capture_restart").await;
+    let pg = connect(&db).await;
+    pg.batch_execute(
+        "CREATE TABLE events (id int PRIMARY KEY, n int NOT NULL); \
+         INSERT INTO events SELECT g, 0 FROM generate_series(1, 10) g",
+    )
+    .await
+    .unwrap();
+    let topic = unique("cdc-events");
+    support::broker().create_topic(&topic, 2).await;
+    let config = config_with(vec![events_spec(&topic)]);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(&db, "restart", dir.path());
+
+    // First run: snapshot, then changes while it is stopped gracefully part-way.
+    let capture = Running::start(config.clone(), opts.clone());
+    wait_until_streaming(dir.path(), "dqetl_restart").await;
+    insert_events(&pg, 11..=60).await;
+    read_until(&topic, 2, |m| ids_of(m).len() == 60).await;
+    let writer = spawn_inserts(db.clone(), 61..=120);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    capture.stop().await;
+    writer.await.unwrap();
+    insert_events(&pg, 121..=150).await;
+
+    // Second run: resumes, then is killed without any chance to flush or confirm.
+    let capture = Running::start(config.clone(), opts.clone());
+    read_until(&topic, 2, |m| ids_of(m).len() == 150).await;
+    let writer = spawn_inserts(db.clone(), 151..=200);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    capture.kill().await;
+    writer.await.unwrap();
+
+    // Third run: picks up whatever the killed run had not confirmed.
+    let capture = Running::start(config, opts);
+    let messages = read_until(&topic, 2, |m| ids_of(m).len() == 200).await;
+    let report = capture.stop().await;
+
+    assert_eq!(
+        ids_of(&messages),
+        (1..=200).collect::<BTreeSet<_>>(),
+        "every change is in Kafka"
+    );
+    assert_eq!(
+        count_op(&messages, "load"),
+        10,
+        "the snapshot is taken once, not on restart"
+    );
+    assert_eq!(report.snapshot_rows, 0, "the resumed runs take no snapshot");
+    let inserts: Vec<i64> = messages
+        .iter()
+        .filter(|m| m.op() == "insert")
+        .map(|m| m.id())
+        .collect();
+    assert!(
+        inserts.len() >= 190,
+        "inserts 11..=200 all present (duplicates allowed)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_unchanged_value_survives_an_update_of_another_column() {
+    let db = support::postgres().fresh_database("capture_toast").await;
+    let pg = connect(&db).await;
+    pg.batch_execute("CREATE TABLE documents (id int PRIMARY KEY, title varchar(100), body text)")
+        .await
+        .unwrap();
+    // Incompressible text well above the 2 kB TOAST threshold, so it is stored out of line.
+    let big_snapshot = random_text(100_000);
+    let big_streamed = random_text(100_000);
+    pg.execute(
+        "INSERT INTO documents VALUES (1, 'draft', $1)",
+        &[&big_snapshot],
+    )
+    .await
+    .unwrap();
+    let topic = unique("cdc-documents");
+    support::broker().create_topic(&topic, 1).await;
+    let config = config_with(vec![documents_spec("documents", &topic)]);
+    let dir = tempfile::tempdir().unwrap();
+    let capture = Running::start(config, options(&db, "toast", dir.path()));
+
+    read_until(&topic, 1, |m| count_op(m, "load") == 1).await;
+    pg.execute("UPDATE documents SET title = 'final' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    pg.execute(
+        "INSERT INTO documents VALUES (2, 'new', $1)",
+        &[&big_streamed],
+    )
+    .await
+    .unwrap();
+    pg.execute("UPDATE documents SET title = 'renamed' WHERE id = 2", &[])
+        .await
+        .unwrap();
+    let messages = read_until(&topic, 1, |m| count_op(m, "update") == 2).await;
+    capture.stop().await;
+
+    let identity: String = pg
+        .query_one(
+            "SELECT relreplident::text FROM pg_class WHERE relname = 'documents'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        identity, "f",
+        "capture switched the table to REPLICA IDENTITY FULL"
+    );
+    let updates: Vec<&Msg> = messages.iter().filter(|m| m.op() == "update").collect();
+    assert_eq!(updates[0].value["data"]["title"], "final");
+    assert_eq!(
+        updates[0].value["data"]["body"].as_str(),
+        Some(big_snapshot.as_str()),
+        "snapshot row keeps its body"
+    );
+    assert_eq!(updates[1].value["data"]["title"], "renamed");
+    assert_eq!(
+        updates[1].value["data"]["body"].as_str(),
+        Some(big_streamed.as_str()),
+        "streamed row keeps its body"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_identity_capture_does_not_manage_the_unchanged_value_is_read_back() {
+    let db = support::postgres()
+        .fresh_database("capture_toast_index")
+        .await;
+    let pg = connect(&db).await;
+    pg.batch_execute(
+        "CREATE TABLE notes (id int PRIMARY KEY, title varchar(100), body text); \
+         ALTER TABLE notes REPLICA IDENTITY USING INDEX notes_pkey",
+    )
+    .await
+    .unwrap();
+    let big = random_text(100_000);
+    let topic = unique("cdc-notes");
+    support::broker().create_topic(&topic, 1).await;
+    let config = config_with(vec![documents_spec("notes", &topic)]);
+    let dir = tempfile::tempdir().unwrap();
+    let capture = Running::start(config, options(&db, "toastidx", dir.path()));
+    wait_until_streaming(dir.path(), "dqetl_toastidx").await;
+    pg.execute("INSERT INTO notes VALUES (1, 'a', $1)", &[&big])
+        .await
+        .unwrap();
+    pg.execute("UPDATE notes SET title = 'b' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let messages = read_until(&topic, 1, |m| count_op(m, "update") == 1).await;
+    capture.stop().await;
+
+    let identity: String = pg
+        .query_one(
+            "SELECT relreplident::text FROM pg_class WHERE relname = 'notes'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        identity, "i",
+        "a deliberately chosen identity is left alone"
+    );
+    let update = messages.iter().find(|m| m.op() == "update").unwrap();
+    assert_eq!(update.value["data"]["title"], "b");
+    assert_eq!(update.value["data"]["body"].as_str(), Some(big.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_with_the_default_replica_identity_carries_the_key() {
+    let db = support::postgres().fresh_database("capture_delete").await;
+    let pg = connect(&db).await;
+    pg.batch_execute(
+        "CREATE TABLE readings (id bigint PRIMARY KEY, value int, ok boolean, at timestamptz)",
+    )
+    .await
+    .unwrap();
+    let topic = unique("cdc-readings");
+    support::broker().create_topic(&topic, 2).await;
+    let config = config_with(vec![readings_spec(&topic)]);
+    let dir = tempfile::tempdir().unwrap();
+    let capture = Running::start(config, options(&db, "delete", dir.path()));
+    wait_until_streaming(dir.path(), "dqetl_delete").await;
+    pg.batch_execute(
+        "INSERT INTO readings VALUES (7000000001, 5, true, '2026-03-01 10:00:00+00'); \
+         DELETE FROM readings WHERE id = 7000000001",
+    )
+    .await
+    .unwrap();
+    let messages = read_until(&topic, 2, |m| count_op(m, "delete") == 1).await;
+    capture.stop().await;
+
+    let identity: String = pg
+        .query_one(
+            "SELECT relreplident::text FROM pg_class WHERE relname = 'readings'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        identity, "d",
+        "a table without large columns keeps the default identity"
+    );
+    let delete = messages.iter().find(|m| m.op() == "delete").unwrap();
+    assert_dms_record(delete, "readings", &["id", "value", "ok", "at"]);
+    assert_eq!(delete.key.as_deref(), Some("7000000001"));
+    assert_eq!(delete.value["data"]["id"], 7000000001i64);
+    assert_eq!(delete.value["data"]["value"], Value::Null);
+    assert_eq!(delete.value["data"]["ok"], Value::Null);
+    let insert = messages.iter().find(|m| m.op() == "insert").unwrap();
+    assert_eq!(
+        insert.value["metadata"]["transaction-id"], delete.value["metadata"]["transaction-id"],
+        "both changes come from one transaction"
+    );
+    assert_eq!(insert.value["data"]["at"], "2026-03-01T10:00:00.000000Z");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_whose_snapshot_never_completed_is_recreated_with_a_new_snapshot() {
+    let db = support::postgres().fresh_database("capture_resnap").await;
+    let pg = connect(&db).await;
+    pg.batch_execute(
+        "CREATE TABLE events (id int PRIMARY KEY, n int NOT NULL); \
+         INSERT INTO events SELECT g, 0 FROM generate_series(1, 25) g; \
+         CREATE PUBLICATION dqetl_resnap FOR TABLE events; \
+         SELECT pg_create_logical_replication_slot('dqetl_resnap', 'pgoutput')",
+    )
+    .await
+    .unwrap();
+    // A crash mid-snapshot leaves the slot behind but no "complete" marker.
+    let topic = unique("cdc-events");
+    support::broker().create_topic(&topic, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let capture = Running::start(
+        config_with(vec![events_spec(&topic)]),
+        options(&db, "resnap", dir.path()),
+    );
+    let messages = read_until(&topic, 1, |m| count_op(m, "load") == 25).await;
+    let report = capture.stop().await;
+    assert_eq!(report.snapshot_rows, 25);
+    assert_eq!(ids_of(&messages), (1..=25).collect::<BTreeSet<_>>());
+    let marker: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("dqetl_resnap.json")).unwrap())
+            .unwrap();
+    assert_eq!(marker["complete"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_lag_reports_the_confirmed_position() {
+    let db = support::postgres().fresh_database("capture_lag").await;
+    let pg = connect(&db).await;
+    pg.batch_execute("CREATE TABLE events (id int PRIMARY KEY, n int NOT NULL)")
+        .await
+        .unwrap();
+    let topic = unique("cdc-events");
+    support::broker().create_topic(&topic, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(&db, "lag", dir.path());
+    opts.status_interval = Duration::from_millis(200);
+    let capture = Running::start(config_with(vec![events_spec(&topic)]), opts);
+    wait_until_streaming(dir.path(), "dqetl_lag").await;
+    insert_events(&pg, 1..=5).await;
+    read_until(&topic, 1, |m| ids_of(m).len() == 5).await;
+    let after_inserts: String = pg
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lag = loop {
+        let lag = capture::slot_lag(&db, "dqetl_lag").await.unwrap();
+        let confirmed = lag
+            .confirmed_flush_lsn
+            .as_deref()
+            .map(parse_lsn)
+            .unwrap_or(0);
+        if confirmed >= parse_lsn(&after_inserts) || Instant::now() > deadline {
+            break lag;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(lag.active);
+    let confirmed = parse_lsn(lag.confirmed_flush_lsn.as_deref().unwrap());
+    assert!(
+        confirmed >= parse_lsn(&after_inserts),
+        "acknowledged changes are confirmed to PostgreSQL"
+    );
+    capture.stop().await;
+    let lag = capture::slot_lag(&db, "dqetl_lag").await.unwrap();
+    assert!(!lag.active);
+    let missing = capture::slot_lag(&db, "dqetl_nosuchslot")
+        .await
+        .unwrap_err();
+    assert!(missing.to_string().contains("does not exist"), "{missing}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capture in-process
+
+struct Running {
+    shutdown: CancellationToken,
+    handle: JoinHandle<Result<CaptureReport, capture::CaptureError>>,
+}
+
+impl Running {
+    fn start(config: ConfigSpec, options: CaptureOptions) -> Self {
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let handle = tokio::spawn(async move { capture::run(&config, &options, token).await });
+        Running { shutdown, handle }
+    }
+
+    /// SIGINT/SIGTERM: flush, confirm, return.
+    async fn stop(self) -> CaptureReport {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("capture stops within a minute")
+            .expect("capture task did not panic")
+            .expect("capture ends without error")
+    }
+
+    /// A crash: nothing is flushed or confirmed.
+    async fn kill(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+    }
+}
+
+/// Changes made from now on are streamed (the snapshot is behind us).
+async fn wait_until_streaming(state_dir: &std::path::Path, slot: &str) {
+    let path = state_dir.join(format!("{slot}.json"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let complete = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|marker| marker["complete"] == true);
+        if complete {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "capture did not finish its snapshot within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn options(db_url: &str, name: &str, state_dir: &std::path::Path) -> CaptureOptions {
+    let mut opts = CaptureOptions::new(
+        db_url.to_string(),
+        format!("dqetl_{name}"),
+        format!("dqetl_{name}"),
+        support::broker().bootstrap(),
+        state_dir.to_path_buf(),
+    );
+    opts.status_interval = Duration::from_millis(500);
+    opts.max_backoff = Duration::from_secs(2);
+    opts
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading Kafka
+
+#[derive(Debug, Clone)]
+struct Msg {
+    key: Option<String>,
+    value: Value,
+}
+
+impl Msg {
+    fn op(&self) -> &str {
+        self.value["metadata"]["operation"].as_str().unwrap_or("?")
+    }
+
+    fn id(&self) -> i64 {
+        self.value["data"]["id"].as_i64().unwrap()
+    }
+}
+
+/// Reads the whole topic again and again until `done` holds for what it holds (or 60 s pass).
+async fn read_until(topic: &str, partitions: i32, done: impl Fn(&[Msg]) -> bool) -> Vec<Msg> {
+    let topic = topic.to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = topic.clone();
+        let messages = tokio::task::spawn_blocking(move || read_all(&t, partitions))
+            .await
+            .unwrap();
+        if !messages.is_empty() && done(&messages) {
+            return messages;
+        }
+        if Instant::now() > deadline {
+            let ops: BTreeMap<String, usize> =
+                messages.iter().fold(BTreeMap::new(), |mut acc, m| {
+                    *acc.entry(m.op().to_string()).or_default() += 1;
+                    acc
+                });
+            panic!(
+                "{topic}: condition not met after 60 s; {} messages read ({ops:?})",
+                messages.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Every message currently in the topic, in partition order then offset order.
+fn read_all(topic: &str, partitions: i32) -> Vec<Msg> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", support::broker().bootstrap())
+        .set("group.id", unique("capture-test"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut out = Vec::new();
+    for partition in 0..partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .unwrap_or((0, 0));
+        if high <= low {
+            continue;
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(low))
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut next = low;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while next < high && Instant::now() < deadline {
+            let Some(result) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let message = result.unwrap();
+            next = message.offset() + 1;
+            let key = message
+                .key()
+                .map(|k| String::from_utf8(k.to_vec()).unwrap());
+            let value: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+            out.push(Msg { key, value });
+        }
+    }
+    out
+}
+
+/// Applies the messages per key in order: the table they describe, as `id → data`.
+fn replay(messages: &[Msg]) -> BTreeMap<i64, Value> {
+    let mut state = BTreeMap::new();
+    for m in messages {
+        let id = m.id();
+        match m.op() {
+            "delete" => {
+                state.remove(&id);
+            }
+            _ => {
+                state.insert(id, m.value["data"].clone());
+            }
+        }
+    }
+    state
+}
+
+fn count_op(messages: &[Msg], op: &str) -> usize {
+    messages.iter().filter(|m| m.op() == op).count()
+}
+
+fn ids_of(messages: &[Msg]) -> BTreeSet<i64> {
+    messages.iter().map(Msg::id).collect()
+}
+
+fn assert_dms_record(m: &Msg, table: &str, columns: &[&str]) {
+    let meta = &m.value["metadata"];
+    assert_eq!(meta["record-type"], "data");
+    assert!(
+        ["load", "insert", "update", "delete"].contains(&m.op()),
+        "operation {}",
+        m.op()
+    );
+    assert_eq!(meta["table-name"], table);
+    assert_eq!(meta["schema-name"], "public");
+    assert_eq!(meta["partition-key-type"], "primary-key");
+    let ts = meta["timestamp"].as_str().unwrap();
+    let iso_micros = regex::Regex::new(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$").unwrap();
+    assert!(iso_micros.is_match(ts), "timestamp {ts}");
+    let keys: Vec<&str> = m.value["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, columns, "data holds every column");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The source database
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// The table as capture should describe it: `id → data` with DMS value forms.
+async fn table_state(pg: &Client, table: &str) -> BTreeMap<i64, Value> {
+    let sql = format!(
+        "SELECT id, json_build_object('id', id, 'name', name, 'speed', speed, \
+           'active', active::text, 'seen_at', to_char(seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+           'version', version)::text FROM {table}"
+    );
+    let rows = pg.query(sql.as_str(), &[]).await.unwrap();
+    rows.iter()
+        .map(|r| {
+            let id: i32 = r.get(0);
+            let mut data: Value = serde_json::from_str(r.get::<_, &str>(1)).unwrap();
+            // PostgreSQL prints booleans as true/false; DMS sends the same words as strings.
+            // numeric(6,2) prints trailing zeros; JSON numbers do not keep them.
+            let speed = data["speed"].as_f64().unwrap();
+            data["speed"] = serde_json::json!(speed);
+            (i64::from(id), data)
+        })
+        .collect()
+}
+
+async fn insert_events(pg: &Client, ids: std::ops::RangeInclusive<i32>) {
+    for id in ids {
+        pg.execute("INSERT INTO events VALUES ($1, 1)", &[&id])
+            .await
+            .unwrap();
+    }
+}
+
+fn spawn_inserts(db: String, ids: std::ops::RangeInclusive<i32>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let pg = connect(&db).await;
+        for id in ids {
+            pg.execute("INSERT INTO events VALUES ($1, 1)", &[&id])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+fn random_text(len: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| char::from(rng.random_range(b'!'..=b'~')))
+        .collect()
+}
+
+fn parse_lsn(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hand-built config
+
+fn column(name: &str, column_type: ColumnType) -> ColumnSpec {
+    ColumnSpec {
+        name: name.into(),
+        column_type,
+        nullable: true,
+        unique: false,
+        default: None,
+    }
+}
+
+fn table(name: &str, topic: &str, columns: Vec<ColumnSpec>) -> TableSpec {
+    TableSpec {
+        name: name.into(),
+        topic: topic.into(),
+        delta_path: None,
+        primary_key: Some("id".into()),
+        internal: false,
+        columns,
+        rules: vec![],
+        transforms: vec![],
+        checks: vec![],
+        anomaly_checks: vec![],
+        foreign_keys: vec![],
+        indexes: vec![],
+        scd2: Scd2Spec::default(),
+        mask_pii_in_quarantine: true,
+    }
+}
+
+fn vehicles_spec(topic: &str) -> TableSpec {
+    table(
+        "vehicles",
+        topic,
+        vec![
+            column("id", ColumnType::Int),
+            column("name", ColumnType::String),
+            column(
+                "speed",
+                ColumnType::Decimal {
+                    precision: 6,
+                    scale: 2,
+                },
+            ),
+            column("active", ColumnType::Boolean),
+            column("seen_at", ColumnType::Timestamp),
+            column("version", ColumnType::Int),
+        ],
+    )
+}
+
+fn events_spec(topic: &str) -> TableSpec {
+    table(
+        "events",
+        topic,
+        vec![column("id", ColumnType::Int), column("n", ColumnType::Int)],
+    )
+}
+
+fn documents_spec(name: &str, topic: &str) -> TableSpec {
+    table(
+        name,
+        topic,
+        vec![
+            column("id", ColumnType::Int),
+            column("title", ColumnType::String),
+            column("body", ColumnType::Text),
+        ],
+    )
+}
+
+fn readings_spec(topic: &str) -> TableSpec {
+    table(
+        "readings",
+        topic,
+        vec![
+            column("id", ColumnType::Long),
+            column("value", ColumnType::Int),
+            column("ok", ColumnType::Boolean),
+            column("at", ColumnType::Timestamp),
+        ],
+    )
+}
+
+fn config_with(tables: Vec<TableSpec>) -> ConfigSpec {
+    ConfigSpec {
+        settings: SettingsSpec {
+            checkpoint_location: None,
+            quarantine_path: None,
+            delta_bucket: None,
+            trigger_interval: Duration::from_secs(10),
+            max_batch_records: 10_000,
+            max_batch_bytes: 64 << 20,
+        },
+        kafka: KafkaSpec {
+            bootstrap_servers: None,
+            security_protocol: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            partitions: 3,
+            consumer_group: None,
+        },
+        schema_name: "public".into(),
+        tables,
+    }
+}
