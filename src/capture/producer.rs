@@ -38,6 +38,8 @@ impl Producer {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
+            // Bounds the payload bytes librdkafka holds (large rows add up); `send` waits beyond.
+            .set("queue.buffering.max.kbytes", "65536")
             .set(
                 "message.timeout.ms",
                 message_timeout.as_millis().to_string(),

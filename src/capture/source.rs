@@ -21,10 +21,10 @@ impl PgTarget {
                 .map_err(|e: tokio_postgres::Error| CaptureError::InvalidUrl {
                     reason: e.to_string(),
                 })?;
-        if config.get_password().is_none() {
-            if let Ok(password) = std::env::var("PGPASSWORD") {
-                config.password(password);
-            }
+        if config.get_password().is_none()
+            && let Ok(password) = std::env::var("PGPASSWORD")
+        {
+            config.password(password);
         }
         if config.get_dbname().is_none() {
             return Err(CaptureError::InvalidUrl {

@@ -406,7 +406,7 @@ async fn a_slot_whose_snapshot_never_completed_is_recreated_with_a_new_snapshot(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slot_lag_reports_the_confirmed_position() {
+async fn slot_lag_reports_the_confirmed_position_and_an_idle_slot_keeps_up() {
     let db = support::postgres().fresh_database("capture_lag").await;
     let pg = connect(&db).await;
     pg.batch_execute("CREATE TABLE events (id int PRIMARY KEY, n int NOT NULL)")
@@ -445,6 +445,37 @@ async fn slot_lag_reports_the_confirmed_position() {
         confirmed >= parse_lsn(&after_inserts),
         "acknowledged changes are confirmed to PostgreSQL"
     );
+
+    // Idle: WAL written by a table capture does not publish is confirmed too, so the slot
+    // does not hold it back.
+    pg.batch_execute(
+        "CREATE TABLE unrelated (n int); INSERT INTO unrelated SELECT generate_series(1, 1000)",
+    )
+    .await
+    .unwrap();
+    let after_unrelated: String = pg
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lag = capture::slot_lag(&db, "dqetl_lag").await.unwrap();
+        let confirmed = lag
+            .confirmed_flush_lsn
+            .as_deref()
+            .map(parse_lsn)
+            .unwrap_or(0);
+        if confirmed >= parse_lsn(&after_unrelated) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "idle slot stuck at {confirmed:X}, WAL at {after_unrelated}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     capture.stop().await;
     let lag = capture::slot_lag(&db, "dqetl_lag").await.unwrap();
     assert!(!lag.active);
