@@ -26,7 +26,8 @@ pub(crate) mod oid {
 pub(crate) fn text_to_json(type_oid: u32, text: &str) -> Value {
     match type_oid {
         oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => integer(text),
-        oid::FLOAT4 | oid::FLOAT8 | oid::NUMERIC => number(text),
+        oid::FLOAT4 | oid::FLOAT8 => double(text),
+        oid::NUMERIC => numeric(text),
         oid::BOOL => match text {
             "t" | "true" => Value::String("true".into()),
             "f" | "false" => Value::String("false".into()),
@@ -49,22 +50,58 @@ pub(crate) fn to_json(type_oid: u32, text: Option<&str>) -> Value {
 fn integer(text: &str) -> Value {
     match text.parse::<i64>() {
         Ok(n) => Value::from(n),
-        Err(_) => number(text),
+        Err(_) => numeric(text),
     }
 }
 
-/// Numeric text as a JSON number: an integer when it is one and fits, otherwise a double
-/// (DMS writes numeric as double). NaN and infinities have no JSON number form.
-fn number(text: &str) -> Value {
-    if let Ok(n) = text.parse::<i64>() {
-        return Value::from(n);
-    }
+/// float4/float8 text as a JSON number (a double holds either exactly).
+fn double(text: &str) -> Value {
     match text.parse::<f64>() {
         Ok(f) if f.is_finite() => serde_json::Number::from_f64(f)
             .map(Value::Number)
             .unwrap_or_else(|| Value::String(text.into())),
         _ => Value::String(text.into()),
     }
+}
+
+/// Numeric text as a JSON number: an integer when it is one and fits, otherwise a double
+/// (DMS writes numeric as double) — but only when the double holds exactly the same decimal
+/// value; a numeric beyond a double's precision stays its exact text rather than being rounded.
+/// NaN and infinities have no JSON number form and stay text too.
+fn numeric(text: &str) -> Value {
+    if let Ok(n) = text.parse::<i64>() {
+        return Value::from(n);
+    }
+    let exact = |f: f64| canonical_decimal(&f.to_string()) == canonical_decimal(text);
+    match text.parse::<f64>() {
+        Ok(f) if f.is_finite() && exact(f) => double(text),
+        _ => Value::String(text.into()),
+    }
+}
+
+/// A decimal's digits without insignificant zeros, to compare values written differently
+/// (`2.50` and `2.5`). `None` for anything but plain decimal notation.
+fn canonical_decimal(text: &str) -> Option<String> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    if int.is_empty() && frac.is_empty() {
+        return Some("0".into());
+    }
+    let sign = if negative { "-" } else { "" };
+    Some(format!(
+        "{sign}{}.{frac}",
+        if int.is_empty() { "0" } else { int }
+    ))
 }
 
 /// `2024-03-01 12:30:45.5+01` → `2024-03-01T11:30:45.500000Z` (UTC, microseconds).
@@ -109,6 +146,16 @@ mod tests {
         assert_eq!(text_to_json(oid::NUMERIC, "100"), json!(100));
         assert_eq!(text_to_json(oid::FLOAT8, "-0.125"), json!(-0.125));
         assert_eq!(text_to_json(oid::FLOAT4, "1e+10"), json!(1e10));
+    }
+
+    #[test]
+    fn a_numeric_a_double_cannot_hold_exactly_stays_exact_text() {
+        assert_eq!(
+            text_to_json(oid::NUMERIC, "12345678901234567890.123456789"),
+            json!("12345678901234567890.123456789")
+        );
+        assert_eq!(text_to_json(oid::NUMERIC, "0.1"), json!(0.1));
+        assert_eq!(text_to_json(oid::NUMERIC, "-0.000"), json!(-0.0));
     }
 
     #[test]
