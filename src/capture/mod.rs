@@ -100,7 +100,8 @@ impl CaptureOptions {
 pub struct CaptureReport {
     /// `load` records sent by snapshots (more than one snapshot if one was interrupted).
     pub snapshot_rows: u64,
-    /// `insert`/`update`/`delete` records sent.
+    /// `insert`/`update`/`delete` records sent by the session that ended with the shutdown
+    /// (a session cut short by an error is replayed by the next one, so it is not counted).
     pub changes: u64,
     /// Changes of published tables outside the config, not sent.
     pub skipped: u64,
@@ -124,7 +125,6 @@ pub async fn run(
         });
     }
     let target = PgTarget::parse(&options.pg_url)?;
-    let producer = Producer::new(&options.bootstrap, options.message_timeout)?;
     let mut report = CaptureReport::default();
     let min_backoff = Duration::from_secs(1);
     let mut backoff = min_backoff;
@@ -134,7 +134,7 @@ pub async fn run(
     );
     loop {
         let started = Instant::now();
-        let outcome = session(config, options, &target, &producer, &shutdown, &mut report).await;
+        let outcome = session(config, options, &target, &shutdown, &mut report).await;
         match outcome {
             Ok(()) => break,
             Err(err) if !err.is_retryable() => {
@@ -161,7 +161,6 @@ pub async fn run(
             }
         }
     }
-    producer.flush(Duration::from_secs(5)).await;
     tracing::info!(
         snapshot_rows = report.snapshot_rows,
         changes = report.changes,
@@ -176,7 +175,6 @@ async fn session(
     config: &ConfigSpec,
     options: &CaptureOptions,
     target: &PgTarget,
-    producer: &Producer,
     shutdown: &CancellationToken,
     report: &mut CaptureReport,
 ) -> Result<()> {
@@ -196,6 +194,10 @@ async fn session(
         marker.as_ref(),
     )?;
 
+    // A producer per session: an idempotent producer that hit a fatal error (e.g. a broker that
+    // lost its state) stays unusable, so starting over must start with a fresh one.
+    let producer = Producer::new(&options.bootstrap, options.message_timeout)?;
+    let producer = &producer;
     let mut tracker = DeliveryTracker::start(MAX_IN_FLIGHT, producer.bootstrap());
     let stream_config =
         ReplicationStreamConfig::builder(options.slot.clone(), options.publication.clone())

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -84,12 +84,6 @@ impl Producer {
                 }
             }
         }
-    }
-
-    /// Waits up to `timeout` for librdkafka to deliver what it holds.
-    pub(crate) async fn flush(&self, timeout: Duration) {
-        let inner = self.inner.clone();
-        let _ = tokio::task::spawn_blocking(move || inner.flush(timeout)).await;
     }
 }
 

@@ -51,7 +51,13 @@ pub(crate) struct ChangeStream<'a> {
     txn: Option<Txn>,
     stats: StreamStats,
     logged_changes: u64,
+    /// The last position confirmed to PostgreSQL, and when.
+    last_confirmed: u64,
+    last_status_at: Option<std::time::Instant>,
 }
+
+/// An unchanged position is still reported this often, so the server sees a live client.
+const IDLE_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 impl<'a> ChangeStream<'a> {
     pub(crate) fn new(tables: &'a [SourceTable], client: &'a Client, emitter: Emitter<'a>) -> Self {
@@ -63,6 +69,8 @@ impl<'a> ChangeStream<'a> {
             txn: None,
             stats: StreamStats::default(),
             logged_changes: 0,
+            last_confirmed: 0,
+            last_status_at: None,
         }
     }
 
@@ -118,17 +126,24 @@ impl<'a> ChangeStream<'a> {
         if self.txn.is_none() && tracker.drained() {
             confirm = confirm.max(stream.current_lsn());
         }
-        if confirm > 0 {
-            stream.shared_lsn_feedback.update_flushed_lsn(confirm);
-            stream.shared_lsn_feedback.update_applied_lsn(confirm);
+        let idle_due = self
+            .last_status_at
+            .is_none_or(|at| at.elapsed() >= IDLE_STATUS_INTERVAL);
+        if confirm > self.last_confirmed || idle_due {
+            if confirm > 0 {
+                stream.shared_lsn_feedback.update_flushed_lsn(confirm);
+                stream.shared_lsn_feedback.update_applied_lsn(confirm);
+            }
+            stream
+                .send_feedback()
+                .await
+                .map_err(|source| CaptureError::Replication {
+                    doing: "sending a status update",
+                    source,
+                })?;
+            self.last_confirmed = self.last_confirmed.max(confirm);
+            self.last_status_at = Some(std::time::Instant::now());
         }
-        stream
-            .send_feedback()
-            .await
-            .map_err(|source| CaptureError::Replication {
-                doing: "sending a status update",
-                source,
-            })?;
         if self.stats.changes > self.logged_changes {
             tracing::info!(
                 changes = self.stats.changes,
@@ -309,6 +324,7 @@ impl<'a> ChangeStream<'a> {
             .filter_map(|&i| relation.columns.get(i))
             .collect();
         let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_ref()).collect();
+        tracing::debug!(table = %table.spec.name, columns = ?names, "reading unchanged large values by key");
         let current = match key {
             Some(key) => {
                 let select = names
