@@ -58,6 +58,13 @@ pub enum Command {
     Compile(CompileArgs),
     /// Local CDC: initial snapshot + streaming changes, PostgreSQL → Kafka, in DMS JSON.
     Capture(CaptureArgs),
+    /// SQL over the Delta tables (data, `<table>_quarantine`, `dq_metrics`).
+    Query(QueryArgs),
+    /// Run the streaming processor: Kafka → DQ rules → quarantine → transforms → SCD2 → Delta.
+    Process(crate::commands::process::ProcessArgs),
+    /// Write realistic change traffic into the source database: inserts, updates, soft and hard
+    /// deletes, and DQ violations; then print what the lake must hold.
+    GenerateData(GenerateDataArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,9 +92,49 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub bootstrap: Option<String>,
     /// Source database URL, without a password (set PGPASSWORD if one is needed).
-    #[arg(long, value_name = "URL", env = "DQETL_PG_URL")]
+    #[arg(long, value_name = "URL", env = "DQETL_PG_URL", hide_env_values = true)]
     pub pg_url: Option<String>,
     /// Where capture records that its initial snapshot completed [default: .dqetl/<stack>/capture].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// One SQL statement, e.g. "SELECT * FROM vehicles WHERE _is_current".
+    pub sql: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateDataArgs {
+    /// Events (row writes) per second.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+    /// How long to generate (e.g. `90s`, `10m`): rate × duration events follow the seed. `0` seeds only.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Share of written rows that break a DQ rule, between 0 and 1.
+    #[arg(long, default_value_t = 0.08)]
+    pub bad_ratio: f64,
+    /// Seed of every random choice; the same seed on empty tables writes the same traffic.
+    /// Random by default (the summary prints it).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Which traffic: the vehicle use case's, or values derived from any config's schema and rules.
+    #[arg(long, value_enum, default_value_t = GenerateMode::Auto)]
+    pub mode: GenerateMode,
+    /// The source database; prefer the environment variable, which keeps a password out of the process list.
+    #[arg(long, env = "DQETL_PG_URL", hide_env_values = true)]
+    pub pg_url: Option<String>,
+    /// Also write the summary as JSON to this file.
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GenerateMode {
+    /// `vehicle` when the config's tables are the vehicle use case's, else `generic`.
+    Auto,
+    Vehicle,
+    Generic,
 }

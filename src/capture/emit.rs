@@ -3,10 +3,10 @@
 
 use chrono::{DateTime, Utc};
 
-use super::encode_standin::encode; // replaced on integration: crate::cdc::encode::encode
 use super::error::Result;
 use super::producer::{DeliveryTracker, Producer};
 use super::source::SourceTable;
+use crate::cdc::encode::encode;
 use crate::pipeline::plan::Operation;
 
 pub(crate) struct Emitter<'a> {

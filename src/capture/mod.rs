@@ -15,7 +15,6 @@
 //!   Logs never contain row values.
 
 mod emit;
-mod encode_standin; // replaced on integration
 pub mod error;
 mod producer;
 mod slot;

@@ -1,36 +1,36 @@
 //! `dqetl capture`: local CDC, PostgreSQL → Kafka in DMS JSON, until SIGINT/SIGTERM.
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::capture::{self, CancellationToken, CaptureOptions, CaptureReport};
 use crate::cli::{CaptureArgs, GlobalArgs, Target};
-use crate::config::spec::ConfigSpec;
 
 pub fn run(global: &GlobalArgs, args: &CaptureArgs) -> anyhow::Result<ExitCode> {
     if global.target == Target::Aws {
-        bail!("capture runs on the local target only; on aws, the DMS task captures changes");
+        return Ok(usage_error(
+            "capture runs on the local target only; on aws, the DMS task captures changes",
+        ));
     }
-    let config = load_spec(&global.config)?;
-    let default_name = default_name(&global.stack_name);
-    let pg_url = args.pg_url.clone().context(
-        "no source database: pass --pg-url postgresql://USER@HOST:PORT/DB (or set DQETL_PG_URL)",
-    )?;
-    reject_password_in_url(&pg_url)?;
-    let bootstrap = match (&args.bootstrap, &config.kafka.bootstrap_servers) {
-        (Some(flag), _) => flag.clone(),
-        (None, Some(configured)) => configured.clone(),
-        (None, None) => bail!(
-            "no Kafka broker: pass --bootstrap HOST:PORT (the config leaves kafka.bootstrap_servers to the target)"
-        ),
+    let config = super::load_config(global)?;
+    let Some(pg_url) = args.pg_url.clone() else {
+        return Ok(usage_error(
+            "no source database: pass --pg-url postgresql://USER@HOST:PORT/DB or set DQETL_PG_URL",
+        ));
     };
-    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
-        PathBuf::from(".dqetl")
-            .join(&global.stack_name)
-            .join("capture")
-    });
+    if let Err(message) = check_no_password(&pg_url) {
+        return Ok(usage_error(&message));
+    }
+    let bootstrap = match &args.bootstrap {
+        Some(flag) => flag.clone(),
+        None => super::default_bootstrap(global, &config)?,
+    };
+    let state_dir = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => super::local_stack_dir(global)?.join("capture"),
+    };
+    let default_name = default_name(&global.stack_name);
     let options = CaptureOptions::new(
         pg_url,
         args.slot.clone().unwrap_or_else(|| default_name.clone()),
@@ -42,10 +42,17 @@ pub fn run(global: &GlobalArgs, args: &CaptureArgs) -> anyhow::Result<ExitCode> 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        spawn_signal_handler(shutdown.clone())?;
-        capture::run(&config, &options, shutdown)
-            .await
-            .map_err(anyhow::Error::from)
+        let on_signal = shutdown.clone();
+        let signals = tokio::spawn(async move {
+            super::shutdown_signal().await;
+            tracing::info!(
+                "stopping capture: flushing and confirming what the broker acknowledged"
+            );
+            on_signal.cancel();
+        });
+        let outcome = capture::run(&config, &options, shutdown).await;
+        signals.abort();
+        outcome
     })?;
     render(&report, global.json);
     Ok(ExitCode::SUCCESS)
@@ -67,30 +74,16 @@ fn default_name(stack: &str) -> String {
 }
 
 /// Arguments are visible to every user of the machine: a password there would leak.
-fn reject_password_in_url(url: &str) -> anyhow::Result<()> {
+fn check_no_password(url: &str) -> Result<(), String> {
     let parsed: tokio_postgres::Config = url
         .parse()
-        .context("--pg-url is not a valid PostgreSQL URL")?;
+        .map_err(|e| format!("--pg-url is not a valid PostgreSQL URL: {e}"))?;
     if parsed.get_password().is_some() {
-        bail!(
+        return Err(
             "--pg-url contains a password; remove it and set PGPASSWORD instead, so it stays out of the process list"
+                .into(),
         );
     }
-    Ok(())
-}
-
-fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => tracing::info!("SIGINT received; stopping capture"),
-            _ = terminate.recv() => tracing::info!("SIGTERM received; stopping capture"),
-        }
-        shutdown.cancel();
-    });
     Ok(())
 }
 
@@ -111,12 +104,9 @@ fn render(report: &CaptureReport, json: bool) {
     }
 }
 
-// replaced on integration: crate::config::load_spec
-fn load_spec(path: &Path) -> anyhow::Result<ConfigSpec> {
-    bail!(
-        "loading {} needs the config loader, which is not integrated yet",
-        path.display()
-    )
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
 }
 
 #[cfg(test)]
@@ -130,11 +120,10 @@ mod tests {
     }
 
     #[test]
-    fn a_password_in_the_url_is_refused() {
-        let err =
-            reject_password_in_url("postgresql://app:s3cret@127.0.0.1:5432/etldb").unwrap_err();
-        assert!(err.to_string().contains("PGPASSWORD"), "{err}");
-        assert!(!err.to_string().contains("s3cret"));
-        assert!(reject_password_in_url("postgresql://app@127.0.0.1:5432/etldb").is_ok());
+    fn a_password_in_the_url_is_refused_without_echoing_it() {
+        let err = check_no_password("postgresql://app:s3cret@127.0.0.1:5432/etldb").unwrap_err();
+        assert!(err.contains("PGPASSWORD"), "{err}");
+        assert!(!err.contains("s3cret"));
+        assert!(check_no_password("postgresql://app@127.0.0.1:5432/etldb").is_ok());
     }
 }

@@ -1,26 +1,132 @@
 //! One file per command: read its flags, call library code, render the result.
 
+pub mod capture;
+pub mod compile;
+pub mod config_schema;
+pub mod generate_data;
+pub mod process;
+pub mod query;
+pub mod validate;
+
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ConfigCommand, GlobalArgs};
+use std::collections::HashMap;
+use std::path::PathBuf;
 
-pub mod capture;
+use anyhow::Context;
+
+use crate::cli::Target;
+use crate::config::spec::ConfigSpec;
+use crate::config::{ConfigError, LoadContext, load_spec};
 
 /// Runs a command and maps its outcome to dqetl's exit codes: 0 ok, 1 failure, 2 usage/config error.
 pub fn run(cli: Cli) -> ExitCode {
     let Cli { global, command } = cli;
     let result: anyhow::Result<ExitCode> = match command {
         Command::Capture(args) => capture::run(&global, &args),
-        Command::Validate | Command::Config(_) | Command::Compile(_) => {
-            let _ = global;
-            Err(anyhow::anyhow!("not implemented yet"))
-        }
+        Command::Validate => validate::run(&global),
+        Command::Config(ConfigCommand::Schema) => config_schema::run(),
+        Command::Compile(args) => compile::run(&global, &args),
+        Command::Query(args) => query::run(&global, &args),
+        Command::Process(args) => block_on(process::run(&global, args)),
+        Command::GenerateData(args) => generate_data::run(&global, args),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(1)
+            // A config that does not load or validate is a usage error.
+            if err.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(ConfigError::EXIT_CODE)
+            } else {
+                ExitCode::from(1)
+            }
         }
+    }
+}
+
+/// Prints to stdout; a closed pipe (`dqetl config schema | head`) is not an error.
+pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Placeholder values for loading the config: the stack name, and no AWS account (commands that
+/// know the account, on the aws target, set it themselves).
+pub fn load_context(global: &GlobalArgs) -> LoadContext {
+    LoadContext {
+        stack_name: global.stack_name.clone(),
+        account_id: None,
+    }
+}
+
+/// Runs an async command on a fresh multi-threaded runtime.
+fn block_on(
+    command: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(command)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads and validates the config; a failure maps to exit code 2.
+pub fn load_config(global: &GlobalArgs) -> anyhow::Result<ConfigSpec> {
+    Ok(load_spec(&global.config, &load_context(global))?)
+}
+
+/// `.dqetl/<stack>/` under the current directory: the local target's state.
+pub fn local_stack_dir(global: &GlobalArgs) -> anyhow::Result<PathBuf> {
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    Ok(cwd.join(".dqetl").join(&global.stack_name))
+}
+
+/// The broker to use when no `--bootstrap` is given: the config's, unless it leaves it to the target.
+pub fn default_bootstrap(global: &GlobalArgs, spec: &ConfigSpec) -> anyhow::Result<String> {
+    if let Some(b) = &spec.kafka.bootstrap_servers {
+        return Ok(b.clone());
+    }
+    match global.target {
+        Target::Local => anyhow::bail!(
+            "no Kafka bootstrap servers: the config leaves them to the target; pass --bootstrap HOST:PORT \
+             (the local stack's broker is in .dqetl/{}/state.json after `dqetl deploy`)",
+            global.stack_name
+        ),
+        Target::Aws => anyhow::bail!(
+            "no Kafka bootstrap servers: set DQETL_BOOTSTRAP (the ECS task definition sets it from the stack outputs)"
+        ),
+    }
+}
+
+/// Object-store options for the lake: nothing locally; the region on aws (credentials come from
+/// the standard AWS chain, never from here).
+pub fn storage_options(global: &GlobalArgs) -> HashMap<String, String> {
+    let mut options = HashMap::new();
+    if global.target == Target::Aws
+        && let Some(region) = &global.region
+    {
+        options.insert("AWS_REGION".to_string(), region.clone());
+    }
+    options
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops this command");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

@@ -45,6 +45,16 @@ impl LakeLayout {
         }
     }
 
+    /// Every table under one S3 root (an explicit `--lake s3://...`).
+    pub fn aws_root(root: &str) -> Self {
+        let root = root.trim_end_matches('/').to_string();
+        LakeLayout {
+            data_root: root.clone(),
+            quarantine_root: root,
+            overrides: BTreeMap::new(),
+        }
+    }
+
     /// The location of a data table.
     pub fn data_table(&self, table: &str) -> String {
         self.overrides

@@ -82,6 +82,21 @@ pub fn changes_schema(table: &TableSpec) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// SCD2 changes that also say where each came from (`_topic`, `_partition`, `_offset` after
+/// `_effective_from`). The sink accepts either form; with positions it drops, row by row, changes
+/// it has already committed, so a replay that overlaps the table's watermark is safe.
+pub fn positioned_changes_schema(table: &TableSpec) -> SchemaRef {
+    let mut fields: Vec<Field> = changes_schema(table)
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(TOPIC, DataType::Utf8, false));
+    fields.push(Field::new(PARTITION, DataType::Int32, false));
+    fields.push(Field::new(OFFSET, DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
 /// The Delta data table: transformed data columns plus the SCD2 columns.
 pub fn data_table_schema(table: &TableSpec) -> SchemaRef {
     let mut fields = transformed_fields(table);

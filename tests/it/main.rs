@@ -1,2 +1,15 @@
-mod capture;
+//! The one integration-test binary: real PostgreSQL, tansu and Delta tables on disk.
+
 mod support;
+
+mod aws_template;
+mod capture;
+mod compile_ddl_postgres;
+mod compile_golden;
+mod config_validate;
+mod generate;
+mod harness;
+mod query_local;
+mod sink_exactly_once;
+mod sink_python_reader;
+mod sink_scd2;

@@ -1,0 +1,221 @@
+//! The sections around the tables: `settings`, `kafka`, `source_database`.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use regex::Regex;
+
+use crate::config::diagnostics::did_you_mean;
+use crate::config::model::{KafkaSettings, Settings, SourceDatabase};
+use crate::config::spec::{KafkaSpec, SettingsSpec};
+use crate::config::validate::checker::{Checker, MAX_IDENTIFIER_LEN, is_identifier};
+
+pub const DEFAULT_TRIGGER_INTERVAL: Duration = Duration::from_secs(15);
+pub const DEFAULT_MAX_BATCH_RECORDS: u64 = 100_000;
+pub const DEFAULT_MAX_BATCH_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_PARTITIONS: i32 = 3;
+pub const DEFAULT_SCHEMA_NAME: &str = "public";
+/// The original's marker for "the target fills in the brokers" (MSK lookup on AWS, the local broker).
+pub const PLACEHOLDER_BOOTSTRAP_SERVERS: &str = "PLACEHOLDER_BOOTSTRAP_SERVERS";
+
+const SECURITY_PROTOCOLS: &[&str] = &["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
+const SASL_MECHANISMS: &[&str] = &[
+    "PLAIN",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-512",
+    "OAUTHBEARER",
+    "GSSAPI",
+];
+
+/// Settings paths are optional in dqetl: the target's lake layout decides where tables live.
+pub(super) fn settings(c: &mut Checker, settings: Option<&Settings>) -> Option<SettingsSpec> {
+    let default = Settings::default();
+    let s = settings.unwrap_or(&default);
+    let trigger_interval = match s.trigger_interval.as_deref() {
+        None => Some(DEFAULT_TRIGGER_INTERVAL),
+        Some(text) => match parse_interval(text) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                c.error(
+                    "settings.trigger_interval",
+                    "trigger_interval must be longer than zero",
+                );
+                None
+            }
+            Err(e) => {
+                c.error_hint(
+                    "settings.trigger_interval",
+                    format!("invalid trigger_interval {text:?}: {e}"),
+                    Some("write a duration such as \"15 seconds\", \"10s\" or \"500ms\"".into()),
+                );
+                None
+            }
+        },
+    };
+    let max_batch_records = positive(
+        c,
+        "settings.max_batch_records",
+        s.max_batch_records,
+        DEFAULT_MAX_BATCH_RECORDS,
+    );
+    let max_batch_bytes = positive(
+        c,
+        "settings.max_batch_bytes",
+        s.max_batch_bytes,
+        DEFAULT_MAX_BATCH_BYTES,
+    );
+    Some(SettingsSpec {
+        checkpoint_location: s.checkpoint_location.clone(),
+        quarantine_path: s.quarantine_path.clone(),
+        delta_bucket: s.delta_bucket.clone(),
+        trigger_interval: trigger_interval?,
+        max_batch_records: max_batch_records?,
+        max_batch_bytes: max_batch_bytes?,
+    })
+}
+
+fn positive(c: &mut Checker, path: &str, value: Option<u64>, default: u64) -> Option<u64> {
+    match value {
+        None => Some(default),
+        Some(0) => {
+            c.error(path, "must be at least 1");
+            None
+        }
+        Some(v) => Some(v),
+    }
+}
+
+/// "15 seconds" (the original's Spark trigger syntax), "10s", "1 minute", "500ms".
+pub fn parse_interval(text: &str) -> Result<Duration, humantime::DurationError> {
+    // humantime wants the unit glued to the number ("15seconds"); Spark writes "15 seconds".
+    static SPACE_BEFORE_UNIT: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"([0-9])\s+([A-Za-z])").expect("static regex compiles"));
+    let normalized = SPACE_BEFORE_UNIT.replace_all(text.trim(), "$1$2");
+    humantime::parse_duration(&normalized)
+}
+
+pub(super) fn kafka(c: &mut Checker, kafka: Option<&KafkaSettings>) -> Option<KafkaSpec> {
+    let default = KafkaSettings::default();
+    let k = kafka.unwrap_or(&default);
+    let bootstrap_servers = match k.bootstrap_servers.as_deref().map(str::trim) {
+        None | Some(PLACEHOLDER_BOOTSTRAP_SERVERS) => None,
+        Some("") => {
+            c.error_hint(
+                "kafka.bootstrap_servers",
+                "bootstrap_servers is empty",
+                Some(format!(
+                    "leave it out or write {PLACEHOLDER_BOOTSTRAP_SERVERS} to let the target decide"
+                )),
+            );
+            None
+        }
+        Some(servers) => Some(servers.to_string()),
+    };
+    let mut ok = true;
+    ok &= one_of(
+        c,
+        "kafka.security_protocol",
+        k.security_protocol.as_deref(),
+        SECURITY_PROTOCOLS,
+    );
+    ok &= one_of(
+        c,
+        "kafka.sasl_mechanism",
+        k.sasl_mechanism.as_deref(),
+        SASL_MECHANISMS,
+    );
+    let partitions = match k.partitions {
+        None => DEFAULT_PARTITIONS,
+        Some(p) if p >= 1 => p,
+        Some(p) => {
+            c.error(
+                "kafka.partitions",
+                format!("partitions must be at least 1, found {p}"),
+            );
+            ok = false;
+            DEFAULT_PARTITIONS
+        }
+    };
+    if k.consumer_group
+        .as_deref()
+        .is_some_and(|g| g.trim().is_empty())
+    {
+        c.error("kafka.consumer_group", "consumer_group is empty");
+        ok = false;
+    }
+    ok.then(|| KafkaSpec {
+        bootstrap_servers,
+        security_protocol: k.security_protocol.clone(),
+        sasl_mechanism: k.sasl_mechanism.clone(),
+        sasl_username: k.sasl_username.clone(),
+        partitions,
+        consumer_group: k.consumer_group.clone(),
+    })
+}
+
+/// Kafka client settings are upper-case names; matched case-insensitively like librdkafka does.
+fn one_of(c: &mut Checker, path: &str, value: Option<&str>, allowed: &[&str]) -> bool {
+    let Some(v) = value else { return true };
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(v)) {
+        return true;
+    }
+    let hint = did_you_mean(v, allowed.iter().copied())
+        .or_else(|| Some(format!("one of {}", allowed.join(", "))));
+    c.error_hint(path, format!("unsupported value {v:?}"), hint);
+    false
+}
+
+/// The source schema; only PostgreSQL is a source.
+pub(super) fn schema_name(c: &mut Checker, source: Option<&SourceDatabase>) -> Option<String> {
+    let Some(source) = source else {
+        return Some(DEFAULT_SCHEMA_NAME.into());
+    };
+    let mut ok = true;
+    if let Some(engine) = source.engine.as_deref()
+        && !matches!(
+            engine.to_ascii_lowercase().as_str(),
+            "postgres" | "postgresql"
+        )
+    {
+        c.error(
+            "source_database.engine",
+            format!("unsupported engine {engine:?}: dqetl captures from PostgreSQL"),
+        );
+        ok = false;
+    }
+    let name = source
+        .schema_name
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SCHEMA_NAME.into());
+    if !is_identifier(&name) || name.len() > MAX_IDENTIFIER_LEN {
+        c.error(
+            "source_database.schema_name",
+            format!("invalid schema name {name:?}: expected letters, digits and _ (not starting with a digit), at most {MAX_IDENTIFIER_LEN} characters"),
+        );
+        ok = false;
+    }
+    ok.then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_intervals_in_spark_and_humantime_syntax() {
+        assert_eq!(
+            parse_interval("15 seconds").unwrap(),
+            Duration::from_secs(15)
+        );
+        assert_eq!(parse_interval("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_interval("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_interval("1 minute").unwrap(), Duration::from_secs(60));
+        assert_eq!(
+            parse_interval(" 2  min 30 s ").unwrap(),
+            Duration::from_secs(150)
+        );
+        assert!(parse_interval("soon").is_err());
+        assert!(parse_interval("15").is_err());
+        assert!(parse_interval("").is_err());
+    }
+}

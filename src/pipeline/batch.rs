@@ -1,0 +1,301 @@
+//! One micro-batch of one table, from decoded events to a [`BatchPlan`]:
+//! rules → quarantine → transforms → SCD2 selection → metrics. Pure: `now` comes in as an
+//! argument, and nothing here reads or writes anything but its arguments (and logs counts).
+//!
+//! Accounting, so nothing is lost: `events = loaded + deletes + quarantined + control_records`,
+//! where `quarantined` counts malformed messages, rows failing an error rule and rows a transform
+//! could not be applied to.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use deltalake::arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray, UInt32Array};
+use deltalake::arrow::compute::take;
+
+use crate::config::spec::{MetricKind, Severity, TableSpec};
+
+use super::error::{PipelineError, Result, arrow_context};
+use super::metrics::{SCOPE_BATCH, SCOPE_CUMULATIVE, TableMetricState, measure, metric_rows};
+use super::pii::PiiMasks;
+use super::plan::{BatchPlan, BatchStats, DecodedBatch, Operation};
+use super::quarantine::{self, RejectedRow};
+use super::reason;
+use super::rules::{self, RuleOutcome};
+use super::scd2;
+use super::schema::{OPERATION, SOURCE_TS, changes_schema, decoded_schema, source_fields};
+use super::transforms;
+use super::values::ColumnValues;
+
+/// Plans one decoded micro-batch of `table`: what to merge, what to quarantine, which metrics to
+/// record. `state` is the table's cumulative metric state; this batch's state is merged into it.
+pub fn plan(
+    table: &TableSpec,
+    decoded: &DecodedBatch,
+    state: &mut TableMetricState,
+    now: DateTime<Utc>,
+) -> Result<BatchPlan, PipelineError> {
+    let rows = &decoded.rows;
+    check_schema(table, rows)?;
+    let n = rows.num_rows();
+
+    let operations = rows
+        .column_by_name(OPERATION)
+        .map(|c| c.as_string::<i32>())
+        .ok_or_else(|| schema_error(table, "no _operation column"))?;
+    let is_delete: Vec<bool> = (0..n)
+        .map(|row| operations.value(row) == Operation::Delete.as_dms())
+        .collect();
+    let evaluated: Vec<bool> = is_delete.iter().map(|d| !d).collect();
+
+    let key = scd2::key_column(table, rows)?;
+    let key_values = ColumnValues::new(&key)
+        .ok_or_else(|| schema_error(table, "unsupported primary key type"))?;
+    let outcomes = rules::evaluate(table, rows, &evaluated, key_values)?;
+    log_warning_failures(table, &outcomes);
+
+    let masks = PiiMasks::for_quarantine(table);
+    let failed_error_rule: Vec<bool> = (0..n)
+        .map(|row| {
+            outcomes
+                .iter()
+                .any(|o| o.failed[row] && table.rules[o.rule].severity == Severity::Error)
+        })
+        .collect();
+
+    let transformed = transforms::apply(table, rows, &is_delete, &masks)?;
+    let mut transform_failures: BTreeMap<usize, Vec<&transforms::TransformFailure>> =
+        BTreeMap::new();
+    for failure in &transformed.failures {
+        if !failed_error_rule[failure.row] {
+            transform_failures
+                .entry(failure.row)
+                .or_default()
+                .push(failure);
+        }
+    }
+
+    let mut rejected = Vec::new();
+    let mut participants = Vec::with_capacity(n);
+    for (row, &failed_rule) in failed_error_rule.iter().enumerate() {
+        let transform_failed = transform_failures.get(&row);
+        if failed_rule || transform_failed.is_some() {
+            rejected.push(rejected_row(
+                table,
+                rows,
+                &outcomes,
+                transform_failed.map(Vec::as_slice).unwrap_or_default(),
+                row,
+                &masks,
+            )?);
+        } else {
+            participants.push(row as u32);
+        }
+    }
+
+    let selection = scd2::select(table, rows, &participants, &is_delete)?;
+    let changes = build_changes(table, rows, &transformed.columns, &selection.changes)?;
+    let quarantine = quarantine::build(table, rows, &rejected, &decoded.malformed, &masks, now)?;
+
+    let has_events = n > 0 || !decoded.malformed.is_empty();
+    let metrics = if has_events {
+        let measured = take_source_columns(table, rows, &selection.current)?;
+        let batch_state = measure(table, &measured, &outcomes)?;
+        let mut metrics = metric_rows(table, &batch_state, SCOPE_BATCH);
+        log_breaches(table, &metrics);
+        state.merge(batch_state);
+        metrics.extend(metric_rows(table, state, SCOPE_CUMULATIVE));
+        metrics
+    } else {
+        Vec::new()
+    };
+
+    let deletes = participants
+        .iter()
+        .filter(|&&row| is_delete[row as usize])
+        .count() as u64;
+    let stats = BatchStats {
+        events: (n + decoded.malformed.len()) as u64 + decoded.control_records,
+        malformed: decoded.malformed.len() as u64,
+        control_records: decoded.control_records,
+        deletes,
+        loaded: participants.len() as u64 - deletes,
+        quarantined: quarantine.num_rows() as u64,
+        rule_failures: outcomes
+            .iter()
+            .filter(|o| o.failures > 0)
+            .map(|o| (table.rules[o.rule].id.clone(), o.failures))
+            .collect(),
+    };
+    Ok(BatchPlan {
+        table: table.name.clone(),
+        changes,
+        quarantine,
+        metrics,
+        stats,
+    })
+}
+
+fn schema_error(table: &TableSpec, detail: &str) -> PipelineError {
+    PipelineError::SchemaMismatch {
+        table: table.name.clone(),
+        detail: detail.to_owned(),
+    }
+}
+
+fn check_schema(table: &TableSpec, rows: &RecordBatch) -> Result<()> {
+    let expected = decoded_schema(table);
+    let actual = rows.schema();
+    if expected.fields().len() != actual.fields().len() {
+        return Err(schema_error(
+            table,
+            &format!(
+                "{} columns, expected {}",
+                actual.fields().len(),
+                expected.fields().len()
+            ),
+        ));
+    }
+    for (want, got) in expected.fields().iter().zip(actual.fields()) {
+        if want.name() != got.name() || want.data_type() != got.data_type() {
+            return Err(schema_error(
+                table,
+                &format!(
+                    "column {} {}, expected {} {}",
+                    got.name(),
+                    got.data_type(),
+                    want.name(),
+                    want.data_type()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every rule a quarantined row failed (errors and warnings, config order), then the transforms
+/// that failed on it, each with its reason.
+fn rejected_row(
+    table: &TableSpec,
+    rows: &RecordBatch,
+    outcomes: &[RuleOutcome],
+    transform_failures: &[&transforms::TransformFailure],
+    row: usize,
+    masks: &PiiMasks,
+) -> Result<RejectedRow> {
+    let mut failed = Vec::new();
+    let mut reasons = Vec::new();
+    for outcome in outcomes.iter().filter(|o| o.failed[row]) {
+        let rule = &table.rules[outcome.rule];
+        let values = rules::column_values(table, rows, rule)?;
+        failed.push(rule.id.clone());
+        reasons.push(reason::rule_failure(rule, values, row, masks));
+    }
+    for failure in transform_failures {
+        failed.push(failure.transform_id.clone());
+        reasons.push(failure.reason.clone());
+    }
+    Ok(RejectedRow {
+        row,
+        failed,
+        reasons,
+    })
+}
+
+/// The changes batch: transformed data columns, `_operation` (stored form), `_effective_from`
+/// (the source commit time), at the selected rows in order.
+fn build_changes(
+    table: &TableSpec,
+    rows: &RecordBatch,
+    transformed: &[ArrayRef],
+    selected: &[u32],
+) -> Result<RecordBatch> {
+    let context = arrow_context(&table.name, "building SCD2 changes");
+    let indices = UInt32Array::from(selected.to_vec());
+    let mut columns = Vec::with_capacity(transformed.len() + 2);
+    for column in transformed {
+        columns.push(
+            take(column.as_ref(), &indices, None)
+                .map_err(arrow_context(&table.name, "building SCD2 changes"))?,
+        );
+    }
+    let operations = rows
+        .column_by_name(OPERATION)
+        .map(|c| c.as_string::<i32>())
+        .ok_or_else(|| schema_error(table, "no _operation column"))?;
+    let stored: StringArray = selected
+        .iter()
+        .map(|&row| Operation::from_dms(operations.value(row as usize)).map(|op| op.as_stored()))
+        .collect();
+    columns.push(Arc::new(stored));
+    let source_ts = rows
+        .column_by_name(SOURCE_TS)
+        .ok_or_else(|| schema_error(table, "no _source_ts column"))?;
+    columns.push(
+        take(source_ts.as_ref(), &indices, None)
+            .map_err(arrow_context(&table.name, "building SCD2 changes"))?,
+    );
+    RecordBatch::try_new(changes_schema(table), columns).map_err(context)
+}
+
+/// The data columns (config names and types) at the given rows, for metrics.
+fn take_source_columns(
+    table: &TableSpec,
+    rows: &RecordBatch,
+    selected: &[u32],
+) -> Result<RecordBatch> {
+    let indices = UInt32Array::from(selected.to_vec());
+    let columns = (0..table.columns.len())
+        .map(|i| take(rows.column(i).as_ref(), &indices, None))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(arrow_context(&table.name, "selecting rows to measure"))?;
+    let schema = Arc::new(deltalake::arrow::datatypes::Schema::new(source_fields(
+        table,
+    )));
+    RecordBatch::try_new(schema, columns)
+        .map_err(arrow_context(&table.name, "selecting rows to measure"))
+}
+
+/// One line per warning rule that failed in this batch: counts only, never values.
+fn log_warning_failures(table: &TableSpec, outcomes: &[RuleOutcome]) {
+    for outcome in outcomes.iter().filter(|o| o.failures > 0) {
+        let rule = &table.rules[outcome.rule];
+        if rule.severity == Severity::Warning {
+            tracing::warn!(
+                table = %table.name,
+                rule = %rule.id,
+                column = %rule.column,
+                failures = outcome.failures,
+                evaluated = outcome.evaluated,
+                "warning rule failed; rows loaded anyway"
+            );
+        }
+    }
+}
+
+/// Batch metrics below their threshold, at the check's severity.
+fn log_breaches(table: &TableSpec, metrics: &[super::plan::MetricRow]) {
+    for metric in metrics.iter().filter(|m| !m.passed) {
+        let severity = table
+            .checks
+            .iter()
+            .find(|c| {
+                let instance = match &c.kind {
+                    MetricKind::Compliance { name, .. } => Some(name),
+                    _ => c.column.as_ref(),
+                };
+                c.metric_name() == metric.metric_name && instance == metric.column_name.as_ref()
+            })
+            .map(|c| c.severity)
+            .unwrap_or(Severity::Warning);
+        let column = metric.column_name.as_deref().unwrap_or("");
+        match severity {
+            Severity::Error => {
+                tracing::error!(table = %table.name, metric = %metric.metric_name, column, value = metric.metric_value, threshold = metric.threshold, "DQ threshold breach")
+            }
+            Severity::Warning => {
+                tracing::warn!(table = %table.name, metric = %metric.metric_name, column, value = metric.metric_value, threshold = metric.threshold, "DQ threshold breach")
+            }
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Deequ-style metrics through mergeable states (Deequ's algebraic states), per batch and
+//! cumulative per table.
+//!
+//! What is measured: the rows a batch leaves as the current version of their key — each key's
+//! last event that passed the error rules, when it is not a delete — with their decoded (pre-
+//! transform) values, which the checks' columns and patterns are written against. The original
+//! measured raw CDC events (every version, deletes and rejected rows included), so two updates of
+//! one key lowered Uniqueness of the key (its bug 6.1.10).
+//!
+//! Definitions (Deequ 2.0): Size = rows; Completeness = non-null / rows; Uniqueness = values
+//! occurring exactly once / rows (NULL rows count in the denominator only); Compliance = rows
+//! where the predicate is true / rows (NULL counts as false); RuleFailureRate = rule failures /
+//! rows the rule evaluated (insert/update/load events, quarantined ones included).
+//!
+//! Cumulative metrics merge the batch states, so they are the metrics of all measured rows so far:
+//! a key updated in several batches is measured once per batch (as Deequ on appended data would).
+//! Uniqueness keeps a frequency per distinct value (a 64-bit digest of the value's text form, so
+//! no values are held), which grows with the number of distinct values, as Deequ's does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
+
+use deltalake::arrow::array::{Array, AsArray, RecordBatch};
+use deltalake::arrow::datatypes::{DataType, Schema};
+use deltalake::datafusion::common::DFSchema;
+use deltalake::datafusion::prelude::SessionContext;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::spec::{CompliancePredicate, MetricCheckSpec, MetricKind, TableSpec};
+
+use super::error::{PipelineError, Result};
+use super::plan::MetricRow;
+use super::rules::RuleOutcome;
+use super::values::ColumnValues;
+
+pub const SCOPE_BATCH: &str = "batch";
+pub const SCOPE_CUMULATIVE: &str = "cumulative";
+/// `metric_name` of a rule's failure rate (the column is the rule id).
+pub const RULE_FAILURE_RATE: &str = "RuleFailureRate";
+
+/// Matches over rows: the state of Completeness, Compliance and rule failure rates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ratio {
+    pub matches: u64,
+    pub rows: u64,
+}
+
+impl Ratio {
+    fn merge(&mut self, other: Ratio) {
+        self.matches += other.matches;
+        self.rows += other.rows;
+    }
+
+    fn value(&self) -> Option<f64> {
+        (self.rows > 0).then(|| self.matches as f64 / self.rows as f64)
+    }
+}
+
+/// Deequ's FrequenciesAndNumRows: how often each non-null value occurred, and all rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frequencies {
+    /// Digest of the value's text form → occurrences.
+    pub counts: HashMap<u64, u64>,
+    pub rows: u64,
+}
+
+impl Frequencies {
+    fn merge(&mut self, other: Frequencies) {
+        if self.counts.len() < other.counts.len() {
+            let mine = std::mem::replace(&mut self.counts, other.counts);
+            for (value, count) in mine {
+                *self.counts.entry(value).or_default() += count;
+            }
+        } else {
+            for (value, count) in other.counts {
+                *self.counts.entry(value).or_default() += count;
+            }
+        }
+        self.rows += other.rows;
+    }
+
+    fn uniqueness(&self) -> Option<f64> {
+        let unique = self.counts.values().filter(|&&c| c == 1).count();
+        (self.rows > 0).then(|| unique as f64 / self.rows as f64)
+    }
+}
+
+/// The mergeable metric state of one table: one batch's, or every batch's so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableMetricState {
+    /// Size.
+    pub rows: u64,
+    /// Completeness, by column.
+    pub completeness: BTreeMap<String, Ratio>,
+    /// Compliance, by check name.
+    pub compliance: BTreeMap<String, Ratio>,
+    /// Uniqueness, by column.
+    pub uniqueness: BTreeMap<String, Frequencies>,
+    /// Failure rate, by rule id.
+    pub rule_failures: BTreeMap<String, Ratio>,
+}
+
+impl TableMetricState {
+    /// Adds `other` in: the result describes the rows of both.
+    pub fn merge(&mut self, other: TableMetricState) {
+        self.rows += other.rows;
+        for (column, ratio) in other.completeness {
+            self.completeness.entry(column).or_default().merge(ratio);
+        }
+        for (name, ratio) in other.compliance {
+            self.compliance.entry(name).or_default().merge(ratio);
+        }
+        for (column, frequencies) in other.uniqueness {
+            self.uniqueness
+                .entry(column)
+                .or_default()
+                .merge(frequencies);
+        }
+        for (rule, ratio) in other.rule_failures {
+            self.rule_failures.entry(rule).or_default().merge(ratio);
+        }
+    }
+}
+
+/// Measures `rows` (source columns, config names and types) for the table's checks, and the
+/// rule outcomes for failure rates.
+pub(crate) fn measure(
+    table: &TableSpec,
+    rows: &RecordBatch,
+    outcomes: &[RuleOutcome],
+) -> Result<TableMetricState> {
+    let n = rows.num_rows() as u64;
+    let mut state = TableMetricState {
+        rows: n,
+        ..TableMetricState::default()
+    };
+    for check in &table.checks {
+        match &check.kind {
+            MetricKind::Size => {}
+            MetricKind::Completeness => {
+                let column = check_column(table, rows, check)?;
+                let non_null = (column.len() - column.null_count()) as u64;
+                state.completeness.insert(
+                    check_column_name(check),
+                    Ratio {
+                        matches: non_null,
+                        rows: n,
+                    },
+                );
+            }
+            MetricKind::Uniqueness => {
+                let column = check_column(table, rows, check)?;
+                let values =
+                    ColumnValues::new(&column).ok_or_else(|| unknown_column(table, check))?;
+                let mut counts: HashMap<u64, u64> = HashMap::new();
+                for row in 0..column.len() {
+                    if let Some(text) = values.text(row) {
+                        *counts.entry(digest(&text)).or_default() += 1;
+                    }
+                }
+                state
+                    .uniqueness
+                    .insert(check_column_name(check), Frequencies { counts, rows: n });
+            }
+            MetricKind::Compliance { name, predicate } => {
+                let matches = match predicate {
+                    CompliancePredicate::Pattern(pattern) => {
+                        let column = check_column(table, rows, check)?;
+                        let values = ColumnValues::new(&column)
+                            .ok_or_else(|| unknown_column(table, check))?;
+                        (0..column.len())
+                            .filter(|&row| values.text(row).is_some_and(|t| pattern.is_match(&t)))
+                            .count() as u64
+                    }
+                    CompliancePredicate::Expression(expression) => {
+                        if n == 0 {
+                            0
+                        } else {
+                            expression_true_count(table, name, expression, rows)?
+                        }
+                    }
+                };
+                state
+                    .compliance
+                    .insert(name.clone(), Ratio { matches, rows: n });
+            }
+        }
+    }
+    for outcome in outcomes {
+        let rule = &table.rules[outcome.rule];
+        state.rule_failures.insert(
+            rule.id.clone(),
+            Ratio {
+                matches: outcome.failures,
+                rows: outcome.evaluated,
+            },
+        );
+    }
+    Ok(state)
+}
+
+/// The `dq_metrics` rows of a state: the checks in config order, then each rule's failure rate.
+/// Ratios over zero rows have no value and are left out (Deequ reports them as failures to
+/// compute, not as numbers); Size is always there.
+pub(crate) fn metric_rows(
+    table: &TableSpec,
+    state: &TableMetricState,
+    scope: &'static str,
+) -> Vec<MetricRow> {
+    let mut out = Vec::new();
+    for check in &table.checks {
+        let (column_name, value) = match &check.kind {
+            MetricKind::Size => (None, Some(state.rows as f64)),
+            MetricKind::Completeness => {
+                let column = check_column_name(check);
+                let value = state.completeness.get(&column).and_then(Ratio::value);
+                (Some(column), value)
+            }
+            MetricKind::Uniqueness => {
+                let column = check_column_name(check);
+                let value = state
+                    .uniqueness
+                    .get(&column)
+                    .and_then(Frequencies::uniqueness);
+                (Some(column), value)
+            }
+            MetricKind::Compliance { name, .. } => (
+                Some(name.clone()),
+                state.compliance.get(name).and_then(Ratio::value),
+            ),
+        };
+        if let Some(value) = value {
+            out.push(MetricRow {
+                table_name: table.name.clone(),
+                metric_name: check.metric_name().to_owned(),
+                column_name,
+                metric_value: value,
+                threshold: check.threshold,
+                passed: check.threshold.is_none_or(|t| value >= t),
+                scope,
+            });
+        }
+    }
+    for rule in &table.rules {
+        if let Some(value) = state.rule_failures.get(&rule.id).and_then(Ratio::value) {
+            out.push(MetricRow {
+                table_name: table.name.clone(),
+                metric_name: RULE_FAILURE_RATE.to_owned(),
+                column_name: Some(rule.id.clone()),
+                metric_value: value,
+                threshold: None,
+                passed: true,
+                scope,
+            });
+        }
+    }
+    out
+}
+
+fn check_column_name(check: &MetricCheckSpec) -> String {
+    check.column.clone().unwrap_or_default()
+}
+
+fn unknown_column(table: &TableSpec, check: &MetricCheckSpec) -> PipelineError {
+    PipelineError::UnknownColumn {
+        table: table.name.clone(),
+        context: format!("{} check", check.metric_name()),
+        column: check_column_name(check),
+    }
+}
+
+fn check_column(
+    table: &TableSpec,
+    rows: &RecordBatch,
+    check: &MetricCheckSpec,
+) -> Result<deltalake::arrow::array::ArrayRef> {
+    let column = check
+        .column
+        .as_deref()
+        .ok_or_else(|| unknown_column(table, check))?;
+    rows.column_by_name(column)
+        .cloned()
+        .ok_or_else(|| unknown_column(table, check))
+}
+
+/// A stable 64-bit digest of a value's text form.
+fn digest(text: &str) -> u64 {
+    let hash = Sha256::digest(text.as_bytes());
+    let mut first = [0_u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// Parses SQL expressions; a pure in-memory context (no tables, no I/O).
+static EXPRESSIONS: LazyLock<SessionContext> = LazyLock::new(SessionContext::new);
+
+fn expression_error(
+    table: &TableSpec,
+    name: &str,
+    expression: &str,
+) -> impl FnOnce(deltalake::datafusion::error::DataFusionError) -> PipelineError + use<> {
+    let (table, name, expression) = (table.name.clone(), name.to_owned(), expression.to_owned());
+    move |source| PipelineError::ComplianceExpression {
+        table,
+        name,
+        expression,
+        source: Box::new(source),
+    }
+}
+
+/// Rows where a SQL boolean expression is true, evaluated with DataFusion's expression engine.
+fn expression_true_count(
+    table: &TableSpec,
+    name: &str,
+    expression: &str,
+    rows: &RecordBatch,
+) -> Result<u64> {
+    let schema = DFSchema::try_from(rows.schema().as_ref().clone())
+        .map_err(expression_error(table, name, expression))?;
+    let logical = EXPRESSIONS
+        .parse_sql_expr(expression, &schema)
+        .map_err(expression_error(table, name, expression))?;
+    let physical = EXPRESSIONS
+        .create_physical_expr(logical, &schema)
+        .map_err(expression_error(table, name, expression))?;
+    let result = physical
+        .evaluate(rows)
+        .and_then(|value| value.into_array(rows.num_rows()))
+        .map_err(expression_error(table, name, expression))?;
+    let booleans = result
+        .as_boolean_opt()
+        .ok_or_else(|| PipelineError::ComplianceNotBoolean {
+            table: table.name.clone(),
+            name: name.to_owned(),
+            expression: expression.to_owned(),
+            data_type: result.data_type().clone(),
+        })?;
+    Ok(booleans.true_count() as u64)
+}
+
+/// Checks that a compliance expression parses and is boolean over the table's source columns
+/// (for config validation).
+pub fn check_compliance_expression(table: &TableSpec, name: &str, expression: &str) -> Result<()> {
+    let schema = Schema::new(super::schema::source_fields(table));
+    let df_schema =
+        DFSchema::try_from(schema.clone()).map_err(expression_error(table, name, expression))?;
+    let logical = EXPRESSIONS
+        .parse_sql_expr(expression, &df_schema)
+        .map_err(expression_error(table, name, expression))?;
+    let physical = EXPRESSIONS
+        .create_physical_expr(logical, &df_schema)
+        .map_err(expression_error(table, name, expression))?;
+    let data_type = physical
+        .data_type(&schema)
+        .map_err(expression_error(table, name, expression))?;
+    if data_type != DataType::Boolean {
+        return Err(PipelineError::ComplianceNotBoolean {
+            table: table.name.clone(),
+            name: name.to_owned(),
+            expression: expression.to_owned(),
+            data_type,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! Table upkeep: micro-batches leave many small files; compaction rewrites them into few large
+//! ones (a `dataChange = false` commit, so readers and txn watermarks are unaffected).
+//! Checkpoints need no call: every commit's post-commit hook writes one each
+//! `delta.checkpointInterval` (100) versions.
+
+use deltalake::operations::optimize::OptimizeType;
+
+use super::error::Result;
+use super::lake::{Lake, LakeTable};
+use super::table::delta_error;
+
+/// What a compaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compaction {
+    pub files_removed: u64,
+    pub files_added: u64,
+    /// The version the compaction committed; `None` when there was nothing to compact.
+    pub version: Option<u64>,
+}
+
+impl Lake {
+    /// Compacts a table's small files. `None` when the table does not exist yet. Runs under the
+    /// same per-table lock as this process's commits; a conflict with another writer is retried
+    /// on a fresh read, and a MERGE that loses to a compaction is retried the same way.
+    pub async fn compact(&self, table: LakeTable) -> Result<Option<Compaction>> {
+        let name = table.name();
+        let location = table.location(self.layout());
+        let mut lock = self.lock(table).await;
+        loop {
+            let Some(target) = lock.latest_existing().await? else {
+                return Ok(None);
+            };
+            let before = target.version();
+            match target.optimize().with_type(OptimizeType::Compact).await {
+                Ok((compacted, metrics)) => {
+                    let version = compacted.version().filter(|v| Some(*v) != before);
+                    let outcome = Compaction {
+                        files_removed: metrics.num_files_removed,
+                        files_added: metrics.num_files_added,
+                        version,
+                    };
+                    return Ok(Some(lock.keep(Some(compacted), outcome)));
+                }
+                Err(source) => {
+                    lock.retry_or_fail(delta_error(&name, &location, "compact", source))
+                        .await?
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,824 @@
+//! SCD Type 2 into a Delta data table: one micro-batch of changes becomes ONE Delta commit, a
+//! single MERGE over a staged union of
+//!   - close rows: keyed by the primary key, they match the key's current version and close it
+//!     (`_effective_to`, `_is_current = false`);
+//!   - insert rows: with a NULL merge key they never match and are inserted as they are
+//!     (new current versions, intermediate versions already closed, tombstones).
+//!
+//! Which rows to stage is decided here, key by key, against the table's state read in the same
+//! snapshot the MERGE commits on (a concurrent commit makes the MERGE conflict, and the whole
+//! cycle reruns on fresh data), so the MERGE itself carries no logic that could drift.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use deltalake::DeltaTable;
+use deltalake::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt32Array,
+};
+use deltalake::arrow::compute::{cast, concat_batches, take};
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
+use deltalake::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
+use deltalake::datafusion::common::Column;
+use deltalake::datafusion::prelude::{Expr, SessionContext, lit};
+use deltalake::kernel::transaction::CommitProperties;
+
+use super::error::{Result, SinkError};
+use super::lake::{Lake, LakeTable};
+use super::table::delta_error;
+use super::watermarks::{
+    TxnPlan, last_offsets, partitions, plan_transactions, recorded, row_partitions,
+    rows_after_watermarks,
+};
+use crate::config::spec::{HardDeletes, TableSpec};
+use crate::pipeline::plan::SourcePosition;
+use crate::pipeline::schema::{
+    EFFECTIVE_FROM, EFFECTIVE_TO, INGESTED_AT, IS_CURRENT, OPERATION, changes_schema,
+    data_table_schema, positioned_changes_schema, transformed_fields,
+};
+
+/// Columns of the staged MERGE source next to the data table's columns.
+const MERGE_KEY: &str = "__dqetl_merge_key";
+const CLOSE_AT: &str = "__dqetl_close_at";
+/// Columns of the state query.
+const STATE_CURRENT: &str = "__dqetl_current";
+const STATE_LAST: &str = "__dqetl_last";
+const STATE_RANK: &str = "__dqetl_rank";
+
+/// What a commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// A new table version holds the batch and advances the watermarks.
+    Committed {
+        version: u64,
+        /// New versions written (current rows, closed intermediate versions, tombstones, or
+        /// appended quarantine and metric rows).
+        rows_inserted: usize,
+        /// Current versions closed.
+        rows_closed: usize,
+        /// Changes that changed nothing (equal to the current version, or deleting an absent key).
+        rows_unchanged: usize,
+    },
+    /// Nothing to write: every change equals the table's state (or there were no rows). No new
+    /// table version, so the txn watermarks stay where they were; a progress note records the
+    /// offsets instead (see [`Lake::commit_changes`] and [`Lake::resume_offsets`]).
+    Unchanged { rows_unchanged: usize },
+    /// Every partition of the batch is already recorded at or beyond its end offset: the batch
+    /// was committed before and is not applied again.
+    Replayed,
+}
+
+impl CommitOutcome {
+    /// The table version created, if any.
+    pub fn version(&self) -> Option<u64> {
+        match self {
+            CommitOutcome::Committed { version, .. } => Some(*version),
+            _ => None,
+        }
+    }
+}
+
+impl Lake {
+    /// Applies one micro-batch of SCD2 changes (schema `changes_schema(table)`, in application
+    /// order) to the table's Delta table in one commit that also records `ends` as transaction
+    /// actions (app id `<app_prefix>:<topic>:<partition>`, version = last offset).
+    ///
+    /// Per key: an INSERT/UPDATE whose data columns equal the current version (NULL equals NULL)
+    /// changes nothing; otherwise the current version is closed at the change's
+    /// `_effective_from` and the change becomes the current version. A DELETE closes the current
+    /// version (and with `hard_deletes: tombstone` adds a closed DELETE version); deleting an
+    /// absent key changes nothing. With `track_intermediate` a key may have several changes,
+    /// applied in order; otherwise a repeated key is an error. Should a change carry a source
+    /// time before the key's latest recorded time (the source's clock, not Kafka, is out of
+    /// order), it takes effect at that latest time so history intervals never overlap.
+    ///
+    /// A batch that changes nothing creates no table version, so replays and reloads do not grow
+    /// the log with empty versions; the txn watermarks stay behind. Reading those events again
+    /// would be harmless (they are no-ops again: keys stay in one partition, so nothing newer
+    /// for them can have been committed in between), and a progress note records the offsets so
+    /// that [`Lake::resume_offsets`] need not go back that far.
+    ///
+    /// `changes` may also carry each change's `_topic/_partition/_offset`
+    /// (`positioned_changes_schema`): changes at or below their partition's watermark are then
+    /// dropped row by row, which makes a replay that overlaps the watermark safe (resuming from
+    /// [`Lake::resume_offsets`] re-reads events some tables already hold). Without positions the
+    /// caller must not pass such events. A batch whose partitions are all recorded at or beyond
+    /// their ends is skipped as a replay either way.
+    pub async fn commit_changes(
+        &self,
+        table: &TableSpec,
+        changes: &RecordBatch,
+        ends: &[SourcePosition],
+        app_prefix: &str,
+        now: DateTime<Utc>,
+    ) -> Result<CommitOutcome> {
+        let shape = ChangeShape::of(table, changes)?;
+        let lake_table = LakeTable::Data(table.name.clone());
+        let ends = last_offsets(ends);
+        let outcome = if changes.num_rows() == 0 {
+            CommitOutcome::Unchanged { rows_unchanged: 0 }
+        } else {
+            let groups = group_by_key(table, &shape, changes)?;
+            let batch = Batch {
+                table,
+                shape: &shape,
+                changes,
+                groups: &groups,
+                ends: &ends,
+                app_prefix,
+                now,
+                schema: data_table_schema(table),
+            };
+            let mut lock = self.lock(lake_table.clone()).await;
+            loop {
+                let target = lock.latest_or_create(&batch.schema).await?;
+                match batch.apply(target).await {
+                    Ok((committed, outcome)) => break lock.keep(committed, outcome),
+                    Err(err) => lock.retry_or_fail(err).await?,
+                }
+            }
+        };
+        if let CommitOutcome::Unchanged { .. } = outcome {
+            self.note_progress(&lake_table, app_prefix, &ends).await?;
+        }
+        Ok(outcome)
+    }
+}
+
+/// One batch of changes and what its commit needs.
+struct Batch<'a> {
+    table: &'a TableSpec,
+    shape: &'a ChangeShape,
+    changes: &'a RecordBatch,
+    groups: &'a KeyGroups,
+    ends: &'a BTreeMap<(String, i32), i64>,
+    app_prefix: &'a str,
+    now: DateTime<Utc>,
+    schema: SchemaRef,
+}
+
+impl Batch<'_> {
+    /// Reads the table state, decides the versions and commits them in one MERGE.
+    async fn apply(&self, target: DeltaTable) -> Result<(Option<DeltaTable>, CommitOutcome)> {
+        let Batch {
+            table,
+            shape,
+            changes,
+            groups,
+            ..
+        } = *self;
+        let mut watched = partitions(self.ends);
+        if shape.positioned {
+            watched.extend(row_partitions(&table.name, changes)?);
+            watched.sort();
+            watched.dedup();
+        }
+        let seen = recorded(&target, &table.name, self.app_prefix, &watched).await?;
+        let txns = match plan_transactions(self.app_prefix, self.ends, &seen) {
+            TxnPlan::Replay => return Ok((None, CommitOutcome::Replayed)),
+            TxnPlan::Apply(txns) => txns,
+        };
+        // Changes at or below the watermark of their partition were committed before: applying
+        // them again on a newer state would resurrect or duplicate versions.
+        let filtered;
+        let (changes, groups, already) = if shape.positioned && !seen.is_empty() {
+            let kept = rows_after_watermarks(&table.name, changes, &seen)?;
+            let already = changes.num_rows() - kept.num_rows();
+            if already == 0 {
+                (changes, groups, 0)
+            } else {
+                let regrouped = group_by_key(table, shape, &kept)?;
+                filtered = (kept, regrouped);
+                (&filtered.0, &filtered.1, already)
+            }
+        } else {
+            if txns.len() < self.ends.len() {
+                tracing::warn!(
+                    table = %table.name,
+                    "changes without positions overlap offsets this table already committed; \
+                     they are applied again (send positioned changes to have them filtered)"
+                );
+            }
+            (changes, groups, 0)
+        };
+        if changes.num_rows() == 0 {
+            return Ok((
+                None,
+                CommitOutcome::Unchanged {
+                    rows_unchanged: already,
+                },
+            ));
+        }
+        let state = read_state(&target, table, shape, changes).await?;
+        let mut plan = plan_versions(table, shape, changes, groups, &state)?;
+        plan.unchanged += already;
+        if plan.closes.is_empty() && plan.versions.is_empty() {
+            return Ok((
+                None,
+                CommitOutcome::Unchanged {
+                    rows_unchanged: plan.unchanged,
+                },
+            ));
+        }
+        let staged = stage(table, shape, changes, &self.schema, &plan, self.now)?;
+        let committed = merge(target, table, shape, staged, txns).await?;
+        let version = committed.version().unwrap_or_default();
+        tracing::debug!(
+            table = %table.name,
+            version,
+            inserted = plan.versions.len(),
+            closed = plan.closes.len(),
+            unchanged = plan.unchanged,
+            "SCD2 commit"
+        );
+        let outcome = CommitOutcome::Committed {
+            version,
+            rows_inserted: plan.versions.len(),
+            rows_closed: plan.closes.len(),
+            rows_unchanged: plan.unchanged,
+        };
+        Ok((Some(committed), outcome))
+    }
+}
+
+/// Where things are in a changes batch.
+struct ChangeShape {
+    /// Transformed data columns: the first `data_columns` columns, in data-table order.
+    data_columns: usize,
+    key: usize,
+    key_name: String,
+    operation: usize,
+    effective_from: usize,
+    /// The batch carries `_topic/_partition/_offset` (see `positioned_changes_schema`).
+    positioned: bool,
+}
+
+impl ChangeShape {
+    fn of(table: &TableSpec, changes: &RecordBatch) -> Result<ChangeShape> {
+        let pk = table
+            .primary_key
+            .as_deref()
+            .ok_or_else(|| SinkError::NoPrimaryKey {
+                table: table.name.clone(),
+            })?;
+        let key = table
+            .column_index(pk)
+            .ok_or_else(|| SinkError::NoPrimaryKey {
+                table: table.name.clone(),
+            })?;
+        let expected = changes_schema(table);
+        let positioned_schema = positioned_changes_schema(table);
+        let actual = changes.schema();
+        let describe = |s: &Schema| {
+            s.fields()
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let same = |expected: &Schema| {
+            expected.fields().len() == actual.fields().len()
+                && expected
+                    .fields()
+                    .iter()
+                    .zip(actual.fields())
+                    .all(|(e, a)| e.name() == a.name() && e.data_type() == a.data_type())
+        };
+        let positioned = same(&positioned_schema);
+        if !positioned && !same(&expected) {
+            return Err(SinkError::BatchSchema {
+                table: table.name.clone(),
+                what: "changes",
+                detail: format!(
+                    "expected [{}], got [{}]",
+                    describe(&expected),
+                    describe(&actual)
+                ),
+            });
+        }
+        let data_columns = transformed_fields(table).len();
+        Ok(ChangeShape {
+            data_columns,
+            key,
+            key_name: expected.field(key).name().clone(),
+            operation: data_columns,
+            effective_from: data_columns + 1,
+            positioned,
+        })
+    }
+}
+
+/// The kind of one change, with the value it stores in `_operation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Upsert(&'static str),
+    Delete,
+}
+
+/// Change rows per key, in batch order; keys in order of first appearance.
+struct KeyGroups {
+    keys: Vec<(OwnedRow, Vec<usize>)>,
+    kinds: Vec<Change>,
+    effective_from: Vec<i64>,
+}
+
+fn group_by_key(
+    table: &TableSpec,
+    shape: &ChangeShape,
+    changes: &RecordBatch,
+) -> Result<KeyGroups> {
+    let key_column = changes.column(shape.key);
+    if let Some(row) = (0..changes.num_rows()).find(|&i| key_column.is_null(i)) {
+        return Err(SinkError::NullKey {
+            table: table.name.clone(),
+            column: shape.key_name.clone(),
+            row,
+        });
+    }
+    let keys = key_rows(table, std::slice::from_ref(key_column))?;
+    let operations = changes.column(shape.operation).as_string::<i32>();
+    let from = changes
+        .column(shape.effective_from)
+        .as_primitive::<TimestampMicrosecondType>();
+    let mut kinds = Vec::with_capacity(changes.num_rows());
+    let mut effective_from = Vec::with_capacity(changes.num_rows());
+    let mut index: HashMap<OwnedRow, usize> = HashMap::new();
+    let mut groups: Vec<(OwnedRow, Vec<usize>)> = Vec::new();
+    for row in 0..changes.num_rows() {
+        let operation = if operations.is_null(row) {
+            ""
+        } else {
+            operations.value(row)
+        };
+        kinds.push(match operation.to_ascii_uppercase().as_str() {
+            "INSERT" | "LOAD" => Change::Upsert("INSERT"),
+            "UPDATE" => Change::Upsert("UPDATE"),
+            "DELETE" => Change::Delete,
+            _ => {
+                return Err(SinkError::UnknownOperation {
+                    table: table.name.clone(),
+                    row,
+                    operation: operation.to_string(),
+                });
+            }
+        });
+        if from.is_null(row) {
+            return Err(SinkError::BatchSchema {
+                table: table.name.clone(),
+                what: "changes",
+                detail: format!("row {row} has no {EFFECTIVE_FROM}"),
+            });
+        }
+        effective_from.push(from.value(row));
+        let key = keys.row(row).owned();
+        match index.get(&key) {
+            Some(&g) => {
+                if !table.scd2.track_intermediate {
+                    return Err(SinkError::DuplicateKey {
+                        table: table.name.clone(),
+                        first_row: groups[g].1[0],
+                        second_row: row,
+                    });
+                }
+                groups[g].1.push(row);
+            }
+            None => {
+                index.insert(key.clone(), groups.len());
+                groups.push((key, vec![row]));
+            }
+        }
+    }
+    Ok(KeyGroups {
+        keys: groups,
+        kinds,
+        effective_from,
+    })
+}
+
+fn key_rows(table: &TableSpec, key: &[ArrayRef]) -> Result<Rows> {
+    comparable_rows(table, key, "key comparison")
+}
+
+/// Rows whose bytes are equal exactly when every value is equal, NULL equal to NULL.
+fn comparable_rows(
+    table: &TableSpec,
+    columns: &[ArrayRef],
+    operation: &'static str,
+) -> Result<Rows> {
+    let arrow = |source| SinkError::Arrow {
+        table: table.name.clone(),
+        operation,
+        source,
+    };
+    let fields = columns
+        .iter()
+        .map(|c| SortField::new(c.data_type().clone()))
+        .collect();
+    RowConverter::new(fields)
+        .and_then(|c| c.convert_columns(columns))
+        .map_err(arrow)
+}
+
+/// The table's state for the keys of a batch: per key its current version (if any) and the
+/// latest time it recorded (the current version's start or the last closed version's end).
+struct KeyState {
+    /// Data columns of the current versions, typed like the changes.
+    current: RecordBatch,
+    by_key: HashMap<OwnedRow, Known>,
+}
+
+struct Known {
+    current_row: Option<usize>,
+    latest: Option<i64>,
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+async fn read_state(
+    target: &DeltaTable,
+    table: &TableSpec,
+    shape: &ChangeShape,
+    changes: &RecordBatch,
+) -> Result<KeyState> {
+    let data_fields: Vec<Field> = transformed_fields(table);
+    let data_schema = Arc::new(Schema::new(data_fields.clone()));
+    let empty = KeyState {
+        current: RecordBatch::new_empty(data_schema.clone()),
+        by_key: HashMap::new(),
+    };
+    let has_files = target
+        .snapshot()
+        .map(|s| s.log_data().num_files() > 0)
+        .unwrap_or(true);
+    if !has_files {
+        return Ok(empty);
+    }
+    let query = |source| SinkError::query(&table.name, "reading the current versions", source);
+    let delta = |source| delta_error(&table.name, target.table_url().as_str(), "read", source);
+    let ctx = SessionContext::new();
+    target
+        .update_datafusion_session(&ctx.state())
+        .map_err(delta)?;
+    let provider = target.table_provider().await.map_err(query)?;
+    ctx.register_table("target", provider).map_err(query)?;
+    let keys = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            &shape.key_name,
+            changes.column(shape.key).data_type().clone(),
+            true,
+        )])),
+        vec![changes.column(shape.key).clone()],
+    )
+    .map_err(|source| SinkError::Arrow {
+        table: table.name.clone(),
+        operation: "state query",
+        source,
+    })?;
+    ctx.register_batch("batch_keys", keys).map_err(query)?;
+    let pk = quote(&shape.key_name);
+    let data_list = data_fields
+        .iter()
+        .map(|f| quote(f.name()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {data_list}, {current} AS {state_current}, {state_last} FROM (\
+           SELECT t.*, \
+             MAX(COALESCE(t.{to}, t.{from})) OVER (PARTITION BY t.{pk}) AS {state_last}, \
+             ROW_NUMBER() OVER (PARTITION BY t.{pk} ORDER BY t.{current} DESC, t.{from} DESC) AS {state_rank} \
+           FROM target t WHERE t.{pk} IN (SELECT {pk} FROM batch_keys)\
+         ) WHERE {state_rank} = 1",
+        current = quote(IS_CURRENT),
+        from = quote(EFFECTIVE_FROM),
+        to = quote(EFFECTIVE_TO),
+        state_current = quote(STATE_CURRENT),
+        state_last = quote(STATE_LAST),
+        state_rank = quote(STATE_RANK),
+    );
+    let batches = ctx
+        .sql(&sql)
+        .await
+        .map_err(query)?
+        .collect()
+        .await
+        .map_err(query)?;
+    let Some(first) = batches.first() else {
+        return Ok(empty);
+    };
+    let found = concat_batches(&first.schema(), &batches).map_err(|source| SinkError::Arrow {
+        table: table.name.clone(),
+        operation: "state query",
+        source,
+    })?;
+    // The scan may hand back other physical types (e.g. string views); compare like with like.
+    let arrow = |source| SinkError::Arrow {
+        table: table.name.clone(),
+        operation: "state query",
+        source,
+    };
+    let data: Vec<ArrayRef> = data_fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| cast(found.column(i), f.data_type()))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(arrow)?;
+    let current_flags =
+        cast(found.column(shape.data_columns), &DataType::Boolean).map_err(arrow)?;
+    let current_flags = current_flags.as_boolean();
+    let latest = cast(
+        found.column(shape.data_columns + 1),
+        &crate::pipeline::schema::timestamp_type(),
+    )
+    .map_err(arrow)?;
+    let latest = latest.as_primitive::<TimestampMicrosecondType>();
+    let keys = key_rows(table, std::slice::from_ref(&data[shape.key]))?;
+    let mut current_rows = Vec::new();
+    let mut by_key = HashMap::new();
+    for row in 0..found.num_rows() {
+        let is_current = current_flags.is_valid(row) && current_flags.value(row);
+        let current_row = is_current.then(|| {
+            current_rows.push(row as u32);
+            current_rows.len() - 1
+        });
+        let latest = latest.is_valid(row).then(|| latest.value(row));
+        by_key.insert(
+            keys.row(row).owned(),
+            Known {
+                current_row,
+                latest,
+            },
+        );
+    }
+    let indices = UInt32Array::from(current_rows);
+    let current = data
+        .iter()
+        .map(|c| take(c, &indices, None))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(arrow)?;
+    let current = RecordBatch::try_new(data_schema, current).map_err(arrow)?;
+    Ok(KeyState { current, by_key })
+}
+
+/// One version to insert: the change row it comes from and its interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NewVersion {
+    source_row: usize,
+    operation: &'static str,
+    effective_from: i64,
+    /// `None` for the new current version.
+    effective_to: Option<i64>,
+}
+
+/// The rows to stage for one batch.
+#[derive(Debug, Default)]
+struct VersionPlan {
+    /// Current versions to close: a change row of the key (for its key value) and the close time.
+    closes: Vec<(usize, i64)>,
+    versions: Vec<NewVersion>,
+    unchanged: usize,
+}
+
+/// The version at the head of a key's history while its changes are applied.
+#[derive(Clone, Copy)]
+enum Head {
+    Absent,
+    /// The current version stored in the table (row in `KeyState::current`).
+    Stored(usize),
+    /// A version inserted by this batch (index into `VersionPlan::versions`).
+    Pending(usize),
+}
+
+fn plan_versions(
+    table: &TableSpec,
+    shape: &ChangeShape,
+    changes: &RecordBatch,
+    groups: &KeyGroups,
+    state: &KeyState,
+) -> Result<VersionPlan> {
+    // Change and stored values in one row format, so equality is a byte comparison.
+    let data_of = |batch: &RecordBatch| batch.columns()[..shape.data_columns].to_vec();
+    let mut both = data_of(changes);
+    let stored = data_of(&state.current);
+    let arrow = |source| SinkError::Arrow {
+        table: table.name.clone(),
+        operation: "value comparison",
+        source,
+    };
+    for (i, s) in stored.iter().enumerate() {
+        both[i] =
+            deltalake::arrow::compute::concat(&[both[i].as_ref(), s.as_ref()]).map_err(arrow)?;
+    }
+    let values = comparable_rows(table, &both, "value comparison")?;
+    let change_values = |row: usize| values.row(row);
+    let stored_values = |row: usize| values.row(changes.num_rows() + row);
+
+    let tombstones = table.scd2.hard_deletes == HardDeletes::Tombstone;
+    let mut plan = VersionPlan::default();
+    for (key, rows) in &groups.keys {
+        let known = state.by_key.get(key);
+        let mut head = match known.and_then(|k| k.current_row) {
+            Some(r) => Head::Stored(r),
+            None => Head::Absent,
+        };
+        let mut latest = known.and_then(|k| k.latest);
+        let mut close_stored = None;
+        for &row in rows {
+            let at = latest.map_or(groups.effective_from[row], |l| {
+                groups.effective_from[row].max(l)
+            });
+            let kind = groups.kinds[row];
+            let unchanged = match (kind, head) {
+                (_, Head::Absent) => kind == Change::Delete,
+                (Change::Upsert(_), Head::Stored(r)) => change_values(row) == stored_values(r),
+                (Change::Upsert(_), Head::Pending(v)) => {
+                    change_values(row) == change_values(plan.versions[v].source_row)
+                }
+                (Change::Delete, _) => false,
+            };
+            if unchanged {
+                plan.unchanged += 1;
+                continue;
+            }
+            match head {
+                Head::Stored(_) => close_stored = Some(at),
+                Head::Pending(v) => plan.versions[v].effective_to = Some(at),
+                Head::Absent => {}
+            }
+            match kind {
+                Change::Upsert(operation) => {
+                    plan.versions.push(NewVersion {
+                        source_row: row,
+                        operation,
+                        effective_from: at,
+                        effective_to: None,
+                    });
+                    head = Head::Pending(plan.versions.len() - 1);
+                }
+                Change::Delete => {
+                    if tombstones {
+                        plan.versions.push(NewVersion {
+                            source_row: row,
+                            operation: "DELETE",
+                            effective_from: at,
+                            effective_to: Some(at),
+                        });
+                    }
+                    head = Head::Absent;
+                }
+            }
+            latest = Some(at);
+        }
+        if let Some(at) = close_stored {
+            plan.closes.push((rows[0], at));
+        }
+    }
+    Ok(plan)
+}
+
+/// The MERGE source: close rows (merge key set, data NULL) then insert rows (merge key NULL).
+fn stage(
+    table: &TableSpec,
+    shape: &ChangeShape,
+    changes: &RecordBatch,
+    data_schema: &SchemaRef,
+    plan: &VersionPlan,
+    now: DateTime<Utc>,
+) -> Result<RecordBatch> {
+    let arrow = |source| SinkError::Arrow {
+        table: table.name.clone(),
+        operation: "staging the merge",
+        source,
+    };
+    let closes = plan.closes.len();
+    let versions = plan.versions.iter();
+    let key_rows: UInt32Array = staged_column(
+        plan.closes.iter().map(|(row, _)| Some(*row as u32)),
+        versions.clone().map(|_| None),
+    );
+    let data_rows: UInt32Array = staged_column(
+        nulls(closes),
+        versions.clone().map(|v| Some(v.source_row as u32)),
+    );
+    let timestamps = |values: Vec<Option<i64>>| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+    };
+    let close_at = timestamps(staged_column(
+        plan.closes.iter().map(|(_, at)| Some(*at)),
+        versions.clone().map(|_| None),
+    ));
+    let operation: ArrayRef = Arc::new(staged_column::<_, StringArray>(
+        nulls(closes),
+        versions.clone().map(|v| Some(v.operation)),
+    ));
+    let from = timestamps(staged_column(
+        nulls(closes),
+        versions.clone().map(|v| Some(v.effective_from)),
+    ));
+    let to = timestamps(staged_column(
+        nulls(closes),
+        versions.clone().map(|v| v.effective_to),
+    ));
+    let is_current: ArrayRef = Arc::new(staged_column::<_, BooleanArray>(
+        nulls(closes),
+        versions.clone().map(|v| Some(v.effective_to.is_none())),
+    ));
+    let ingested = timestamps(staged_column(
+        nulls(closes),
+        versions.clone().map(|_| Some(now.timestamp_micros())),
+    ));
+
+    let mut fields = vec![
+        Field::new(
+            MERGE_KEY,
+            changes.column(shape.key).data_type().clone(),
+            true,
+        ),
+        Field::new(CLOSE_AT, crate::pipeline::schema::timestamp_type(), true),
+    ];
+    let mut columns = vec![
+        take(changes.column(shape.key), &key_rows, None).map_err(arrow)?,
+        close_at,
+    ];
+    for (i, field) in data_schema.fields().iter().enumerate() {
+        fields.push(field.as_ref().clone().with_nullable(true));
+        let column = match field.name().as_str() {
+            OPERATION => operation.clone(),
+            EFFECTIVE_FROM => from.clone(),
+            EFFECTIVE_TO => to.clone(),
+            IS_CURRENT => is_current.clone(),
+            INGESTED_AT => ingested.clone(),
+            _ => take(changes.column(i), &data_rows, None).map_err(arrow)?,
+        };
+        columns.push(column);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(arrow)
+}
+
+/// A staged column: the values of the close rows, then those of the insert rows.
+fn staged_column<T, C: FromIterator<Option<T>>>(
+    close_rows: impl Iterator<Item = Option<T>>,
+    insert_rows: impl Iterator<Item = Option<T>>,
+) -> C {
+    close_rows.chain(insert_rows).collect()
+}
+
+fn nulls<T>(n: usize) -> impl Iterator<Item = Option<T>> {
+    std::iter::repeat_with(|| None).take(n)
+}
+
+fn source(name: &str) -> Expr {
+    Expr::Column(Column::new(Some("s"), name))
+}
+
+fn target(name: &str) -> Expr {
+    Expr::Column(Column::new(Some("t"), name))
+}
+
+async fn merge(
+    target_table: DeltaTable,
+    table: &TableSpec,
+    shape: &ChangeShape,
+    staged: RecordBatch,
+    txns: Vec<deltalake::kernel::Transaction>,
+) -> Result<DeltaTable> {
+    let location = target_table.table_url().to_string();
+    let delta = |operation, source| delta_error(&table.name, &location, operation, source);
+    let staged_df = SessionContext::new()
+        .read_batch(staged.clone())
+        .map_err(|source| SinkError::query(&table.name, "staging the merge", source))?;
+    let names: Vec<String> = staged
+        .schema()
+        .fields()
+        .iter()
+        .skip(2)
+        .map(|f| f.name().clone())
+        .collect();
+    let predicate = target(&shape.key_name)
+        .eq(source(MERGE_KEY))
+        .and(target(IS_CURRENT).eq(lit(true)));
+    let (committed, _metrics) = target_table
+        .merge(staged_df, predicate)
+        .with_source_alias("s")
+        .with_target_alias("t")
+        .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
+        .when_matched_update(|update| {
+            update
+                .update(Column::new_unqualified(EFFECTIVE_TO), source(CLOSE_AT))
+                .update(Column::new_unqualified(IS_CURRENT), lit(false))
+        })
+        .map_err(|e| delta("merge", e))?
+        .when_not_matched_insert(|insert| {
+            names.iter().fold(
+                insert.predicate(source(MERGE_KEY).is_null()),
+                |insert, name| insert.set(Column::new_unqualified(name), source(name)),
+            )
+        })
+        .map_err(|e| delta("merge", e))?
+        .await
+        .map_err(|e| delta("merge", e))?;
+    Ok(committed)
+}

@@ -1,0 +1,85 @@
+//! Small state blobs (cumulative metric states as JSON) stored next to the lake under
+//! `LakeLayout::state_dir()`. Each put replaces the whole object atomically (a local put writes a
+//! temporary file and renames it; an S3 PUT is atomic), so a reader never sees half a state.
+
+use std::sync::Arc;
+
+use deltalake::DeltaTableBuilder;
+use deltalake::logstore::object_store::{
+    self, GetOptions, ObjectStore, PutOptions, PutPayload, path::Path,
+};
+
+use super::error::{Result, SinkError};
+use super::lake::Lake;
+
+impl Lake {
+    /// Stores `bytes` under `name` (a plain file name), replacing what was there.
+    pub async fn save_state(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let (store, path) = self.state_object(name)?;
+        store
+            .put_opts(
+                &path,
+                PutPayload::from(bytes.to_vec()),
+                PutOptions::default(),
+            )
+            .await
+            .map_err(|source| self.state_error(name, "write", source))?;
+        Ok(())
+    }
+
+    /// The bytes stored under `name`; `None` when nothing was stored yet.
+    pub async fn load_state(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let (store, path) = self.state_object(name)?;
+        let read = async {
+            let found = store.get_opts(&path, GetOptions::default()).await?;
+            found.bytes().await
+        };
+        match read.await {
+            Ok(bytes) => Ok(Some(bytes.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(self.state_error(name, "read", source)),
+        }
+    }
+
+    fn state_object(&self, name: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !plain {
+            return Err(SinkError::StateName {
+                name: name.to_string(),
+            });
+        }
+        let location = self.layout().state_dir();
+        let invalid = |source| SinkError::InvalidLocation {
+            table: "state".into(),
+            location: location.clone(),
+            source: Box::new(source),
+        };
+        let url = deltalake::ensure_table_uri(&location).map_err(invalid)?;
+        let store = DeltaTableBuilder::from_url(url)
+            .and_then(|b| {
+                b.with_storage_options(self.storage_options().clone())
+                    .build_storage()
+            })
+            .map_err(invalid)?
+            .object_store(None);
+        Ok((store, Path::from(name)))
+    }
+
+    fn state_error(
+        &self,
+        name: &str,
+        operation: &'static str,
+        source: object_store::Error,
+    ) -> SinkError {
+        SinkError::State {
+            name: name.to_string(),
+            location: self.layout().state_dir(),
+            operation,
+            source: Box::new(source),
+        }
+    }
+}

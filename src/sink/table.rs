@@ -1,0 +1,222 @@
+//! Opening and creating one Delta table: location → URL, create on first use with the exact
+//! schema from `pipeline::schema`, and a schema check when the table already exists.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use deltalake::arrow::datatypes::Schema;
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::{StructField, StructType};
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+
+use super::error::{Result, SinkError};
+
+/// Whether a location is on the local filesystem (an absolute path or a `file://` URL).
+pub(crate) fn local_path(location: &str) -> Option<&Path> {
+    if let Some(rest) = location.strip_prefix("file://") {
+        return Some(Path::new(rest));
+    }
+    (!location.contains("://")).then(|| Path::new(location))
+}
+
+/// A table builder for a location. Local directories are created, as Delta needs them to exist.
+fn builder(
+    table: &str,
+    location: &str,
+    storage_options: &HashMap<String, String>,
+) -> Result<DeltaTableBuilder> {
+    let url =
+        deltalake::ensure_table_uri(location).map_err(|source| SinkError::InvalidLocation {
+            table: table.to_string(),
+            location: location.to_string(),
+            source: Box::new(source),
+        })?;
+    Ok(DeltaTableBuilder::from_url(url)
+        .map_err(|source| delta_error(table, location, "open", source))?
+        .with_storage_options(storage_options.clone()))
+}
+
+/// Opens the table if one exists at `location`; `None` when nothing was created there yet.
+/// Never creates anything (local directories included), so reads of a missing table leave no trace.
+pub async fn open_existing(
+    table: &str,
+    location: &str,
+    storage_options: &HashMap<String, String>,
+) -> Result<Option<DeltaTable>> {
+    if let Some(path) = local_path(location)
+        && !path.join("_delta_log").is_dir()
+    {
+        return Ok(None);
+    }
+    match builder(table, location, storage_options)?.load().await {
+        Ok(t) => Ok(Some(t)),
+        Err(DeltaTableError::NotATable(_)) => Ok(None),
+        Err(source) => Err(delta_error(table, location, "open", source)),
+    }
+}
+
+/// Opens the table at `location`, creating it with `schema` if it does not exist yet.
+/// Another writer may create the same table at the same moment (several processors start
+/// together); losing that race is fine, the winner's table is opened instead.
+pub(crate) async fn open_or_create(
+    table: &str,
+    location: &str,
+    schema: &Schema,
+    storage_options: &HashMap<String, String>,
+) -> Result<DeltaTable> {
+    if let Some(existing) = open_existing(table, location, storage_options).await? {
+        check_schema(table, location, &existing, schema)?;
+        return Ok(existing);
+    }
+    let columns = delta_columns(table, schema)?;
+    let empty = builder(table, location, storage_options)?
+        .build()
+        .map_err(|source| delta_error(table, location, "open", source))?;
+    let created = empty
+        .create()
+        .with_table_name(table)
+        .with_columns(columns)
+        .with_save_mode(SaveMode::ErrorIfExists)
+        .await;
+    match created {
+        Ok(t) => {
+            tracing::info!(table, location, "created Delta table");
+            Ok(t)
+        }
+        Err(create_err) => match open_existing(table, location, storage_options).await {
+            Ok(Some(existing)) => {
+                tracing::debug!(table, location, "table was created concurrently; opened it");
+                check_schema(table, location, &existing, schema)?;
+                Ok(existing)
+            }
+            _ => Err(delta_error(table, location, "create", create_err)),
+        },
+    }
+}
+
+fn delta_columns(table: &str, schema: &Schema) -> Result<Vec<StructField>> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            f.as_ref()
+                .try_into_kernel()
+                .map_err(|source| SinkError::Arrow {
+                    table: table.to_string(),
+                    operation: "table creation",
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// The existing table must hold exactly the columns (names, order, types, nullability) the
+/// config describes; writing into a table of another shape would fail obscurely later.
+fn check_schema(
+    table: &str,
+    location: &str,
+    existing: &DeltaTable,
+    expected: &Schema,
+) -> Result<()> {
+    let expected: StructType = expected
+        .try_into_kernel()
+        .map_err(|source| SinkError::Arrow {
+            table: table.to_string(),
+            operation: "schema check",
+            source,
+        })?;
+    let actual = existing
+        .snapshot()
+        .map_err(|source| delta_error(table, location, "read schema", source))?
+        .schema();
+    let describe = |s: &StructType| {
+        s.fields()
+            .map(|f| {
+                let null = if f.is_nullable() { "" } else { " not null" };
+                format!("{} {}{null}", f.name(), f.data_type())
+            })
+            .collect::<Vec<_>>()
+    };
+    let (want, have) = (describe(&expected), describe(&actual));
+    if want == have {
+        return Ok(());
+    }
+    let missing: Vec<&String> = want.iter().filter(|c| !have.contains(c)).collect();
+    let extra: Vec<&String> = have.iter().filter(|c| !want.contains(c)).collect();
+    let detail = if missing.is_empty() && extra.is_empty() {
+        format!(
+            "columns are in another order: table has [{}]",
+            have.join(", ")
+        )
+    } else {
+        format!(
+            "config expects [{}] that the table lacks; table has [{}] that the config lacks",
+            missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            extra
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    Err(SinkError::SchemaMismatch {
+        table: table.to_string(),
+        location: location.to_string(),
+        detail,
+    })
+}
+
+pub(crate) fn delta_error(
+    table: &str,
+    location: &str,
+    operation: &'static str,
+    source: DeltaTableError,
+) -> SinkError {
+    SinkError::Delta {
+        table: table.to_string(),
+        location: location.to_string(),
+        operation,
+        source: Box::new(source),
+    }
+}
+
+/// A batch handed to the sink must have the table's columns (names and types, in order).
+pub(crate) fn check_batch_schema(
+    table: &str,
+    what: &'static str,
+    expected: &Schema,
+    batch: &RecordBatch,
+) -> Result<()> {
+    let actual = batch.schema();
+    let same = expected.fields().len() == actual.fields().len()
+        && expected
+            .fields()
+            .iter()
+            .zip(actual.fields())
+            .all(|(e, a)| e.name() == a.name() && e.data_type().equals_datatype(a.data_type()));
+    if same {
+        return Ok(());
+    }
+    let describe = |s: &Schema| {
+        s.fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(SinkError::BatchSchema {
+        table: table.to_string(),
+        what,
+        detail: format!(
+            "expected [{}], got [{}]",
+            describe(expected),
+            describe(&actual)
+        ),
+    })
+}
