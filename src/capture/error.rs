@@ -111,13 +111,16 @@ impl CaptureError {
     /// than exit.
     pub fn is_retryable(&self) -> bool {
         match self {
-            CaptureError::Connect { .. }
-            | CaptureError::SlotInUse { .. }
+            CaptureError::SlotInUse { .. }
             | CaptureError::SlotRace { .. }
             | CaptureError::Produce { .. }
             | CaptureError::DeliveryTrackingLost => true,
             CaptureError::Replication { source, .. } => !source.is_permanent(),
-            CaptureError::Query { source, .. } => !is_permanent_db_error(source),
+            // A server that is down or restarting comes back; a wrong password or a missing
+            // database does not.
+            CaptureError::Connect { source, .. } | CaptureError::Query { source, .. } => {
+                !is_permanent_db_error(source)
+            }
             CaptureError::InvalidUrl { .. }
             | CaptureError::InvalidName { .. }
             | CaptureError::WalLevel { .. }

@@ -147,7 +147,7 @@ impl<'a> ChangeStream<'a> {
         if self.stats.changes > self.logged_changes {
             tracing::info!(
                 changes = self.stats.changes,
-                confirmed_lsn = %pg_walstream::format_lsn(confirm),
+                confirmed_lsn = %pg_walstream::format_lsn(self.last_confirmed),
                 "changes captured"
             );
             self.logged_changes = self.stats.changes;

@@ -9,9 +9,13 @@ use dqetl::capture::{self, CancellationToken, CaptureOptions, CaptureReport};
 use dqetl::config::spec::{
     ColumnSpec, ColumnType, ConfigSpec, KafkaSpec, Scd2Spec, SettingsSpec, TableSpec,
 };
+use dqetl::target::local::ports::free_port;
+use dqetl::target::local::{Broker, BrokerOptions, SpawnOptions, Storage, create_topics};
+use nix::sys::signal::Signal;
 use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::Value;
+use std::path::PathBuf;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 
@@ -268,6 +272,66 @@ async fn a_lost_database_connection_is_retried_without_losing_changes() {
     );
     assert_eq!(ids_of(&messages), (1..=80).collect::<BTreeSet<_>>());
     assert_eq!(report.snapshot_rows, 0, "resuming takes no new snapshot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_is_retried_without_losing_changes() {
+    // A broker of our own, on SQLite so it keeps its data across the outage, tied to this
+    // test's thread so a failing test does not leave it running.
+    let work_dir = support::scratch_dir("capture-broker").join("broker");
+    let port = free_port().expect("free port");
+    let broker_options = BrokerOptions {
+        spawn: SpawnOptions {
+            die_with_parent: Some(Signal::SIGKILL),
+            ..SpawnOptions::default()
+        },
+        ..BrokerOptions::default()
+    };
+    let start_broker = || {
+        Broker::start_with(
+            &work_dir,
+            port,
+            Storage::Sqlite(PathBuf::from("data/tansu.db")),
+            &broker_options,
+        )
+        .unwrap_or_else(|e| panic!("start broker: {}", support::error_chain(&e)))
+    };
+    let broker = start_broker();
+    let topic = unique("cdc-events");
+    create_topics(&broker.bootstrap(), &[(&topic, 2)])
+        .await
+        .expect("create topic");
+
+    let db = support::postgres().fresh_database("capture_outage").await;
+    let pg = connect(&db).await;
+    pg.batch_execute("CREATE TABLE events (id int PRIMARY KEY, n int NOT NULL)")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(&db, "outage", dir.path());
+    opts.bootstrap = broker.bootstrap();
+    opts.message_timeout = Duration::from_secs(3);
+    let mut capture = Running::start(config_with(vec![events_spec(&topic)]), opts.clone());
+    capture.wait_until_streaming().await;
+    insert_events(&pg, 1..=10).await;
+    read_until_on(&broker.bootstrap(), &topic, 2, |m| ids_of(m).len() == 10).await;
+
+    // The broker goes away while changes keep coming: they time out, capture backs off and
+    // starts over from the last position the broker acknowledged.
+    broker.stop().expect("stop broker");
+    insert_events(&pg, 11..=40).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let broker = start_broker();
+    let messages = read_until_on(&broker.bootstrap(), &topic, 2, |m| ids_of(m).len() == 40).await;
+    let report = capture.stop().await;
+    drop_slot(&pg, &opts.slot).await;
+
+    assert_eq!(
+        ids_of(&messages),
+        (1..=40).collect::<BTreeSet<_>>(),
+        "no change is lost"
+    );
+    assert!(report.restarts >= 1, "the outage was noticed and retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -667,11 +731,20 @@ impl Msg {
 
 /// Reads the whole topic again and again until `done` holds for what it holds (or 60 s pass).
 async fn read_until(topic: &str, partitions: i32, done: impl Fn(&[Msg]) -> bool) -> Vec<Msg> {
+    read_until_on(&support::broker().bootstrap(), topic, partitions, done).await
+}
+
+async fn read_until_on(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    done: impl Fn(&[Msg]) -> bool,
+) -> Vec<Msg> {
     let topic = topic.to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let t = topic.clone();
-        let messages = tokio::task::spawn_blocking(move || read_all(&t, partitions))
+        let (t, b) = (topic.clone(), bootstrap.to_string());
+        let messages = tokio::task::spawn_blocking(move || read_all(&b, &t, partitions))
             .await
             .unwrap();
         if !messages.is_empty() && done(&messages) {
@@ -695,9 +768,9 @@ async fn read_until(topic: &str, partitions: i32, done: impl Fn(&[Msg]) -> bool)
 /// Every message currently in the topic, per partition in offset order. Reads until the
 /// topic stays quiet for a moment instead of stopping at the high watermark: tansu 0.6's
 /// watermark counts a multi-record batch as one record.
-fn read_all(topic: &str, partitions: i32) -> Vec<Msg> {
+fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Msg> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", support::broker().bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("capture-test"))
         .set("enable.auto.commit", "false")
         .create()
