@@ -205,6 +205,14 @@ pub(crate) async fn describe_tables(
             table: spec.name.clone(),
             column: key.clone(),
         })?;
+        for configured in &spec.columns {
+            if !columns.iter().any(|c| c.name == configured.name) {
+                tracing::warn!(
+                    table = %spec.name, column = %configured.name,
+                    "configured column is not in the source table; its value will arrive as null"
+                );
+            }
+        }
         tables.push(SourceTable {
             spec: spec.clone(),
             schema: schema.clone(),
