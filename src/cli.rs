@@ -56,6 +56,8 @@ pub enum Command {
     Config(ConfigCommand),
     /// Write PostgreSQL DDL, DMS table mappings and the lake catalog from the config.
     Compile(CompileArgs),
+    /// Local CDC: initial snapshot + streaming changes, PostgreSQL → Kafka, in DMS JSON.
+    Capture(CaptureArgs),
     /// SQL over the Delta tables (data, `<table>_quarantine`, `dq_metrics`).
     Query(QueryArgs),
     /// Run the streaming processor: Kafka → DQ rules → quarantine → transforms → SCD2 → Delta.
@@ -86,6 +88,25 @@ pub struct CompileArgs {
     /// Output directory.
     #[arg(long, short, default_value = "build")]
     pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// Logical replication slot [default: dqetl_<stack>].
+    #[arg(long = "slot", value_name = "NAME")]
+    pub slot: Option<String>,
+    /// Publication over the configured tables, created or extended as needed [default: dqetl_<stack>].
+    #[arg(long, value_name = "NAME")]
+    pub publication: Option<String>,
+    /// Kafka bootstrap servers [default: the config's kafka.bootstrap_servers].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bootstrap: Option<String>,
+    /// Source database URL, without a password (set PGPASSWORD if one is needed).
+    #[arg(long, value_name = "URL", env = "DQETL_PG_URL", hide_env_values = true)]
+    pub pg_url: Option<String>,
+    /// Where capture records that its initial snapshot completed [default: .dqetl/<stack>/capture].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! One file per command: read its flags, call library code, render the result.
 
+pub mod capture;
 pub mod compile;
 pub mod config_schema;
 pub mod demo;
@@ -27,6 +28,7 @@ use crate::config::{ConfigError, LoadContext, load_spec};
 pub fn run(cli: Cli) -> ExitCode {
     let Cli { global, command } = cli;
     let result: anyhow::Result<ExitCode> = match command {
+        Command::Capture(args) => capture::run(&global, &args),
         Command::Validate => validate::run(&global),
         Command::Config(ConfigCommand::Schema) => config_schema::run(),
         Command::Compile(args) => compile::run(&global, &args),

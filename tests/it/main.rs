@@ -3,6 +3,7 @@
 mod support;
 
 mod aws_template;
+mod capture;
 mod compile_ddl_postgres;
 mod compile_golden;
 mod config_validate;
