@@ -1,0 +1,64 @@
+//! The config as deploy ships it: the raw tables.yaml (baked into the image and uploaded for audit),
+//! the validated spec (table names and lake locations for Athena and status), and the compiled
+//! DMS table mappings (a stack parameter) and source DDL (uploaded next to the config).
+
+use std::path::{Path, PathBuf};
+
+use crate::config::compile::{ddl, dms_mappings, to_pretty_json};
+use crate::config::spec::ConfigSpec;
+use crate::config::{LoadContext, load_spec};
+use crate::target::aws::error::AwsError;
+
+/// Key of the uploaded config in the assets bucket (the template's ConfigS3Key default).
+pub const CONFIG_KEY: &str = "config/tables.yaml";
+/// Keys of the compiled files next to it.
+pub const DDL_KEY: &str = "config/compiled/create_tables.sql";
+pub const DMS_MAPPINGS_KEY: &str = "config/compiled/dms_table_mappings.json";
+
+/// A loaded, validated and compiled config.
+#[derive(Debug, Clone)]
+pub struct CompiledConfig {
+    pub path: PathBuf,
+    pub raw: Vec<u8>,
+    pub spec: ConfigSpec,
+    pub ddl: String,
+    pub dms_mappings: String,
+}
+
+impl CompiledConfig {
+    /// Loads and validates the config (placeholders resolved for this stack and account) and
+    /// compiles the DMS mappings and the DDL.
+    pub fn load(path: &Path, stack: &str, account: &str) -> Result<Self, AwsError> {
+        let config_err = |source| AwsError::Config {
+            path: path.to_path_buf(),
+            source,
+        };
+        let raw = std::fs::read(path).map_err(|e| config_err(Box::new(e)))?;
+        let ctx = LoadContext {
+            stack_name: stack.to_string(),
+            account_id: Some(account.to_string()),
+        };
+        let spec = load_spec(path, &ctx).map_err(|e| config_err(Box::new(e)))?;
+        Ok(CompiledConfig {
+            path: path.to_path_buf(),
+            raw,
+            ddl: ddl(&spec),
+            // The stack parameter carries the same document `dqetl compile` writes.
+            dms_mappings: to_pretty_json(&dms_mappings(&spec)),
+            spec,
+        })
+    }
+
+    /// The files uploaded to the assets bucket: (key, bytes, content type).
+    pub fn assets(&self) -> Vec<(&'static str, Vec<u8>, &'static str)> {
+        vec![
+            (CONFIG_KEY, self.raw.clone(), "application/x-yaml"),
+            (DDL_KEY, self.ddl.clone().into_bytes(), "application/sql"),
+            (
+                DMS_MAPPINGS_KEY,
+                self.dms_mappings.clone().into_bytes(),
+                "application/json",
+            ),
+        ]
+    }
+}
