@@ -12,6 +12,7 @@ mod query_local;
 mod sink_exactly_once;
 mod sink_python_reader;
 mod sink_scd2;
+mod aws_deploy;
 mod aws_image;
 mod aws_progress;
 mod aws_support;

@@ -109,12 +109,19 @@ pub async fn ensure_bootstrap_bucket(clients: &AwsClients, bucket: &str) -> Resu
         .send()
         .await
         .api("s3", "PutBucketEncryption")?;
-    s3.put_bucket_policy()
-        .bucket(bucket)
-        .policy(tls_only_policy(bucket))
-        .send()
-        .await
-        .api("s3", "PutBucketPolicy")?;
+    // A plain-HTTP endpoint (a local emulator) could never satisfy a TLS-only policy: every later
+    // request to the bucket would be denied.
+    if !clients
+        .endpoint_override()
+        .is_some_and(|u| u.starts_with("http://"))
+    {
+        s3.put_bucket_policy()
+            .bucket(bucket)
+            .policy(tls_only_policy(bucket))
+            .send()
+            .await
+            .api("s3", "PutBucketPolicy")?;
+    }
     s3.put_bucket_tagging()
         .bucket(bucket)
         .tagging(

@@ -27,6 +27,8 @@ pub const INLINE_TEMPLATE_LIMIT: usize = 51_200;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateInfo {
     pub parameters: BTreeSet<String>,
+    /// Parameters whose value DescribeStacks masks (NoEcho): only UsePreviousValue keeps them.
+    pub no_echo: BTreeSet<String>,
     pub resource_count: usize,
 }
 
@@ -36,6 +38,12 @@ impl TemplateInfo {
         let iface = template::interface(body).map_err(AwsError::Template)?;
         let doc = template::parse_template(body).map_err(AwsError::Template)?;
         Ok(TemplateInfo {
+            no_echo: iface
+                .parameters
+                .iter()
+                .filter(|p| p.no_echo)
+                .map(|p| p.name.clone())
+                .collect(),
             parameters: iface.parameters.into_iter().map(|p| p.name).collect(),
             resource_count: doc
                 .get("Resources")
@@ -271,9 +279,10 @@ impl<'a> Stacks<'a> {
                                     .build(),
                             );
                         }
-                        Some(ParamValue::UsePrevious) | None
-                            if stack.parameters.contains_key(key) =>
-                        {
+                        // Keeping a value: pass it back as it is (moto honours UsePreviousValue only
+                        // for parameters once passed explicitly); a masked NoEcho value can only be
+                        // kept with UsePreviousValue.
+                        Some(ParamValue::UsePrevious) | None if info.no_echo.contains(key) => {
                             params.push(
                                 Parameter::builder()
                                     .parameter_key(key)
@@ -281,7 +290,15 @@ impl<'a> Stacks<'a> {
                                     .build(),
                             );
                         }
-                        _ => changed_params = true, // a new parameter takes its default
+                        Some(ParamValue::UsePrevious) | None => match stack.parameters.get(key) {
+                            Some(current) => params.push(
+                                Parameter::builder()
+                                    .parameter_key(key)
+                                    .parameter_value(current)
+                                    .build(),
+                            ),
+                            None => changed_params = true, // a new parameter takes its default
+                        },
                     }
                 }
                 if !changed_params
