@@ -15,4 +15,5 @@ mod sink_scd2;
 mod aws_deploy;
 mod aws_image;
 mod aws_progress;
+mod aws_teardown;
 mod aws_support;
