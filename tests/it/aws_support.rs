@@ -86,26 +86,39 @@ pub struct Moto {
     pub port: u16,
 }
 
-fn moto_binary() -> PathBuf {
+/// A Python that has moto installed: the venv of scripts/setup.sh first, then PATH.
+fn moto_python() -> PathBuf {
     let mut candidates = Vec::new();
     if let Ok(venv) = std::env::var("DQETL_VENV") {
-        candidates.push(PathBuf::from(venv).join("bin/moto_server"));
+        candidates.push(PathBuf::from(venv).join("bin/python"));
     }
-    candidates.push(PathBuf::from("/var/cache/dqetl/venv/bin/moto_server"));
+    candidates.push(PathBuf::from("/var/cache/dqetl/venv/bin/python"));
     if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|p| p.join("moto_server")));
+        candidates.extend(std::env::split_paths(&path).map(|p| p.join("python3")));
     }
-    candidates.into_iter().find(|p| p.is_file()).expect(
-        "moto_server not found (DQETL_VENV, /var/cache/dqetl/venv or PATH); run scripts/setup.sh",
-    )
+    candidates
+        .into_iter()
+        .filter(|p| p.is_file())
+        .find(|p| {
+            Command::new(p)
+                .args(["-c", "import moto.server"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .expect("no Python with moto[server] (DQETL_VENV, /var/cache/dqetl/venv or PATH); run scripts/setup.sh")
 }
 
 impl Moto {
     pub fn start() -> Moto {
         let port = free_port().expect("free port");
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut command = Command::new(moto_binary());
-        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        // moto_server through a launcher that fixes DMS's date format (see the script).
+        let mut command = Command::new(moto_python());
+        command
+            .arg(fixture("moto_server.py"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         Moto {
             service: Service::start("moto_server", command, port, dir),
             port,
@@ -356,10 +369,19 @@ pub async fn create_minimal_stack(clients: &AwsClients, stack: &str) -> StackOut
         .apply(stack, &minimal_template(), &params, None)
         .await
         .expect("create the minimal stack");
-    stacks
+    let outputs = stacks
         .outputs(stack)
         .await
-        .expect("outputs of the minimal stack")
+        .expect("outputs of the minimal stack");
+    // moto's CloudFormation has no AWS::Athena::WorkGroup; the real template creates it.
+    clients
+        .athena
+        .create_work_group()
+        .name(&outputs.athena_work_group)
+        .send()
+        .await
+        .expect("create the athena workgroup");
+    outputs
 }
 
 /// Creates, through the DMS API, what the real template creates through CloudFormation, under the
@@ -384,6 +406,8 @@ pub async fn create_dms(clients: &AwsClients, stack: &str) {
     let source = dms
         .create_endpoint()
         .endpoint_identifier(format!("{stack}-source-postgres"))
+        // The ARN suffix, as the minimal template outputs it.
+        .resource_identifier(format!("{stack}-source-postgres"))
         .endpoint_type(ReplicationEndpointTypeValue::Source)
         .engine_name("postgres")
         .server_name("rds.example.internal")
@@ -396,6 +420,8 @@ pub async fn create_dms(clients: &AwsClients, stack: &str) {
     let target = dms
         .create_endpoint()
         .endpoint_identifier(format!("{stack}-target-msk"))
+        // The ARN suffix, as the minimal template outputs it.
+        .resource_identifier(format!("{stack}-target-msk"))
         .endpoint_type(ReplicationEndpointTypeValue::Target)
         .engine_name("kafka")
         .send()

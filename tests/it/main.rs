@@ -14,6 +14,7 @@ mod sink_python_reader;
 mod sink_scd2;
 mod aws_deploy;
 mod aws_image;
+mod aws_post_deploy;
 mod aws_progress;
 mod aws_teardown;
 mod aws_support;

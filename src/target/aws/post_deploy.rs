@@ -16,7 +16,7 @@ use crate::target::aws::athena::{Athena, register_delta_table_sql};
 use crate::target::aws::clients::AwsClients;
 use crate::target::aws::dms::{self, StartDecision};
 use crate::target::aws::ecs::{self, JobCommand, JobResult, Jobs};
-use crate::target::aws::error::{ApiResultExt, AwsError};
+use crate::target::aws::error::{ApiResultExt, AwsError, error_chain};
 use crate::target::aws::outputs::StackOutputs;
 
 /// Which steps run.
@@ -142,16 +142,13 @@ impl PostDeploy<'_> {
             run_optional(&jobs, sql.as_ref(), on_log),
             run_optional(&jobs, topics.as_ref(), on_log)
         );
-        record_job(
-            &mut report,
-            "tables",
-            sql_result,
-            if o.skip_tables && o.skip_cdc {
-                "--skip-tables"
-            } else {
-                ""
-            },
-        );
+        // With --skip-tables the SQL job only creates the replication slot.
+        let sql_step = if o.skip_tables && sql.is_some() {
+            "replication slot"
+        } else {
+            "tables"
+        };
+        record_job(&mut report, sql_step, sql_result, "--skip-tables");
         record_job(&mut report, "topics", topics_result, "--skip-topics");
 
         if o.skip_cdc {
@@ -212,7 +209,9 @@ impl PostDeploy<'_> {
         .await;
         let results = match tested {
             Ok(r) => r,
-            Err(e) => return StepOutcome::Failed(format!("DMS connection test: {e}")),
+            Err(e) => {
+                return StepOutcome::Failed(format!("DMS connection test: {}", error_chain(&e)));
+            }
         };
         let bad: Vec<String> = results
             .iter()
@@ -253,7 +252,7 @@ impl PostDeploy<'_> {
                 }
                 _ => format!("replication already {}", started.previous_status),
             }),
-            Err(e) => StepOutcome::Failed(format!("starting the DMS task: {e}")),
+            Err(e) => StepOutcome::Failed(format!("starting the DMS task: {}", error_chain(&e))),
         }
     }
 
@@ -273,7 +272,7 @@ impl PostDeploy<'_> {
                     out.processor_service_name
                 ));
             }
-            Err(e) => return StepOutcome::Failed(e.to_string()),
+            Err(e) => return StepOutcome::Failed(error_chain(&e)),
         };
         if counts.desired >= 1 {
             return StepOutcome::Done(format!(
@@ -290,7 +289,7 @@ impl PostDeploy<'_> {
         .await
         {
             Ok(()) => StepOutcome::Done("scaled from 0 to 1 task".into()),
-            Err(e) => StepOutcome::Failed(e.to_string()),
+            Err(e) => StepOutcome::Failed(error_chain(&e)),
         }
     }
 
@@ -299,7 +298,7 @@ impl PostDeploy<'_> {
     async fn register_tables(&self, wait_for_processor: bool) -> Vec<(String, StepOutcome)> {
         let account = match self.clients.account_id().await {
             Ok(a) => a.to_string(),
-            Err(e) => return vec![("query tables".into(), StepOutcome::Failed(e.to_string()))],
+            Err(e) => return vec![("query tables".into(), StepOutcome::Failed(error_chain(&e)))],
         };
         let layout = LakeLayout::aws(self.config, self.stack, &account);
         let mut tables: Vec<(String, String)> = Vec::new();
@@ -327,7 +326,7 @@ impl PostDeploy<'_> {
                 }
                 match delta_log_exists(self.clients, location).await {
                     Ok(found) => present[i] = found,
-                    Err(e) => errors[i] = Some(e.to_string()),
+                    Err(e) => errors[i] = Some(error_chain(&e)),
                 }
             }
             if present.iter().all(|p| *p) || Instant::now() >= deadline {
@@ -361,7 +360,7 @@ impl PostDeploy<'_> {
                 step,
                 match athena.run(&sql, |_| {}).await {
                     Ok(_) => StepOutcome::Done(location.clone()),
-                    Err(e) => StepOutcome::Failed(e.to_string()),
+                    Err(e) => StepOutcome::Failed(error_chain(&e)),
                 },
             ));
         }
@@ -388,7 +387,7 @@ fn record_job(
 ) {
     match result {
         None => report.push(step, StepOutcome::Skipped(skipped_by.to_string())),
-        Some(Err(e)) => report.push(step, StepOutcome::Failed(e.to_string())),
+        Some(Err(e)) => report.push(step, StepOutcome::Failed(error_chain(&e))),
         Some(Ok(job)) => {
             let outcome = if job.succeeded() {
                 StepOutcome::Done(format!("task {} exited 0", short_task(&job.task_arn)))

@@ -12,7 +12,7 @@ use crate::target::aws::assets;
 use crate::target::aws::clients::AwsClients;
 use crate::target::aws::dms::{self, TableStatisticsApi, TableStats, TaskInfo};
 use crate::target::aws::ecs::{self, ServiceCounts};
-use crate::target::aws::error::AwsError;
+use crate::target::aws::error::{AwsError, error_chain};
 use crate::target::aws::msk::{ClusterSummary, MskApi, scram_brokers};
 use crate::target::aws::outputs::StackOutputs;
 use crate::target::aws::post_deploy::split_s3_url;
@@ -33,20 +33,6 @@ impl<T> Part<T> {
             Err(e) => Part::Unavailable(error_chain(&e)),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[derive(Debug, Clone, Serialize)]
