@@ -17,6 +17,7 @@ mod aws_image;
 mod aws_post_deploy;
 mod aws_progress;
 mod aws_query;
+mod aws_secrets;
 mod aws_status;
 mod aws_teardown;
 mod aws_support;

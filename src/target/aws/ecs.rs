@@ -232,10 +232,18 @@ impl Jobs<'_> {
             what: format!("ecs task {task_arn}"),
             detail: "DescribeTasks returned no task".into(),
         })?;
-        let container = task
-            .containers()
-            .iter()
-            .find(|c| c.name() == Some(CONTAINER));
+        // The jobs task definition has one container, `dqetl`; a nameless single container is
+        // that one (moto drops container names when CloudFormation updates a task definition).
+        let containers = task.containers();
+        let container =
+            containers
+                .iter()
+                .find(|c| c.name() == Some(CONTAINER))
+                .or(if containers.len() == 1 {
+                    containers.first()
+                } else {
+                    None
+                });
         Ok(TaskState {
             last_status: task.last_status().map(str::to_string),
             exit_code: container.and_then(|c| c.exit_code()),
