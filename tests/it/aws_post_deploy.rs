@@ -366,3 +366,95 @@ async fn a_failing_dms_step_is_reported_and_the_other_steps_still_run() {
         "{report:?}"
     );
 }
+
+#[tokio::test]
+async fn a_jobs_log_lines_are_streamed_in_order_as_they_arrive() {
+    let moto = Moto::start();
+    let clients = moto.clients().await;
+    let stack = "fleet-logs";
+    let outputs = create_minimal_stack(&clients, stack).await;
+    let jobs = ecs::Jobs {
+        clients: &clients,
+        outputs: &outputs,
+        poll: Duration::from_millis(20),
+        timeout: Duration::from_secs(10),
+    };
+    let job = ecs::JobCommand::SyncTopics;
+    let arn = jobs.start(&job).await.unwrap();
+
+    // What the awslogs driver writes for this task.
+    let stream = ecs::log_stream_name("jobs", &arn);
+    assert!(stream.starts_with("jobs/dqetl/"), "{stream}");
+    clients
+        .logs
+        .create_log_stream()
+        .log_group_name(&outputs.log_group_name)
+        .log_stream_name(&stream)
+        .send()
+        .await
+        .unwrap();
+    let put_lines = |lines: &[&str], t0: i64| {
+        let events: Vec<_> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                    .timestamp(t0 + i as i64)
+                    .message(*l)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        clients
+            .logs
+            .put_log_events()
+            .log_group_name(&outputs.log_group_name)
+            .log_stream_name(&stream)
+            .set_log_events(Some(events))
+            .send()
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    put_lines(
+        &["created topic cdc-vehicles", "created topic cdc-drivers"],
+        now,
+    )
+    .await
+    .unwrap();
+
+    let mut follower = ecs::LogFollower::new(outputs.log_group_name.clone(), stream.clone());
+    assert_eq!(
+        follower.poll(&clients).await.unwrap(),
+        ["created topic cdc-vehicles", "created topic cdc-drivers"]
+    );
+    assert!(
+        follower.poll(&clients).await.unwrap().is_empty(),
+        "nothing new, nothing repeated"
+    );
+    put_lines(&["topic cdc-default exists"], now + 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        follower.poll(&clients).await.unwrap(),
+        ["topic cdc-default exists"]
+    );
+
+    // Following the task to its end prints every line once, labelled by the job.
+    let seen = std::sync::Mutex::new(Vec::new());
+    let result = jobs
+        .follow(&job, &arn, &|label, line| {
+            seen.lock().unwrap().push(format!("[{label}] {line}"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "[topics] created topic cdc-vehicles",
+            "[topics] created topic cdc-drivers",
+            "[topics] topic cdc-default exists"
+        ]
+    );
+    assert_eq!(result.log_lines, 3);
+    assert_eq!(result.exit_code, Some(0));
+    assert!(result.succeeded());
+}

@@ -202,3 +202,52 @@ async fn status_of_a_missing_stack_says_so() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_sdk_msk_client_reads_a_cluster_and_get_bootstrap_brokers_is_proven_only_by_recordings()
+{
+    use aws_sdk_kafka::types::BrokerNodeGroupInfo;
+    use dqetl::target::aws::msk::{MskApi, SdkMsk};
+    let moto = Moto::start();
+    let sdk = moto.sdk().await;
+    let created = aws_sdk_kafka::Client::new(&sdk)
+        .create_cluster()
+        .cluster_name("fleet-msk")
+        .kafka_version("3.5.1")
+        .number_of_broker_nodes(2)
+        .broker_node_group_info(
+            BrokerNodeGroupInfo::builder()
+                .instance_type("kafka.t3.small")
+                .client_subnets("subnet-1")
+                .client_subnets("subnet-2")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let arn = created.cluster_arn().unwrap();
+
+    let msk = SdkMsk::new(&sdk);
+    let cluster = msk.cluster(arn).await.unwrap();
+    assert_eq!(cluster.state, "CREATING");
+    assert_eq!(cluster.kafka_version.as_deref(), Some("3.5.1"));
+    assert_eq!(cluster.broker_nodes, Some(2));
+
+    // moto has no GetBootstrapBrokers: the SDK call fails there, and the recorded answer stands in.
+    let err = msk.bootstrap_brokers(arn).await.unwrap_err();
+    assert!(
+        err.to_string().contains("kafka GetBootstrapBrokers failed"),
+        "{err}"
+    );
+    let recorded = RecordedMsk::new(fixture("recorded"))
+        .bootstrap_brokers(arn)
+        .await
+        .unwrap();
+    assert!(
+        recorded
+            .sasl_scram
+            .as_deref()
+            .is_some_and(|s| s.split(',').all(|b| b.ends_with(":9096"))),
+        "{recorded:?}"
+    );
+}

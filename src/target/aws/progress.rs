@@ -492,6 +492,48 @@ mod tests {
     }
 
     #[test]
+    fn a_delete_lists_the_resources_it_retained() {
+        let mut p = ProgressState::new(StackOperation::Delete, "s", Some(2));
+        p.apply(&event(
+            "1",
+            "s",
+            "AWS::CloudFormation::Stack",
+            "DELETE_IN_PROGRESS",
+            Some("User Initiated"),
+        ));
+        p.apply(&event(
+            "2",
+            "DmsVpcRole",
+            "AWS::IAM::Role",
+            "DELETE_SKIPPED",
+            None,
+        ));
+        p.apply(&event(
+            "3",
+            "Bucket",
+            "AWS::S3::Bucket",
+            "DELETE_COMPLETE",
+            None,
+        ));
+        p.apply(&event(
+            "4",
+            "s",
+            "AWS::CloudFormation::Stack",
+            "DELETE_COMPLETE",
+            None,
+        ));
+        assert_eq!(p.done(), 2, "a skipped delete is settled");
+        let retained: Vec<&str> = p.retained().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(retained, ["DmsVpcRole"]);
+        assert_eq!(
+            p.outcome(),
+            Some(Outcome::Succeeded {
+                status: "DELETE_COMPLETE".into()
+            })
+        );
+    }
+
+    #[test]
     fn terminal_statuses() {
         for s in [
             "CREATE_COMPLETE",
