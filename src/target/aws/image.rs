@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use flate2::{Compression, GzBuilder};
 use serde::{Deserialize, Serialize};
@@ -486,19 +486,11 @@ fn short(digest: &str) -> &str {
     &hex[..12.min(hex.len())]
 }
 
-/// Reads a file for the image, naming it on failure.
-pub fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
-    std::fs::read(path).map_err(|source| ImageError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn files(dir: &Path, binary: &[u8], config: &[u8]) -> AppFiles {
+    fn files(dir: &std::path::Path, binary: &[u8], config: &[u8]) -> AppFiles {
         let path = dir.join("dqetl");
         std::fs::write(&path, binary).unwrap();
         AppFiles {

@@ -55,16 +55,6 @@ pub fn bootstrap_bucket(stack: &str, account: &str, region: &str) -> String {
     format!("{prefix}-{}{suffix}", &hash[..8])
 }
 
-/// The Glue database of the stack: hyphens become underscores (Athena identifiers), plus `_db`.
-pub fn glue_database(stack: &str) -> String {
-    format!("{}_db", stack.replace('-', "_"))
-}
-
-/// The logical replication slot DMS reads (the template's DMSSlotName output).
-pub fn replication_slot(stack: &str) -> String {
-    format!("dqetl_{}", stack.replace('-', "_"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,11 +97,5 @@ mod tests {
             bootstrap_bucket(&"a".repeat(39), "123456789012", "ap-southeast-2"),
             "stable"
         );
-    }
-
-    #[test]
-    fn glue_database_and_slot_replace_hyphens() {
-        assert_eq!(glue_database("fleet-prod"), "fleet_prod_db");
-        assert_eq!(replication_slot("fleet-prod"), "dqetl_fleet_prod");
     }
 }
