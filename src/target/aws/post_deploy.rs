@@ -162,10 +162,15 @@ impl PostDeploy<'_> {
             report.push("cdc", outcome);
         }
 
+        // Whether the processor started (or new data arrived) in this run, so the tables it
+        // creates are worth waiting for before registering them.
+        let mut expect_new_tables = o.generate_data;
         if o.skip_processor {
             report.push("processor", StepOutcome::Skipped("--skip-processor".into()));
         } else {
-            report.push("processor", self.scale_processor().await);
+            let (outcome, started) = self.scale_processor().await;
+            expect_new_tables |= started;
+            report.push("processor", outcome);
         }
 
         if o.generate_data {
@@ -175,10 +180,7 @@ impl PostDeploy<'_> {
         }
 
         say("registering the lake tables for Athena");
-        for (step, outcome) in self
-            .register_tables(!o.skip_processor || o.generate_data)
-            .await
-        {
+        for (step, outcome) in self.register_tables(expect_new_tables).await {
             report.push(&step, outcome);
         }
 
@@ -256,7 +258,8 @@ impl PostDeploy<'_> {
         }
     }
 
-    async fn scale_processor(&self) -> StepOutcome {
+    /// Scales the processor to at least one task; true when it was at zero.
+    async fn scale_processor(&self) -> (StepOutcome, bool) {
         let out = self.outputs;
         let counts = match ecs::service_counts(
             self.clients,
@@ -267,18 +270,17 @@ impl PostDeploy<'_> {
         {
             Ok(Some(c)) => c,
             Ok(None) => {
-                return StepOutcome::Failed(format!(
-                    "service {} not found",
-                    out.processor_service_name
-                ));
+                let missing = format!("service {} not found", out.processor_service_name);
+                return (StepOutcome::Failed(missing), false);
             }
-            Err(e) => return StepOutcome::Failed(error_chain(&e)),
+            Err(e) => return (StepOutcome::Failed(error_chain(&e)), false),
         };
         if counts.desired >= 1 {
-            return StepOutcome::Done(format!(
+            let already = format!(
                 "already at {} task(s), {} running",
                 counts.desired, counts.running
-            ));
+            );
+            return (StepOutcome::Done(already), false);
         }
         match ecs::scale_service(
             self.clients,
@@ -288,8 +290,8 @@ impl PostDeploy<'_> {
         )
         .await
         {
-            Ok(()) => StepOutcome::Done("scaled from 0 to 1 task".into()),
-            Err(e) => StepOutcome::Failed(error_chain(&e)),
+            Ok(()) => (StepOutcome::Done("scaled from 0 to 1 task".into()), true),
+            Err(e) => (StepOutcome::Failed(error_chain(&e)), false),
         }
     }
 

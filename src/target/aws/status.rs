@@ -202,7 +202,7 @@ pub async fn last_commit(
     };
     let newest = keys
         .iter()
-        .filter_map(|(k, t)| commit_version(&k[log.len()..]).map(|v| (v, *t)))
+        .filter_map(|(k, t)| commit_version(k.strip_prefix(log.as_str())?).map(|v| (v, *t)))
         .max_by_key(|(v, _)| *v);
     Ok(TableCommit {
         table: table.to_string(),
