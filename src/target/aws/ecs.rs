@@ -32,10 +32,9 @@ pub enum JobCommand {
     },
     /// `dqetl topics sync`: create every configured topic (and DMS's fallback topic) if missing.
     SyncTopics,
-    /// `dqetl generate-data --seed`: the sample rows, good and deliberately bad (idempotent).
-    Seed,
-    /// `dqetl generate-data --duration D`: continuous change traffic for a while.
-    Generate { duration: Duration },
+    /// `dqetl generate-data --duration D`: the sample rows (good and deliberately bad), then
+    /// change traffic for D (`0s`: the sample rows only).
+    GenerateData { duration: Duration },
 }
 
 impl JobCommand {
@@ -57,8 +56,7 @@ impl JobCommand {
                 argv
             }
             JobCommand::SyncTopics => v(&["topics", "sync"]),
-            JobCommand::Seed => v(&["generate-data", "--seed"]),
-            JobCommand::Generate { duration } => v(&[
+            JobCommand::GenerateData { duration } => v(&[
                 "generate-data",
                 "--duration",
                 &humantime::format_duration(*duration).to_string(),
@@ -71,8 +69,7 @@ impl JobCommand {
         match self {
             JobCommand::Sql { .. } => "tables",
             JobCommand::SyncTopics => "topics",
-            JobCommand::Seed => "seed",
-            JobCommand::Generate { .. } => "generate",
+            JobCommand::GenerateData { .. } => "data",
         }
     }
 }
@@ -166,7 +163,7 @@ impl Jobs<'_> {
         let stream = log_stream_name("jobs", task_arn);
         let mut logs = LogFollower::new(self.outputs.log_group_name.clone(), stream);
         let extra = match job {
-            JobCommand::Generate { duration } => *duration,
+            JobCommand::GenerateData { duration } => *duration,
             _ => Duration::ZERO,
         };
         let deadline = Instant::now() + self.timeout + extra;
@@ -443,9 +440,15 @@ mod tests {
             vec!["sql", "--ddl"]
         );
         assert_eq!(JobCommand::SyncTopics.argv(), vec!["topics", "sync"]);
-        assert_eq!(JobCommand::Seed.argv(), vec!["generate-data", "--seed"]);
         assert_eq!(
-            JobCommand::Generate {
+            JobCommand::GenerateData {
+                duration: Duration::ZERO
+            }
+            .argv(),
+            vec!["generate-data", "--duration", "0s"]
+        );
+        assert_eq!(
+            JobCommand::GenerateData {
                 duration: Duration::from_secs(600)
             }
             .argv(),

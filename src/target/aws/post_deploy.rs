@@ -28,7 +28,7 @@ pub struct PostDeployOptions {
     pub skip_processor: bool,
     /// Seed sample data (good and deliberately bad).
     pub generate_data: bool,
-    /// After seeding, keep generating change traffic this long.
+    /// After seeding, keep generating change traffic this long (with `generate_data`).
     pub duration: Option<Duration>,
 }
 
@@ -173,24 +173,27 @@ impl PostDeploy<'_> {
             report.push("processor", outcome);
         }
 
+        // The sample rows (and, with --duration, traffic for that long) go in before the tables
+        // are registered, so the tables they create are registered in this run.
         if o.generate_data {
-            say("seeding sample data");
-            let seeded = jobs.run(&JobCommand::Seed, on_log).await;
-            record_job(&mut report, "seed", Some(seeded), "");
+            let duration = o.duration.unwrap_or(Duration::ZERO);
+            say(&if duration.is_zero() {
+                "seeding sample data".to_string()
+            } else {
+                format!(
+                    "seeding sample data, then generating for {}",
+                    humantime::format_duration(duration)
+                )
+            });
+            let generated = jobs
+                .run(&JobCommand::GenerateData { duration }, on_log)
+                .await;
+            record_job(&mut report, "data", Some(generated), "");
         }
 
         say("registering the lake tables for Athena");
         for (step, outcome) in self.register_tables(expect_new_tables).await {
             report.push(&step, outcome);
-        }
-
-        if let (true, Some(duration)) = (o.generate_data, o.duration) {
-            say(&format!(
-                "generating data for {}",
-                humantime::format_duration(duration)
-            ));
-            let generated = jobs.run(&JobCommand::Generate { duration }, on_log).await;
-            record_job(&mut report, "generate", Some(generated), "");
         }
         Ok(report)
     }
