@@ -2,6 +2,15 @@
 
 mod support;
 
+mod aws_deploy;
+mod aws_image;
+mod aws_post_deploy;
+mod aws_progress;
+mod aws_query;
+mod aws_secrets;
+mod aws_status;
+mod aws_support;
+mod aws_teardown;
 mod aws_template;
 mod compile_ddl_postgres;
 mod compile_golden;
@@ -12,12 +21,3 @@ mod query_local;
 mod sink_exactly_once;
 mod sink_python_reader;
 mod sink_scd2;
-mod aws_deploy;
-mod aws_image;
-mod aws_post_deploy;
-mod aws_progress;
-mod aws_query;
-mod aws_secrets;
-mod aws_status;
-mod aws_teardown;
-mod aws_support;
