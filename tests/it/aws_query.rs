@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dqetl::commands::query_aws::{json_rows, render_table};
+use dqetl::commands::query_aws::render;
 use dqetl::target::aws::athena::Athena;
 
 use crate::aws_support::{Moto, create_minimal_stack};
@@ -69,12 +69,16 @@ async fn a_query_runs_in_the_stack_workgroup_and_prints_its_rows() {
         Some("fleet_query_db")
     );
 
+    assert_eq!(result.types, ["integer", "varchar"]);
+
+    // Printed exactly as a local query prints: a table with the row count, or typed JSON rows.
     assert_eq!(
-        render_table(&result.columns, &result.rows),
-        "id | make\n---+------\n1  | Volvo\n22 | NULL\n"
+        render(&result, false).unwrap(),
+        "+----+-------+\n| id | make  |\n+----+-------+\n| 1  | Volvo |\n| 22 |       |\n+----+-------+\n(2 rows)"
     );
+    let json: serde_json::Value = serde_json::from_str(&render(&result, true).unwrap()).unwrap();
     assert_eq!(
-        serde_json::to_value(json_rows(&result)).unwrap(),
-        serde_json::json!([{"id": "1", "make": "Volvo"}, {"id": "22", "make": null}])
+        json,
+        serde_json::json!([{"id": 1, "make": "Volvo"}, {"id": 22, "make": null}])
     );
 }

@@ -3,7 +3,13 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use aws_sdk_athena::types::{QueryExecutionContext, QueryExecutionState};
+use deltalake::arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
+use deltalake::arrow::datatypes::{Field, Schema};
+use deltalake::arrow::error::ArrowError;
+use deltalake::arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
 use crate::target::aws::clients::AwsClients;
@@ -14,8 +20,70 @@ use crate::target::aws::error::{ApiResultExt, AwsError};
 pub struct QueryResult {
     pub query_id: String,
     pub columns: Vec<String>,
+    /// Athena's type of each column (`integer`, `varchar`, `timestamp`, ...).
+    pub types: Vec<String>,
     pub rows: Vec<Vec<Option<String>>>,
     pub bytes_scanned: Option<i64>,
+}
+
+impl QueryResult {
+    /// The rows as one Arrow batch, so they render exactly like a local query. Integer, floating
+    /// point and boolean columns become typed; a column whose values do not parse as its type
+    /// (and every other type) stays text.
+    pub fn to_record_batch(&self) -> Result<RecordBatch, ArrowError> {
+        let mut fields = Vec::new();
+        let mut arrays: Vec<ArrayRef> = Vec::new();
+        for (i, name) in self.columns.iter().enumerate() {
+            let values: Vec<Option<&str>> = self
+                .rows
+                .iter()
+                .map(|r| r.get(i).and_then(|v| v.as_deref()))
+                .collect();
+            let athena_type = self
+                .types
+                .get(i)
+                .map(|t| t.to_ascii_lowercase())
+                .unwrap_or_default();
+            let array = typed_column(&athena_type, &values);
+            fields.push(Field::new(name, array.data_type().clone(), true));
+            arrays.push(array);
+        }
+        if fields.is_empty() {
+            return Ok(RecordBatch::new_empty(Arc::new(Schema::empty())));
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+    }
+}
+
+fn typed_column(athena_type: &str, values: &[Option<&str>]) -> ArrayRef {
+    fn parse_all<T: std::str::FromStr>(values: &[Option<&str>]) -> Option<Vec<Option<T>>> {
+        values
+            .iter()
+            .map(|v| match v {
+                None => Some(None),
+                Some(s) => s.parse().ok().map(Some),
+            })
+            .collect()
+    }
+    match athena_type {
+        "tinyint" | "smallint" | "integer" | "int" | "bigint" => {
+            if let Some(v) = parse_all::<i64>(values) {
+                return Arc::new(Int64Array::from(v));
+            }
+        }
+        "double" | "float" | "real" => {
+            if let Some(v) = parse_all::<f64>(values) {
+                return Arc::new(Float64Array::from(v));
+            }
+        }
+        "boolean" => {
+            if let Some(v) = parse_all::<bool>(values) {
+                return Arc::new(BooleanArray::from(v));
+            }
+        }
+        _ => {}
+    }
+    Arc::new(StringArray::from(values.to_vec()))
 }
 
 /// Where queries run.
@@ -118,16 +186,13 @@ impl Athena<'_> {
                 .await
                 .api("athena", "GetQueryResults")?;
             let Some(set) = out.result_set() else { break };
-            if first_page {
-                result.columns = set
-                    .result_set_metadata()
-                    .map(|m| {
-                        m.column_info()
-                            .iter()
-                            .map(|c| c.label().unwrap_or(c.name()).to_string())
-                            .collect()
-                    })
-                    .unwrap_or_default();
+            if first_page && let Some(meta) = set.result_set_metadata() {
+                let info = meta.column_info();
+                result.columns = info
+                    .iter()
+                    .map(|c| c.label().unwrap_or(c.name()).to_string())
+                    .collect();
+                result.types = info.iter().map(|c| c.r#type().to_string()).collect();
             }
             let mut rows: Vec<Vec<Option<String>>> = set
                 .rows()
@@ -186,6 +251,54 @@ pub fn quote_ident(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_become_typed_arrow_columns_where_the_values_allow() {
+        let result = QueryResult {
+            query_id: "q".into(),
+            columns: vec![
+                "id".into(),
+                "score".into(),
+                "ok".into(),
+                "at".into(),
+                "odd".into(),
+            ],
+            types: vec![
+                "integer".into(),
+                "double".into(),
+                "boolean".into(),
+                "timestamp".into(),
+                "bigint".into(),
+            ],
+            rows: vec![
+                vec![
+                    Some("1".into()),
+                    Some("0.5".into()),
+                    Some("true".into()),
+                    Some("2024-01-01 00:00:00.000".into()),
+                    Some("7".into()),
+                ],
+                vec![
+                    Some("2".into()),
+                    None,
+                    Some("false".into()),
+                    None,
+                    Some("not a number".into()),
+                ],
+            ],
+            bytes_scanned: None,
+        };
+        let batch = result.to_record_batch().unwrap();
+        let types: Vec<String> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().to_string())
+            .collect();
+        assert_eq!(types, ["Int64", "Float64", "Boolean", "Utf8", "Utf8"]);
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(batch.column(1).null_count(), 1);
+    }
 
     #[test]
     fn registers_native_delta_tables_with_quoted_names() {
