@@ -8,7 +8,8 @@ use anyhow::Context;
 
 use crate::cli::GlobalArgs;
 use crate::target::aws::clients::AwsClients;
-use crate::target::aws::deploy::{self, DeployOptions};
+use crate::target::aws::compiled::command_error;
+use crate::target::aws::deploy::{self, DeployError, DeployOptions};
 use crate::target::aws::image::DEFAULT_BASE_IMAGE;
 use crate::target::aws::stack::{ApplyOutcome, INLINE_TEMPLATE_LIMIT};
 use crate::target::aws::template::TEMPLATE;
@@ -54,6 +55,10 @@ pub async fn run(global: &GlobalArgs, args: &DeployAwsArgs) -> anyhow::Result<()
     };
     let report = deploy::deploy(&clients, &opts, &say)
         .await
+        .map_err(|e| match e {
+            DeployError::Aws(e) => command_error(e),
+            other => anyhow::Error::new(other),
+        })
         .with_context(|| format!("deploying stack {}", opts.stack))?;
     if global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

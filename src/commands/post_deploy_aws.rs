@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 
 use crate::cli::GlobalArgs;
 use crate::target::aws::clients::AwsClients;
-use crate::target::aws::compiled::CompiledConfig;
+use crate::target::aws::compiled::{CompiledConfig, command_error};
 use crate::target::aws::post_deploy::{PostDeploy, PostDeployOptions, StepOutcome, Timing};
 use crate::target::aws::stack::Stacks;
 
@@ -13,7 +13,7 @@ pub async fn run(global: &GlobalArgs, options: &PostDeployOptions) -> anyhow::Re
     let stack = &global.stack_name;
     let outputs = Stacks::new(&clients, global.json).outputs(stack).await?;
     let account = clients.account_id().await?.to_string();
-    let config = CompiledConfig::load(&global.config, stack, &account)?;
+    let config = CompiledConfig::load(&global.config, stack, &account).map_err(command_error)?;
     let quiet = global.json;
     let say = move |line: &str| {
         if !quiet {

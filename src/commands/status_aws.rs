@@ -4,7 +4,7 @@ use anyhow::Context;
 
 use crate::cli::GlobalArgs;
 use crate::target::aws::clients::AwsClients;
-use crate::target::aws::compiled::CompiledConfig;
+use crate::target::aws::compiled::{CompiledConfig, command_error};
 use crate::target::aws::dms::SdkTableStatistics;
 use crate::target::aws::msk::SdkMsk;
 use crate::target::aws::status::{self, Part, StatusReport};
@@ -13,7 +13,7 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
     let clients = AwsClients::from_environment(global.region.as_deref()).await?;
     let stack = &global.stack_name;
     let account = clients.account_id().await?.to_string();
-    let config = CompiledConfig::load(&global.config, stack, &account)?;
+    let config = CompiledConfig::load(&global.config, stack, &account).map_err(command_error)?;
     let msk = SdkMsk::new(clients.sdk_config());
     let stats = SdkTableStatistics { clients: &clients };
     let report = status::gather(&clients, stack, &config.spec, &msk, &stats)

@@ -62,3 +62,48 @@ impl CompiledConfig {
         ]
     }
 }
+
+/// The config error inside an error, when the config is what failed (commands exit 2 on those).
+pub fn config_error(e: AwsError) -> Result<crate::config::ConfigError, AwsError> {
+    match e {
+        AwsError::Config { path, source } => {
+            match source.downcast::<crate::config::ConfigError>() {
+                Ok(config) => Ok(*config),
+                Err(source) => Err(AwsError::Config { path, source }),
+            }
+        }
+        other => Err(other),
+    }
+}
+
+/// An error for a command edge: a config error stays a `ConfigError` (exit code 2).
+pub fn command_error(e: AwsError) -> anyhow::Error {
+    match config_error(e) {
+        Ok(config) => anyhow::Error::new(config),
+        Err(other) => anyhow::Error::new(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_config_surfaces_as_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tables.yaml");
+        std::fs::write(&path, "tables:\n  - name: t\n    primary_key: id\n    schema:\n      - {name: id, type: nonsense}\n").unwrap();
+        let err = CompiledConfig::load(&path, "s", "123456789012").unwrap_err();
+        let anyhow_err = command_error(err);
+        assert!(
+            anyhow_err
+                .downcast_ref::<crate::config::ConfigError>()
+                .is_some(),
+            "{anyhow_err:#}"
+        );
+        assert!(
+            format!("{anyhow_err:#}").contains("nonsense"),
+            "{anyhow_err:#}"
+        );
+    }
+}
