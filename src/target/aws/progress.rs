@@ -358,7 +358,9 @@ impl ProgressView {
     /// Shows the state; `settled` are the events of this poll, printed as lines above the bar.
     pub fn show(&self, state: &ProgressState, new_events: &[StackEvent]) {
         for e in new_events {
-            if e.resource_status.ends_with("_IN_PROGRESS") && e.resource_status_reason.is_none() {
+            // A line per settled resource; of the in-progress events only the stack's own (a
+            // rollback starting, with its reason) are news.
+            if e.resource_status.ends_with("_IN_PROGRESS") && !e.is_stack_event() {
                 continue;
             }
             let mut line = format!(
