@@ -58,51 +58,6 @@ pub enum Command {
     /// Write realistic change traffic into the source database: inserts, updates, soft and hard
     /// deletes, and DQ violations; then print what the lake must hold.
     GenerateData(GenerateDataArgs),
-    // TEMPORARY wiring of the aws commands (replaced on integration).
-    /// Deploy the pipeline (aws: image, config, stack).
-    Deploy(DeployArgs),
-    /// Create tables, sync topics, start CDC and the processor, register query tables.
-    PostDeploy(PostDeployArgs),
-    /// Delete everything the deployment created.
-    Teardown(TeardownArgs),
-    /// Health of every stage.
-    Status,
-}
-
-#[derive(Debug, Args)]
-pub struct DeployArgs {
-    /// Base image of the processor image (aws).
-    #[arg(long, env = "DQETL_BASE_IMAGE")]
-    pub base_image: Option<String>,
-    /// Deploy this CloudFormation template instead of the embedded one (aws).
-    #[arg(long, env = "DQETL_TEMPLATE")]
-    pub template: Option<PathBuf>,
-    /// Push the image to this registry endpoint instead of the ECR host (aws).
-    #[arg(long, env = "DQETL_REGISTRY_ENDPOINT", hide = true)]
-    pub registry_endpoint: Option<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct PostDeployArgs {
-    #[arg(long)]
-    pub skip_tables: bool,
-    #[arg(long)]
-    pub skip_topics: bool,
-    #[arg(long)]
-    pub skip_cdc: bool,
-    #[arg(long)]
-    pub skip_processor: bool,
-    #[arg(long)]
-    pub generate_data: bool,
-    #[arg(long, value_parser = humantime::parse_duration, requires = "generate_data")]
-    pub duration: Option<std::time::Duration>,
-}
-
-#[derive(Debug, Args)]
-pub struct TeardownArgs {
-    /// Do not ask for confirmation.
-    #[arg(long, short)]
-    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]
