@@ -2,6 +2,15 @@
 
 mod support;
 
+mod aws_deploy;
+mod aws_image;
+mod aws_post_deploy;
+mod aws_progress;
+mod aws_query;
+mod aws_secrets;
+mod aws_status;
+mod aws_support;
+mod aws_teardown;
 mod aws_template;
 mod capture;
 mod compile_ddl_postgres;
