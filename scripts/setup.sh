@@ -13,7 +13,7 @@ TANSU_TARGET_DIR=${DQETL_TANSU_TARGET_DIR:-$CACHE_DIR/tansu-target}
 APT_PACKAGES=(
   postgresql postgresql-contrib
   build-essential pkg-config libssl-dev zlib1g-dev libsasl2-dev
-  python3-venv curl ca-certificates docker-registry
+  python3-venv curl ca-certificates docker-registry strace
 )
 PYTHON_PACKAGES=("moto[server]" cfn-lint deltalake pyarrow)
 

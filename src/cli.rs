@@ -66,7 +66,7 @@ pub enum Command {
     /// deletes, and DQ violations; then print what the lake must hold.
     GenerateData(GenerateDataArgs),
     /// Start the stack's services (local: PostgreSQL and the broker under `.dqetl/<stack>/`).
-    Deploy,
+    Deploy(DeployArgs),
     /// Create source tables and topics, start CDC and the processor, seed sample data.
     PostDeploy(PostDeployArgs),
     /// Health of every stage: services, replication and consumer lag, lake commits, DQ.
@@ -147,6 +147,19 @@ pub enum GenerateMode {
     Auto,
     Vehicle,
     Generic,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Base image of the processor image (aws).
+    #[arg(long, env = "DQETL_BASE_IMAGE")]
+    pub base_image: Option<String>,
+    /// Deploy this CloudFormation template instead of the embedded one (aws).
+    #[arg(long, env = "DQETL_TEMPLATE")]
+    pub template: Option<PathBuf>,
+    /// Push the image to this registry endpoint instead of the ECR host (aws).
+    #[arg(long, env = "DQETL_REGISTRY_ENDPOINT", hide = true)]
+    pub registry_endpoint: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -12,8 +12,9 @@ fn main() -> ExitCode {
 /// when it opens an empty table directory, which is normal on first use, so it is quieted.
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,buoyant_kernel=off,delta_kernel=off"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,buoyant_kernel=off,delta_kernel=off,pg_walstream=warn")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -5,12 +5,17 @@ pub mod compile;
 pub mod config_schema;
 pub mod demo;
 pub mod deploy;
+pub mod deploy_aws;
 pub mod generate_data;
 pub mod post_deploy;
+pub mod post_deploy_aws;
 pub mod process;
 pub mod query;
+pub mod query_aws;
 pub mod status;
+pub mod status_aws;
 pub mod teardown;
+pub mod teardown_aws;
 pub mod validate;
 
 use std::process::ExitCode;
@@ -32,10 +37,19 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Validate => validate::run(&global),
         Command::Config(ConfigCommand::Schema) => config_schema::run(),
         Command::Compile(args) => compile::run(&global, &args),
+        command @ (Command::Deploy(_)
+        | Command::PostDeploy(_)
+        | Command::Teardown(_)
+        | Command::Status
+        | Command::Query(_))
+            if global.target == Target::Aws =>
+        {
+            run_aws(&global, command)
+        }
         Command::Query(args) => query::run(&global, &args),
         Command::Process(args) => block_on(process::run(&global, args)),
         Command::GenerateData(args) => generate_data::run(&global, args),
-        Command::Deploy => deploy::run(&global),
+        Command::Deploy(_) => deploy::run(&global),
         Command::PostDeploy(args) => post_deploy::run(&global, &args),
         Command::Status => status::run(&global),
         Command::Teardown(args) => teardown::run(&global, &args),
@@ -138,4 +152,37 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// The aws target's versions of the lifecycle commands and `query` (Athena).
+fn run_aws(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        match command {
+            Command::Deploy(a) => {
+                let args = deploy_aws::DeployAwsArgs {
+                    base_image: a.base_image,
+                    template: a.template,
+                    registry_endpoint: a.registry_endpoint,
+                };
+                deploy_aws::run(global, &args).await
+            }
+            Command::PostDeploy(a) => {
+                let options = crate::target::aws::post_deploy::PostDeployOptions {
+                    skip_tables: a.skip_tables,
+                    skip_topics: a.skip_topics,
+                    skip_cdc: a.skip_cdc,
+                    skip_processor: a.skip_processor,
+                    generate_data: a.generate_data,
+                    duration: a.generate_data.then_some(a.duration),
+                };
+                post_deploy_aws::run(global, &options).await
+            }
+            Command::Teardown(a) => teardown_aws::run(global, a.force).await,
+            Command::Status => status_aws::run(global).await,
+            Command::Query(a) => query_aws::run(global, &a.sql).await,
+            _ => Err(anyhow::anyhow!("not an aws command")),
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
