@@ -28,7 +28,10 @@ pub(super) async fn collect(
     shutdown: &mut watch::Receiver<bool>,
 ) -> MicroBatch {
     let deadline = Instant::now() + bounds.interval;
-    let mut batch = MicroBatch { messages: Vec::new(), bytes: 0 };
+    let mut batch = MicroBatch {
+        messages: Vec::new(),
+        bytes: 0,
+    };
     let mut backoff = Duration::from_millis(200);
     while batch.messages.len() < bounds.max_records && batch.bytes < bounds.max_bytes {
         tokio::select! {

@@ -51,7 +51,9 @@ impl ConsumerContext for ProcessorContext {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
                 self.assigned.store(true, Ordering::Release);
             }
-            Rebalance::Revoke(tpl) => tracing::info!(partitions = tpl.count(), "partitions revoked"),
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked")
+            }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }

@@ -81,29 +81,52 @@ pub struct Processor {
     summary: ProcessSummary,
 }
 
-fn state_name(table: &str) -> String {
-    format!("metrics/{table}.json")
+/// The progress blob of one table for one consumer group (a plain file name, as the lake's
+/// state store requires; the group is part of it because the marks are the group's).
+fn state_name(group: &str, table: &str) -> String {
+    format!("stream-{}-{}.json", hex::encode(table), hex::encode(group))
 }
 
 impl Processor {
-    pub async fn new(config: &ConfigSpec, lake: Lake, opts: ProcessOptions) -> anyhow::Result<Self> {
+    pub async fn new(
+        config: &ConfigSpec,
+        lake: Lake,
+        opts: ProcessOptions,
+    ) -> anyhow::Result<Self> {
         let mut tables = Vec::new();
         for spec in config.source_tables() {
             if !opts.tables.is_empty() && !opts.tables.iter().any(|t| t == &spec.name) {
                 continue;
             }
-            tables.push(TableRun { spec: spec.clone(), marks: TableMarks::default(), state: TableMetricState::default() });
+            tables.push(TableRun {
+                spec: spec.clone(),
+                marks: TableMarks::default(),
+                state: TableMetricState::default(),
+            });
         }
         for wanted in &opts.tables {
             if !tables.iter().any(|t| &t.spec.name == wanted) {
-                anyhow::bail!("--tables names '{wanted}', which is not a source table of the config");
+                anyhow::bail!(
+                    "--tables names '{wanted}', which is not a source table of the config"
+                );
             }
         }
         if tables.is_empty() {
             anyhow::bail!("the config has no source tables to process");
         }
-        let by_topic = tables.iter().enumerate().map(|(i, t)| (t.spec.topic.clone(), i)).collect();
-        Ok(Processor { opts, lake, tables, by_topic, partitions: Vec::new(), summary: ProcessSummary::default() })
+        let by_topic = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.spec.topic.clone(), i))
+            .collect();
+        Ok(Processor {
+            opts,
+            lake,
+            tables,
+            by_topic,
+            partitions: Vec::new(),
+            summary: ProcessSummary::default(),
+        })
     }
 
     /// Reads every destination's marks back from the lake.
@@ -112,16 +135,40 @@ impl Processor {
         for t in &mut self.tables {
             let topic = t.spec.topic.clone();
             let by_partition = |m: HashMap<(String, i32), i64>| -> Marks {
-                m.into_iter().filter(|((tp, _), _)| *tp == topic).map(|((_, p), o)| (p, o)).collect()
+                m.into_iter()
+                    .filter(|((tp, _), _)| *tp == topic)
+                    .map(|((_, p), o)| (p, o))
+                    .collect()
             };
-            let tps: Vec<(String, i32)> = self.partitions.iter().filter(|(tp, _)| *tp == topic).cloned().collect();
-            t.marks.data = by_partition(self.lake.watermarks(LakeTable::Data(t.spec.name.clone()), &group, &tps).await?);
-            t.marks.quarantine =
-                by_partition(self.lake.watermarks(LakeTable::Quarantine(t.spec.name.clone()), &group, &tps).await?);
-            t.marks.metric_rows = by_partition(self.lake.watermarks(LakeTable::Metrics, &group, &tps).await?);
-            let saved: SavedState = match self.lake.load_state(&state_name(&t.spec.name)).await? {
-                Some(bytes) => serde_json::from_slice(&bytes)
-                    .with_context(|| format!("reading the saved metric state of table '{}'", t.spec.name))?,
+            let tps: Vec<(String, i32)> = self
+                .partitions
+                .iter()
+                .filter(|(tp, _)| *tp == topic)
+                .cloned()
+                .collect();
+            t.marks.data = by_partition(
+                self.lake
+                    .watermarks(LakeTable::Data(t.spec.name.clone()), &group, &tps)
+                    .await?,
+            );
+            t.marks.quarantine = by_partition(
+                self.lake
+                    .watermarks(LakeTable::Quarantine(t.spec.name.clone()), &group, &tps)
+                    .await?,
+            );
+            t.marks.metric_rows = by_partition(
+                self.lake
+                    .watermarks(LakeTable::Metrics, &group, &tps)
+                    .await?,
+            );
+            let saved: SavedState = match self
+                .lake
+                .load_state(&state_name(&group, &t.spec.name))
+                .await?
+            {
+                Some(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                    format!("reading the saved metric state of table '{}'", t.spec.name)
+                })?,
                 None => SavedState::default(),
             };
             t.state = saved.state;
@@ -129,7 +176,11 @@ impl Processor {
             // The progress blob is saved after every destination of a batch; each destination's
             // own commits may only be ahead of it, by the one batch a crash interrupted.
             let floor = t.marks.metric_state.clone();
-            for m in [&mut t.marks.data, &mut t.marks.quarantine, &mut t.marks.metric_rows] {
+            for m in [
+                &mut t.marks.data,
+                &mut t.marks.quarantine,
+                &mut t.marks.metric_rows,
+            ] {
                 TableMarks::advance(m, &floor);
             }
         }
@@ -137,7 +188,10 @@ impl Processor {
     }
 
     /// Runs until `shutdown` flips (or, with `once`, until every partition is drained).
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<ProcessSummary> {
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<ProcessSummary> {
         let consumer = consumer::create(&self.opts).context("creating the Kafka consumer")?;
         let topics: Vec<String> = self.tables.iter().map(|t| t.spec.topic.clone()).collect();
         let high = self.high_watermarks(&consumer, &topics).await?;
@@ -148,11 +202,17 @@ impl Processor {
             Some(high)
         } else {
             let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-            consumer.subscribe(&refs).context("subscribing to the configured topics")?;
+            consumer
+                .subscribe(&refs)
+                .context("subscribing to the configured topics")?;
             None
         };
         let bounds = Bounds {
-            interval: if self.opts.once { self.opts.trigger_interval.min(Duration::from_secs(1)) } else { self.opts.trigger_interval },
+            interval: if self.opts.once {
+                self.opts.trigger_interval.min(Duration::from_secs(1))
+            } else {
+                self.opts.trigger_interval
+            },
             max_records: self.opts.max_batch_records,
             max_bytes: self.opts.max_batch_bytes,
         };
@@ -179,7 +239,11 @@ impl Processor {
         Ok(self.summary)
     }
 
-    async fn high_watermarks(&self, consumer: &Consumer, topics: &[String]) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
+    async fn high_watermarks(
+        &self,
+        consumer: &Consumer,
+        topics: &[String],
+    ) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
         let mut targets = BTreeMap::new();
         let timeout = Duration::from_secs(30);
         for topic in topics {
@@ -201,23 +265,43 @@ impl Processor {
         Ok(targets)
     }
 
-    fn assign_all(&self, consumer: &Consumer, targets: &BTreeMap<(String, i32), i64>) -> anyhow::Result<()> {
+    fn assign_all(
+        &self,
+        consumer: &Consumer,
+        targets: &BTreeMap<(String, i32), i64>,
+    ) -> anyhow::Result<()> {
         let mut tpl = TopicPartitionList::new();
         for (topic, partition) in targets.keys() {
-            let start = self.table_for(topic).and_then(|t| t.marks.floor(*partition)).map_or(Offset::Beginning, |o| Offset::Offset(o + 1));
-            tpl.add_partition_offset(topic, *partition, start).context("building the assignment")?;
+            let start = self
+                .table_for(topic)
+                .and_then(|t| t.marks.floor(*partition))
+                .map_or(Offset::Beginning, |o| Offset::Offset(o + 1));
+            tpl.add_partition_offset(topic, *partition, start)
+                .context("building the assignment")?;
         }
         consumer.assign(&tpl).context("assigning partitions")?;
         Ok(())
     }
 
     fn seek_to_marks(&self, consumer: &Consumer) {
-        let Ok(assignment) = consumer.assignment() else { return };
+        let Ok(assignment) = consumer.assignment() else {
+            return;
+        };
         for elem in assignment.elements() {
-            let Some(floor) = self.table_for(elem.topic()).and_then(|t| t.marks.floor(elem.partition())) else { continue };
+            let Some(floor) = self
+                .table_for(elem.topic())
+                .and_then(|t| t.marks.floor(elem.partition()))
+            else {
+                continue;
+            };
             // Seeking right after an assignment can fail until the first fetch; that is harmless,
             // because records at or below the marks are filtered out anyway.
-            if let Err(error) = consumer.seek(elem.topic(), elem.partition(), Offset::Offset(floor + 1), Duration::from_secs(5)) {
+            if let Err(error) = consumer.seek(
+                elem.topic(),
+                elem.partition(),
+                Offset::Offset(floor + 1),
+                Duration::from_secs(5),
+            ) {
                 tracing::debug!(%error, topic = elem.topic(), partition = elem.partition(), "seek after assignment deferred");
             }
         }
@@ -238,7 +322,11 @@ impl Processor {
         })
     }
 
-    async fn apply(&mut self, consumer: &Consumer, messages: Vec<OwnedMessage>) -> anyhow::Result<()> {
+    async fn apply(
+        &mut self,
+        consumer: &Consumer,
+        messages: Vec<OwnedMessage>,
+    ) -> anyhow::Result<()> {
         let now = Utc::now();
         let batch_id = now.timestamp_millis();
         self.summary.batches += 1;
@@ -247,7 +335,10 @@ impl Processor {
         for m in &messages {
             match self.by_topic.get(m.topic()) {
                 Some(i) => per_table.entry(*i).or_default().push(m),
-                None => anyhow::bail!("received a record from topic '{}', which no configured table reads", m.topic()),
+                None => anyhow::bail!(
+                    "received a record from topic '{}', which no configured table reads",
+                    m.topic()
+                ),
             }
         }
         let mut offsets = TopicPartitionList::new();
@@ -284,17 +375,29 @@ impl Processor {
         for m in records {
             let e = ends.entry(m.partition()).or_insert(m.offset());
             *e = (*e).max(m.offset());
-            if run.marks.floor(m.partition()).is_some_and(|f| m.offset() <= f) {
+            if run
+                .marks
+                .floor(m.partition())
+                .is_some_and(|f| m.offset() <= f)
+            {
                 skipped += 1;
                 continue;
             }
             fresh.push(RawMessage {
-                position: SourcePosition { topic: m.topic().to_string(), partition: m.partition(), offset: m.offset() },
+                position: SourcePosition {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                },
                 key: m.key(),
                 payload: m.payload(),
             });
         }
-        let totals = self.summary.per_table.entry(table_name.clone()).or_default();
+        let totals = self
+            .summary
+            .per_table
+            .entry(table_name.clone())
+            .or_default();
         totals.skipped_already_applied += skipped;
         if fresh.is_empty() {
             return Ok(ends);
@@ -302,7 +405,11 @@ impl Processor {
         let decoded = decode(&run.spec, &fresh);
         let positions: Vec<SourcePosition> = ends
             .iter()
-            .map(|(p, o)| SourcePosition { topic: run.spec.topic.clone(), partition: *p, offset: *o })
+            .map(|(p, o)| SourcePosition {
+                topic: run.spec.topic.clone(),
+                partition: *p,
+                offset: *o,
+            })
             .collect();
 
         // Normally every destination has the same marks and one plan serves all of them; after a
@@ -311,13 +418,23 @@ impl Processor {
             watermarks::above(&decoded, marks).context("filtering already-applied records")
         };
         let mut state = run.state.clone();
-        let state_plan = crate::pipeline::plan(&run.spec, &for_marks(&run.marks.metric_state)?, &mut state, now)
-            .with_context(|| format!("planning table '{table_name}'"))?;
+        let state_plan = crate::pipeline::plan(
+            &run.spec,
+            &for_marks(&run.marks.metric_state)?,
+            &mut state,
+            now,
+        )
+        .with_context(|| format!("planning table '{table_name}'"))?;
         let plan_for = |marks: &Marks| -> anyhow::Result<Option<crate::pipeline::plan::BatchPlan>> {
             if *marks == run.marks.metric_state {
                 return Ok(None);
             }
-            let plan = crate::pipeline::plan(&run.spec, &for_marks(marks)?, &mut TableMetricState::default(), now)?;
+            let plan = crate::pipeline::plan(
+                &run.spec,
+                &for_marks(marks)?,
+                &mut TableMetricState::default(),
+                now,
+            )?;
             Ok(Some(plan))
         };
         let quarantine_plan = plan_for(&run.marks.quarantine)?;
@@ -349,10 +466,17 @@ impl Processor {
         TableMarks::advance(&mut marks, &ends);
         let saved = SavedState { state, marks };
         self.lake
-            .save_state(&state_name(&table_name), &serde_json::to_vec(&saved)?)
+            .save_state(
+                &state_name(&group, &table_name),
+                &serde_json::to_vec(&saved)?,
+            )
             .await
             .with_context(|| format!("saving the progress of table '{table_name}'"))?;
-        for m in [&mut run.marks.data, &mut run.marks.quarantine, &mut run.marks.metric_rows] {
+        for m in [
+            &mut run.marks.data,
+            &mut run.marks.quarantine,
+            &mut run.marks.metric_rows,
+        ] {
             TableMarks::advance(m, &ends);
         }
         run.state = saved.state;
@@ -365,8 +489,11 @@ impl Processor {
             quarantined = stats.quarantined, deletes = stats.deletes, malformed = stats.malformed,
             "batch applied"
         );
-        self.summary.per_table.entry(table_name).or_default().add(stats);
+        self.summary
+            .per_table
+            .entry(table_name)
+            .or_default()
+            .add(stats);
         Ok(ends)
     }
 }
-

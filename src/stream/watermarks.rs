@@ -25,15 +25,20 @@ pub(super) struct TableMarks {
 impl TableMarks {
     /// The lowest mark of any destination: records at or below it are applied everywhere.
     pub fn floor(&self, partition: i32) -> Option<i64> {
-        [&self.data, &self.quarantine, &self.metric_rows, &self.metric_state]
-            .iter()
-            .map(|m| m.get(&partition).copied())
-            .min_by(|a, b| match (a, b) {
-                (None, _) => std::cmp::Ordering::Less,
-                (_, None) => std::cmp::Ordering::Greater,
-                (Some(x), Some(y)) => x.cmp(y),
-            })
-            .flatten()
+        [
+            &self.data,
+            &self.quarantine,
+            &self.metric_rows,
+            &self.metric_state,
+        ]
+        .iter()
+        .map(|m| m.get(&partition).copied())
+        .min_by(|a, b| match (a, b) {
+            (None, _) => std::cmp::Ordering::Less,
+            (_, None) => std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => x.cmp(y),
+        })
+        .flatten()
     }
 
     pub fn advance(marks: &mut Marks, ends: &BTreeMap<i32, i64>) {
@@ -49,7 +54,10 @@ pub(super) fn is_above(marks: &Marks, partition: i32, offset: i64) -> bool {
 }
 
 /// The part of a decoded batch above `marks`.
-pub(super) fn above(decoded: &DecodedBatch, marks: &Marks) -> Result<DecodedBatch, deltalake::arrow::error::ArrowError> {
+pub(super) fn above(
+    decoded: &DecodedBatch,
+    marks: &Marks,
+) -> Result<DecodedBatch, deltalake::arrow::error::ArrowError> {
     let rows = &decoded.rows;
     let partitions = rows
         .column_by_name(PARTITION)
@@ -60,7 +68,9 @@ pub(super) fn above(decoded: &DecodedBatch, marks: &Marks) -> Result<DecodedBatc
     let rows = match (partitions, offsets) {
         (Some(p), Some(o)) => {
             let mask: BooleanArray = (0..rows.num_rows())
-                .map(|i| Some(p.is_null(i) || o.is_null(i) || is_above(marks, p.value(i), o.value(i))))
+                .map(|i| {
+                    Some(p.is_null(i) || o.is_null(i) || is_above(marks, p.value(i), o.value(i)))
+                })
                 .collect();
             filter_record_batch(rows, &mask)?
         }
