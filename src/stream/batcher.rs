@@ -20,7 +20,7 @@ pub(super) struct Bounds {
     pub max_bytes: usize,
 }
 
-/// Collects one micro-batch. Returns early (possibly empty) when `shutdown` flips, so the
+/// Collects one micro-batch. Returns early (possibly empty) when a stop is requested, so the
 /// batch in flight is still applied before the processor exits.
 pub(super) async fn collect(
     consumer: &Consumer,
@@ -44,13 +44,23 @@ pub(super) async fn collect(
                 Err(error) => {
                     // The broker may be down or restarting; librdkafka reconnects by itself.
                     tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "receiving from Kafka failed");
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop_requested(shutdown) => break,
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             },
             _ = tokio::time::sleep_until(deadline) => break,
-            _ = shutdown.changed() => break,
+            _ = stop_requested(shutdown) => break,
         }
     }
     batch
+}
+
+/// Resolves once a stop is requested; never, when nobody can request one any more.
+pub(super) async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }

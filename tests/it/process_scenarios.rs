@@ -468,3 +468,777 @@ async fn smoke_events_through_the_broker_land_in_delta() {
     );
     flow.assert_invariants().await;
 }
+
+/// The totals of the flow's one table in a summary.
+pub fn totals(summary: &ProcessSummary, table: &str) -> dqetl::stream::TableTotals {
+    summary.per_table.get(table).cloned().unwrap_or_default()
+}
+
+/// The values of one field of the rows, in row order.
+pub fn field(rows: &[Value], name: &str) -> Vec<Value> {
+    rows.iter().map(|r| r[name].clone()).collect()
+}
+
+const READINGS: &str = r#"
+tables:
+  - name: readings
+    topic: {topic}
+    primary_key: id
+    schema:
+      - {name: id, type: integer, nullable: false}
+      - {name: temp, type: double}
+      - {name: code, type: string}
+      - {name: status, type: string}
+      - {name: note, type: string}
+    dq_rules:
+      - {id: temp_range, type: range, column: temp, params: {min: -10, max: 40}}
+      - {id: code_length, type: length, column: code, params: {min: 2, max: 4}}
+      - {id: code_format, type: regex, column: code, params: {pattern: "^[A-Z]+$"}}
+      - {id: status_known, type: allowed_values, column: status, params: {values: [ok, late]}}
+      - {id: note_present, type: not_null, column: note, severity: warning}
+"#;
+
+fn reading(id: i64, temp: f64, code: &str) -> Value {
+    json!({"id": id, "temp": temp, "code": code, "status": "ok", "note": "n"})
+}
+
+#[tokio::test]
+async fn range_and_length_bounds_are_inclusive() {
+    let flow = Flow::new(READINGS, 1).await;
+    let when = "2026-03-01T09:00:00Z";
+    flow.produce(&[
+        insert(reading(1, -10.0, "AB"), when),
+        insert(reading(2, 40.0, "ABCD"), when),
+        insert(reading(3, -10.001, "AB"), when),
+        insert(reading(4, 40.001, "AB"), when),
+        insert(reading(5, 20.0, "A"), when),
+        insert(reading(6, 20.0, "ABCDE"), when),
+    ])
+    .await;
+    let summary = flow.process().await;
+
+    assert_eq!(
+        field(&flow.versions("id").await, "id"),
+        [json!(1), json!(2)]
+    );
+    assert_eq!(
+        flow.quarantine("id, _failed_rules").await,
+        vec![
+            json!({"id": 3, "_failed_rules": ["temp_range"]}),
+            json!({"id": 4, "_failed_rules": ["temp_range"]}),
+            json!({"id": 5, "_failed_rules": ["code_length"]}),
+            json!({"id": 6, "_failed_rules": ["code_length"]}),
+        ]
+    );
+    let t = totals(&summary, "readings");
+    assert_eq!((t.loaded, t.quarantined), (2, 4));
+    assert_eq!(
+        t.rule_failures,
+        BTreeMap::from([
+            ("code_length".to_string(), 2),
+            ("temp_range".to_string(), 2)
+        ])
+    );
+    flow.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn a_quarantined_row_lists_every_rule_it_fails_with_a_reason_each() {
+    let flow = Flow::new(READINGS, 1).await;
+    flow.produce(&[insert(
+        json!({"id": 7, "temp": 99.5, "code": "a1b2c", "status": "lost", "note": null}),
+        "2026-03-01T09:00:00Z",
+    )])
+    .await;
+    flow.process().await;
+
+    let rows = flow
+        .quarantine("id, _failed_rules, _dq_reason, _operation")
+        .await;
+    assert_eq!(
+        rows,
+        vec![json!({
+            "id": 7,
+            "_failed_rules": ["temp_range", "code_length", "code_format", "status_known", "note_present"],
+            "_dq_reason": "temp_range range: temp=99.5 not in [-10, 40]; \
+                code_length length: code=\"a1b2c\" has 5 characters, expected between 2 and 4; \
+                code_format regex: code=\"a1b2c\" does not match ^[A-Z]+$; \
+                status_known allowed_values: status=\"lost\" not in [ok, late]; \
+                note_present not_null: note is null",
+            "_operation": "INSERT",
+        })]
+    );
+    assert_eq!(
+        flow.version_of(LakeTable::Data("readings".into())).await,
+        None,
+        "nothing loaded"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_warning_rule_loads_the_row_and_is_counted() {
+    let flow = Flow::new(READINGS, 1).await;
+    flow.produce(&[
+        insert(
+            json!({"id": 1, "temp": 20.0, "code": "AB", "status": "ok", "note": null}),
+            "2026-03-01T09:00:00Z",
+        ),
+        insert(
+            json!({"id": 2, "temp": 21.0, "code": "AB", "status": "late", "note": null}),
+            "2026-03-01T09:00:01Z",
+        ),
+        insert(
+            json!({"id": 3, "temp": 22.0, "code": "AB", "status": "ok", "note": "fine"}),
+            "2026-03-01T09:00:02Z",
+        ),
+    ])
+    .await;
+    let summary = flow.process().await;
+
+    assert_eq!(
+        flow.versions("id, note")
+            .await
+            .iter()
+            .map(|r| (r["id"].clone(), r["note"].clone()))
+            .collect::<Vec<_>>(),
+        [
+            (json!(1), Value::Null),
+            (json!(2), Value::Null),
+            (json!(3), json!("fine"))
+        ]
+    );
+    assert_eq!(
+        flow.version_of(LakeTable::Quarantine("readings".into()))
+            .await,
+        None
+    );
+    let t = totals(&summary, "readings");
+    assert_eq!((t.loaded, t.quarantined), (3, 0));
+    assert_eq!(
+        t.rule_failures,
+        BTreeMap::from([("note_present".to_string(), 2)])
+    );
+    let rates = flow
+        .rows("SELECT metric_value FROM dq_metrics WHERE metric_name = 'RuleFailureRate' AND column_name = 'note_present' AND scope = 'batch'")
+        .await;
+    assert_eq!(
+        field(&rates, "metric_value"),
+        [json!(2.0 / 3.0)],
+        "the warning rule's failure rate"
+    );
+    flow.assert_invariants().await;
+}
+
+const NULLS: &str = r#"
+tables:
+  - name: sensors
+    topic: {topic}
+    primary_key: id
+    schema:
+      - {name: id, type: integer, nullable: false}
+      - {name: temp, type: double}
+      - {name: code, type: string}
+      - {name: status, type: string}
+    dq_rules:
+      - {id: temp_range, type: range, column: temp, params: {min: 0, max: 50}}
+      - {id: code_format, type: regex, column: code, params: {pattern: "^[A-Z]+$"}, allow_null: true}
+      - {id: status_known, type: allowed_values, column: status, params: {values: [ok]}}
+    transforms:
+      - {id: code_default, type: default_value, column: code, params: {value: NONE}, order: 1}
+      - {id: status_upper, type: upper, column: status, order: 2}
+"#;
+
+#[tokio::test]
+async fn null_fails_value_rules_unless_the_rule_allows_it() {
+    let flow = Flow::new(NULLS, 1).await;
+    let when = "2026-03-01T09:00:00Z";
+    flow.produce(&[
+        insert(
+            json!({"id": 1, "temp": null, "code": "AB", "status": "ok"}),
+            when,
+        ),
+        insert(
+            json!({"id": 2, "temp": 10.0, "code": null, "status": "ok"}),
+            when,
+        ),
+        insert(
+            json!({"id": 3, "temp": 10.0, "code": "AB", "status": null}),
+            when,
+        ),
+        // Absent from the image is the same as null.
+        insert(json!({"id": 4, "code": "AB", "status": "ok"}), when),
+        insert(
+            json!({"id": 5, "temp": 10.0, "code": "AB", "status": "ok"}),
+            when,
+        ),
+    ])
+    .await;
+    flow.process().await;
+
+    assert_eq!(
+        flow.versions("id, temp, code, status")
+            .await
+            .iter()
+            .map(|r| json!([r["id"], r["temp"], r["code"], r["status"]]))
+            .collect::<Vec<_>>(),
+        [json!([2, 10.0, "NONE", "OK"]), json!([5, 10.0, "AB", "OK"])],
+        "an allowed NULL is loaded, then default_value fills it"
+    );
+    assert_eq!(
+        flow.quarantine("id, _failed_rules, _dq_reason, status")
+            .await,
+        vec![
+            json!({"id": 1, "_failed_rules": ["temp_range"], "_dq_reason": "temp_range range: temp is null", "status": "ok"}),
+            json!({"id": 3, "_failed_rules": ["status_known"], "_dq_reason": "status_known allowed_values: status is null", "status": null}),
+            json!({"id": 4, "_failed_rules": ["temp_range"], "_dq_reason": "temp_range range: temp is null", "status": "ok"}),
+        ],
+        "quarantine keeps the raw values, before transforms"
+    );
+    flow.assert_invariants().await;
+}
+
+const PEOPLE: &str = r#"
+tables:
+  - name: people
+    topic: {topic}
+    primary_key: id
+    schema:
+      - {name: id, type: integer, nullable: false}
+      - {name: lat, type: double}
+      - {name: hr, type: double}
+      - {name: name, type: string}
+      - {name: phone, type: string}
+      - {name: status, type: string}
+      - {name: city, type: string}
+      - {name: score, type: string}
+      - {name: comment, type: string}
+    transforms:
+      - {id: t_lat, type: round, column: lat, params: {decimals: 1}, order: 1}
+      - {id: t_hr, type: round, column: hr, params: {decimals: 0}, order: 2}
+      - {id: t_name, type: mask_pii, column: name, params: {visible_chars: 2}, order: 3}
+      - {id: t_phone, type: mask_pii, column: phone, params: {visible_chars: 0}, order: 4}
+      - {id: t_trim, type: trim, column: status, order: 5}
+      - {id: t_lower, type: lower, column: status, order: 6}
+      - {id: t_upper, type: upper, column: city, order: 7}
+      - {id: t_cast, type: cast, column: score, params: {target_type: double}, order: 8}
+      - {id: t_default, type: default_value, column: comment, params: {value: none}, order: 9}
+      - {id: t_rename, type: rename, column: city, params: {new_name: town}, order: 10}
+"#;
+
+#[tokio::test]
+async fn transforms_store_the_originals_exact_values() {
+    let flow = Flow::new(PEOPLE, 1).await;
+    let when = "2026-03-01T09:00:00Z";
+    flow.produce(&[
+        insert(
+            json!({"id": 1, "lat": 37.05, "hr": 72.5, "name": "Alice", "phone": "0612345678",
+                   "status": "  Late ", "city": "paris", "score": "12.5", "comment": null}),
+            when,
+        ),
+        insert(
+            json!({"id": 2, "lat": -2.45, "hr": 0.5, "name": "J", "phone": null,
+                   "status": "OK", "city": null, "score": null, "comment": "hi"}),
+            when,
+        ),
+        insert(
+            json!({"id": 3, "lat": 1.0, "hr": 1.0, "name": "Bob", "phone": "1",
+                   "status": "ok", "city": "x", "score": "abc", "comment": "c"}),
+            when,
+        ),
+    ])
+    .await;
+    let summary = flow.process().await;
+
+    assert_eq!(
+        flow.versions("id, lat, hr, name, phone, status, town, score, comment")
+            .await
+            .iter()
+            .map(|r| json!([
+                r["id"],
+                r["lat"],
+                r["hr"],
+                r["name"],
+                r["phone"],
+                r["status"],
+                r["town"],
+                r["score"],
+                r["comment"]
+            ]))
+            .collect::<Vec<_>>(),
+        [
+            json!([
+                1, 37.1, 73.0, "Al****", "****", "late", "PARIS", 12.5, "none"
+            ]),
+            json!([2, -2.5, 1.0, "J****", null, "ok", null, null, "hi"]),
+        ]
+    );
+    assert_eq!(
+        flow.quarantine("id, _failed_rules, _dq_reason, name").await,
+        vec![
+            json!({"id": 3, "_failed_rules": ["t_cast"], "_dq_reason": "t_cast cast: score=\"abc\" cannot be cast to double", "name": "Bo****"})
+        ],
+        "a value that cannot be cast quarantines its row (PII masked there too)"
+    );
+    assert_eq!(totals(&summary, "people").quarantined, 1);
+    flow.assert_invariants().await;
+}
+
+const CONTACTS: &str = r#"
+tables:
+  - name: contacts
+    topic: {topic}
+    primary_key: id
+    schema:
+      - {name: id, type: integer, nullable: false}
+      - {name: phone, type: string}
+      - {name: amount, type: double}
+    dq_rules:
+      - {id: phone_digits, type: regex, column: phone, params: {pattern: "^[0-9]{10}$"}}
+    transforms:
+      - {id: phone_mask, type: mask_pii, column: phone, params: {visible_chars: 4}, order: 1}
+"#;
+
+#[tokio::test]
+async fn pii_is_masked_in_quarantine_rows_reasons_and_raw_payloads() {
+    let flow = Flow::new(CONTACTS, 1).await;
+    let when = "2026-03-01T09:00:00Z";
+    flow.produce(&[
+        insert(
+            json!({"id": 1, "phone": "06-1234-5678", "amount": 1.0}),
+            when,
+        ),
+        insert(
+            json!({"id": 2, "phone": "0612345678", "amount": "lots"}),
+            when,
+        ),
+        insert(json!({"id": 3, "phone": "0698765432", "amount": 2.0}), when),
+    ])
+    .await;
+    flow.process().await;
+
+    let rows = flow.quarantine("id, phone, _dq_reason, _raw").await;
+    assert_eq!(field(&rows, "id"), [json!(1), Value::Null]);
+    assert_eq!(rows[0]["phone"], json!("06-1****"));
+    assert_eq!(
+        rows[0]["_dq_reason"],
+        json!("phone_digits regex: phone=\"06-1****\" does not match ^[0-9]{10}$")
+    );
+    let raw = rows[1]["_raw"].as_str().unwrap_or_default();
+    assert!(
+        raw.contains("\"0612****\"") && !raw.contains("0612345678"),
+        "masked raw payload: {raw}"
+    );
+    assert!(
+        rows[1]["_dq_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("malformed: ") && r.contains("amount")),
+        "{}",
+        rows[1]["_dq_reason"]
+    );
+    let all = flow.rows("SELECT * FROM contacts_quarantine").await;
+    let text = serde_json::to_string(&all).unwrap_or_default();
+    assert!(
+        !text.contains("5678") && !text.contains("345678"),
+        "no unmasked phone anywhere: {text}"
+    );
+    assert_eq!(
+        flow.versions("id, phone").await[0]["phone"],
+        json!("0698****")
+    );
+}
+
+#[tokio::test]
+async fn quarantine_keeps_pii_when_the_table_opts_out_of_masking() {
+    let yaml = format!("{CONTACTS}    quarantine: {{mask_pii: false}}\n");
+    let flow = Flow::new(&yaml, 1).await;
+    flow.produce(&[insert(
+        json!({"id": 1, "phone": "06-1234-5678", "amount": 1.0}),
+        "2026-03-01T09:00:00Z",
+    )])
+    .await;
+    flow.process().await;
+    assert_eq!(
+        flow.quarantine("phone, _dq_reason").await,
+        vec![
+            json!({"phone": "06-1234-5678", "_dq_reason": "phone_digits regex: phone=\"06-1234-5678\" does not match ^[0-9]{10}$"})
+        ]
+    );
+}
+
+const VEHICLES: &str = r#"
+tables:
+  - name: vehicles
+    topic: {topic}
+    primary_key: id
+    schema:
+      - {name: id, type: integer, nullable: false}
+      - {name: status, type: string}
+      - {name: km, type: double}
+"#;
+
+fn vehicle(id: i64, status: &str, km: f64) -> Value {
+    json!({"id": id, "status": status, "km": km})
+}
+
+/// (id, status, _operation, from, to, current) of every version.
+async fn history(flow: &Flow) -> Vec<Value> {
+    flow.versions("id, status")
+        .await
+        .iter()
+        .map(|r| {
+            json!([
+                r["id"],
+                r["status"],
+                r["_operation"],
+                r["_effective_from"],
+                r["_effective_to"],
+                r["_is_current"]
+            ])
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_first_batch_of_updates_and_deletes_starts_the_history() {
+    let flow = Flow::new(VEHICLES, 1).await;
+    flow.produce(&[
+        // An update of a key the lake has never seen becomes its first version.
+        update(vehicle(1, "moving", 10.0), "2026-03-01T09:00:00Z"),
+        // Deleting an unknown key changes nothing.
+        delete(json!({"id": 2}), "2026-03-01T09:00:01Z"),
+        // Inserted and deleted within the batch: the last event wins, nothing remains.
+        insert(vehicle(3, "parked", 0.0), "2026-03-01T09:00:02Z"),
+        delete(json!({"id": 3}), "2026-03-01T09:00:03Z"),
+        insert(vehicle(4, "parked", 5.0), "2026-03-01T09:00:04Z"),
+    ])
+    .await;
+    let summary = flow.process().await;
+
+    assert_eq!(
+        history(&flow).await,
+        [
+            json!([1, "moving", "UPDATE", "2026-03-01T09:00:00Z", null, true]),
+            json!([4, "parked", "INSERT", "2026-03-01T09:00:04Z", null, true]),
+        ]
+    );
+    let t = totals(&summary, "vehicles");
+    assert_eq!((t.events, t.loaded, t.deletes, t.quarantined), (5, 3, 2, 0));
+    flow.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn two_updates_of_one_key_in_a_batch_the_later_offset_wins() {
+    let flow = Flow::new(VEHICLES, 1).await;
+    flow.produce(&[insert(vehicle(1, "parked", 0.0), "2026-03-01T09:00:00Z")])
+        .await;
+    flow.process().await;
+    flow.produce(&[
+        update(vehicle(1, "moving", 10.0), "2026-03-01T10:00:05Z"),
+        // Later in Kafka, earlier by the source clock: Kafka order decides.
+        update(vehicle(1, "stopped", 12.0), "2026-03-01T10:00:03Z"),
+    ])
+    .await;
+    flow.process().await;
+
+    assert_eq!(
+        history(&flow).await,
+        [
+            json!([
+                1,
+                "parked",
+                "INSERT",
+                "2026-03-01T09:00:00Z",
+                "2026-03-01T10:00:03Z",
+                false
+            ]),
+            json!([1, "stopped", "UPDATE", "2026-03-01T10:00:03Z", null, true]),
+        ]
+    );
+    flow.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn track_intermediate_keeps_every_version_of_a_batch_as_history() {
+    let yaml = format!("{VEHICLES}    scd2: {{track_intermediate: true}}\n");
+    let flow = Flow::new(&yaml, 1).await;
+    flow.produce(&[
+        insert(vehicle(1, "parked", 0.0), "2026-03-01T09:00:00Z"),
+        update(vehicle(1, "moving", 10.0), "2026-03-01T10:00:00Z"),
+        update(vehicle(1, "stopped", 12.0), "2026-03-01T11:00:00Z"),
+    ])
+    .await;
+    flow.process().await;
+    assert_eq!(
+        history(&flow).await,
+        [
+            json!([
+                1,
+                "parked",
+                "INSERT",
+                "2026-03-01T09:00:00Z",
+                "2026-03-01T10:00:00Z",
+                false
+            ]),
+            json!([
+                1,
+                "moving",
+                "UPDATE",
+                "2026-03-01T10:00:00Z",
+                "2026-03-01T11:00:00Z",
+                false
+            ]),
+            json!([1, "stopped", "UPDATE", "2026-03-01T11:00:00Z", null, true]),
+        ]
+    );
+    flow.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn insert_and_update_of_a_new_key_in_one_batch_make_one_current_version() {
+    let flow = Flow::new(VEHICLES, 1).await;
+    flow.produce(&[
+        insert(vehicle(9, "new", 0.0), "2026-03-01T09:00:00Z"),
+        update(vehicle(9, "moving", 3.5), "2026-03-01T09:05:00Z"),
+    ])
+    .await;
+    flow.process().await;
+    assert_eq!(
+        history(&flow).await,
+        [json!([
+            9,
+            "moving",
+            "UPDATE",
+            "2026-03-01T09:05:00Z",
+            null,
+            true
+        ])]
+    );
+    flow.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn a_key_only_delete_closes_the_current_row() {
+    let flow = Flow::new(VEHICLES, 1).await;
+    flow.produce(&[
+        insert(vehicle(1, "parked", 0.0), "2026-03-01T09:00:00Z"),
+        insert(vehicle(2, "parked", 0.0), "2026-03-01T09:00:00Z"),
+    ])
+    .await;
+    flow.process().await;
+    flow.produce(&[delete(json!({"id": 1}), "2026-03-01T12:00:00Z")])
+        .await;
+    let summary = flow.process().await;
+
+    assert_eq!(
+        history(&flow).await,
+        [
+            json!([
+                1,
+                "parked",
+                "INSERT",
+                "2026-03-01T09:00:00Z",
+                "2026-03-01T12:00:00Z",
+                false
+            ]),
+            json!([2, "parked", "INSERT", "2026-03-01T09:00:00Z", null, true]),
+        ]
+    );
+    assert_eq!(totals(&summary, "vehicles").deletes, 1);
+    flow.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn a_delete_with_tombstones_also_records_a_delete_version() {
+    let yaml = format!("{VEHICLES}    scd2: {{hard_deletes: tombstone}}\n");
+    let flow = Flow::new(&yaml, 1).await;
+    flow.produce(&[insert(vehicle(1, "parked", 0.0), "2026-03-01T09:00:00Z")])
+        .await;
+    flow.process().await;
+    flow.produce(&[delete(json!({"id": 1}), "2026-03-01T12:00:00Z")])
+        .await;
+    flow.process().await;
+    assert_eq!(
+        history(&flow).await,
+        [
+            json!([
+                1,
+                "parked",
+                "INSERT",
+                "2026-03-01T09:00:00Z",
+                "2026-03-01T12:00:00Z",
+                false
+            ]),
+            json!([
+                1,
+                null,
+                "DELETE",
+                "2026-03-01T12:00:00Z",
+                "2026-03-01T12:00:00Z",
+                false
+            ]),
+        ]
+    );
+    flow.assert_invariants().await;
+}
+
+/// Versions of every lake table of the flow.
+async fn lake_versions(flow: &Flow) -> [Option<u64>; 3] {
+    let name = flow.table().name.clone();
+    [
+        flow.version_of(LakeTable::Data(name.clone())).await,
+        flow.version_of(LakeTable::Quarantine(name)).await,
+        flow.version_of(LakeTable::Metrics).await,
+    ]
+}
+
+/// Commits offset 0 for every partition of the topic in the flow's group: as if Kafka had
+/// forgotten (or someone had reset) how far the group got.
+async fn reset_kafka_offsets(flow: &Flow, partitions: i32) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", support::broker().bootstrap())
+        .set("group.id", &flow.group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap_or_else(|e| panic!("consumer: {e}"));
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(&flow.topic, p, rdkafka::Offset::Offset(0))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .unwrap_or_else(|e| panic!("resetting the group's offsets: {e}"));
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("reading the group's offsets: {e}"));
+    for e in committed.elements() {
+        assert_eq!(
+            e.offset(),
+            rdkafka::Offset::Offset(0),
+            "offset reset for {e:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_group_whose_kafka_offsets_are_reset_applies_nothing_twice() {
+    let flow = Flow::new(READINGS, 2).await;
+    flow.produce(&[
+        insert(reading(1, 20.0, "AB"), "2026-03-01T09:00:00Z"),
+        insert(reading(2, 99.0, "AB"), "2026-03-01T09:00:00Z"),
+        update(reading(1, 21.0, "AB"), "2026-03-01T09:01:00Z"),
+        insert(reading(3, 22.0, "AB"), "2026-03-01T09:02:00Z"),
+    ])
+    .await;
+    flow.process().await;
+    let before = (
+        flow.versions("id, temp").await,
+        flow.quarantine("id, _offset").await,
+    );
+    let versions_before = lake_versions(&flow).await;
+    reset_kafka_offsets(&flow, 2).await;
+
+    // The long-running mode (a group member that reads everything the group's offsets say).
+    let options = ProcessOptions {
+        once: false,
+        ..flow.options()
+    };
+    let lake = Lake::new(flow.layout(), Default::default());
+    let processor = Processor::new(&flow.config, lake, options)
+        .await
+        .unwrap_or_else(|e| panic!("processor starts: {e:#}"));
+    let (stop, stop_rx) = watch::channel(false);
+    let running = tokio::spawn(processor.run(stop_rx));
+    // One new event, so the run is known to have joined the group and read its partition.
+    flow.produce(&[update(reading(3, 23.0, "AB"), "2026-03-01T09:03:00Z")])
+        .await;
+    let deadline = tokio::time::Instant::now() + RUN_LIMIT;
+    loop {
+        let current = flow
+            .rows("SELECT temp FROM readings WHERE id = 3 AND _is_current")
+            .await;
+        if field(&current, "temp") == [json!(23.0)] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new event was not applied in time"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = stop.send(true);
+    let summary = match tokio::time::timeout(RUN_LIMIT, running).await {
+        Ok(Ok(Ok(summary))) => summary,
+        other => panic!("the processor stops cleanly: {other:?}"),
+    };
+
+    let t = totals(&summary, "readings");
+    assert_eq!(
+        (t.events, t.loaded),
+        (1, 1),
+        "only the new event is applied: {summary:?}"
+    );
+    assert_eq!(
+        t.skipped_already_applied, 0,
+        "partitions start at the lake's positions, not at Kafka's reset offsets: {summary:?}"
+    );
+    let (versions, quarantine) = (
+        flow.versions("id, temp").await,
+        flow.quarantine("id, _offset").await,
+    );
+    assert_eq!(quarantine, before.1, "no quarantine row twice");
+    assert_eq!(
+        versions.len(),
+        before.0.len() + 1,
+        "exactly one new version: {versions:?}"
+    );
+    let [data, quarantined, _] = lake_versions(&flow).await;
+    assert_eq!(data, versions_before[0].map(|v| v + 1), "one data commit");
+    assert_eq!(quarantined, versions_before[1], "no quarantine commit");
+    flow.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn a_dms_reload_of_the_same_rows_adds_no_version() {
+    let flow = Flow::new(VEHICLES, 3).await;
+    let rows = [
+        vehicle(1, "parked", 0.0),
+        vehicle(2, "moving", 7.5),
+        vehicle(3, "parked", 1.0),
+    ];
+    flow.produce(
+        &rows
+            .iter()
+            .map(|r| insert(r.clone(), "2026-03-01T09:00:00Z"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    flow.produce(&[update(vehicle(2, "stopped", 9.0), "2026-03-01T10:00:00Z")])
+        .await;
+    flow.process().await;
+    let before = history(&flow).await;
+    let data_before = flow.version_of(LakeTable::Data("vehicles".into())).await;
+
+    // A full reload re-sends every current row as `load`, at new offsets.
+    flow.produce(&[
+        load(vehicle(1, "parked", 0.0), "2026-03-02T00:00:00Z"),
+        load(vehicle(2, "stopped", 9.0), "2026-03-02T00:00:00Z"),
+        load(vehicle(3, "parked", 1.0), "2026-03-02T00:00:00Z"),
+    ])
+    .await;
+    let summary = flow.process().await;
+
+    assert_eq!(
+        totals(&summary, "vehicles").loaded,
+        3,
+        "the reload was read"
+    );
+    assert_eq!(history(&flow).await, before);
+    assert_eq!(
+        flow.version_of(LakeTable::Data("vehicles".into())).await,
+        data_before,
+        "no new table version"
+    );
+    flow.assert_invariants().await;
+}
