@@ -7,6 +7,7 @@ mod compile_ddl_postgres;
 mod compile_golden;
 mod config_validate;
 mod harness;
+mod process_bad_input;
 mod process_scenarios;
 mod query_local;
 mod sink_exactly_once;

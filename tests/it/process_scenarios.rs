@@ -299,6 +299,8 @@ pub fn producer_config(bootstrap: &str) -> ClientConfig {
     cfg.set("bootstrap.servers", bootstrap)
         .set("message.timeout.ms", "60000")
         .set("linger.ms", "5")
+        // Room for the oversized messages of the bad-input tests.
+        .set("message.max.bytes", "16777216")
         // One in-flight request keeps the produced order, which the tests rely on.
         .set("max.in.flight.requests.per.connection", "1");
     cfg
