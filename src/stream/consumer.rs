@@ -135,3 +135,26 @@ pub(super) fn create(opts: &ProcessOptions) -> KafkaResult<Consumer> {
         .set("max.partition.fetch.bytes", "10485760");
     cfg.create_with_context(ProcessorContext::default())
 }
+
+/// The partition's end as the broker reported it in its latest fetch response to this consumer;
+/// `None` before the first one. It is what the consumer has actually seen of the partition, so
+/// `--once` trusts it over the end offsets a broker lists (tansu's in-memory storage lists the
+/// first offset of the last record batch, not the end).
+pub(super) fn fetched_end(consumer: &Consumer, topic: &str, partition: i32) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: the client pointer is valid while `consumer` is borrowed; `topic` is a
+    // NUL-terminated string that outlives the call; the out-pointers point to live locals.
+    // librdkafka only reads its cached offsets here (no broker request, no callback).
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
+}

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::{Mutex, watch};
 
 use super::apply::{Applied, TableRun};
-use super::batcher::{self, Bounds, stop_requested};
+use super::batcher::{self, Bounds, Drain, stop_requested};
 use super::consumer::{self, Consumer, Starts};
 use super::options::ProcessOptions;
 use crate::config::spec::ConfigSpec;
@@ -174,17 +174,17 @@ impl Processor {
             None
         };
         let bounds = Bounds {
-            interval: if self.opts.once {
-                self.opts.trigger_interval.min(Duration::from_secs(1))
-            } else {
-                self.opts.trigger_interval
-            },
+            interval: self.opts.trigger_interval,
             max_records: self.opts.max_batch_records.max(1),
             max_bytes: self.opts.max_batch_bytes.max(1),
         };
         tracing::info!(tables = self.tables.len(), group = %self.opts.group, once = self.opts.once, "processor started");
         loop {
-            let mut messages = batcher::collect(&consumer, &bounds, &mut shutdown)
+            let drain = match &drain_targets {
+                Some(targets) => Some(self.drain(targets).await),
+                None => None,
+            };
+            let mut messages = batcher::collect(&consumer, &bounds, drain, &mut shutdown)
                 .await
                 .messages;
             if consumer.context().take_assignment_change() {
@@ -198,7 +198,8 @@ impl Processor {
                 }
                 consumer.context().set_starts(self.starts().await);
             }
-            if !messages.is_empty() {
+            let idle = messages.is_empty();
+            if !idle {
                 self.apply(&consumer, messages, &mut shutdown).await?;
             }
             if *shutdown.borrow() {
@@ -206,7 +207,8 @@ impl Processor {
                 break;
             }
             if let Some(targets) = &drain_targets
-                && self.drained(targets).await
+                && (self.drain(targets).await.done(&consumer)
+                    || (idle && read_past(&consumer, targets)))
             {
                 break;
             }
@@ -274,20 +276,12 @@ impl Processor {
         starts
     }
 
-    async fn drained(&self, targets: &BTreeMap<(String, i32), i64>) -> bool {
-        for ((topic, partition), high) in targets {
-            if *high == 0 {
-                continue;
-            }
-            let Some(index) = self.by_topic.get(topic) else {
-                continue;
-            };
-            let run = self.tables[*index].lock().await;
-            if run.marks.floor(*partition).is_none_or(|o| o + 1 < *high) {
-                return false;
-            }
+    /// How far draining must read, from where the lake says each partition is.
+    async fn drain(&self, targets: &BTreeMap<(String, i32), i64>) -> Drain {
+        Drain {
+            listed: targets.clone(),
+            next: self.starts().await,
         }
-        true
     }
 
     /// Applies one micro-batch: each table's records in its own task. A table that fails is
@@ -435,6 +429,20 @@ fn still_assigned(consumer: &Consumer, messages: Vec<OwnedMessage>) -> Vec<Owned
         );
     }
     kept
+}
+
+/// Whether the consumer is positioned at or past every target, although some records before the
+/// targets never arrived (offsets without a record, such as transaction markers).
+fn read_past(consumer: &Consumer, targets: &BTreeMap<(String, i32), i64>) -> bool {
+    let Ok(positions) = consumer.position() else {
+        return false;
+    };
+    targets.iter().all(|((topic, partition), high)| {
+        *high == 0
+            || positions
+                .find_partition(topic, *partition)
+                .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= *high))
+    })
 }
 
 /// The end offset of every partition of `topics`.

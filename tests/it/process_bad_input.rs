@@ -36,6 +36,15 @@ fn envelope(table: &str, operation: &str, data: Value) -> Value {
 #[tokio::test]
 async fn every_bad_message_is_quarantined_with_its_reason_and_nothing_is_lost() {
     let flow = Flow::new(ORDERS, 1).await;
+    // A row from an earlier batch, deleted among the bad messages.
+    flow.produce(&[insert(
+        json!({"id": 0, "amount": 1.0, "note": "z"}),
+        "2026-03-01T08:00:00Z",
+    )])
+    .await;
+    flow.process().await;
+    // The batch under test starts at offset 1; `at(i)` is the offset of its message `i`.
+    let at = |i: i64| i + 1;
     let good = flow.message(&insert(
         json!({"id": 1, "amount": 5.0, "note": "a"}),
         "2026-03-01T09:00:00Z",
@@ -97,7 +106,7 @@ async fn every_bad_message_is_quarantined_with_its_reason_and_nothing_is_lost() 
             json!({"id": 2, "amount": 7.0, "note": "d"}),
             "2026-03-01T09:00:01Z",
         )),
-        flow.message(&delete(json!({"id": 1}), "2026-03-01T09:00:02Z")),
+        flow.message(&delete(json!({"id": 0}), "2026-03-01T09:00:02Z")),
         flow.message(&update(
             json!({"id": 2, "amount": 8.0, "note": "e"}),
             "2026-03-01T09:00:03Z",
@@ -108,7 +117,7 @@ async fn every_bad_message_is_quarantined_with_its_reason_and_nothing_is_lost() 
             .await;
     assert_eq!(
         positions.last().map(|p| p.1),
-        Some(14),
+        Some(at(14)),
         "every message was accepted by the broker"
     );
     let summary = flow.process().await;
@@ -138,12 +147,12 @@ async fn every_bad_message_is_quarantined_with_its_reason_and_nothing_is_lost() 
         .await;
     assert_eq!(
         field(&rows, "_offset"),
-        [1, 2, 3, 4, 5, 7, 8, 9, 10, 11].map(|o| json!(o)),
+        [1, 2, 3, 4, 5, 7, 8, 9, 10, 11].map(|i| json!(at(i))),
         "one quarantine row per bad message, none for the control record"
     );
     let reason = |offset: i64| -> String {
         rows.iter()
-            .find(|r| r["_offset"] == json!(offset))
+            .find(|r| r["_offset"] == json!(at(offset)))
             .and_then(|r| r["_dq_reason"].as_str())
             .unwrap_or_default()
             .to_string()
@@ -197,7 +206,7 @@ async fn every_bad_message_is_quarantined_with_its_reason_and_nothing_is_lost() 
 
     let raw = |offset: i64| {
         rows.iter()
-            .find(|r| r["_offset"] == json!(offset))
+            .find(|r| r["_offset"] == json!(at(offset)))
             .map(|r| r["_raw"].clone())
     };
     assert_eq!(
@@ -215,7 +224,7 @@ async fn every_bad_message_is_quarantined_with_its_reason_and_nothing_is_lost() 
     );
     assert_eq!(
         rows.iter()
-            .find(|r| r["_offset"] == json!(4))
+            .find(|r| r["_offset"] == json!(at(4)))
             .map(|r| r["_operation"].clone()),
         Some(json!("INSERT")),
         "the operation is kept when the envelope tells it"
@@ -227,7 +236,11 @@ async fn every_bad_message_is_quarantined_with_its_reason_and_nothing_is_lost() 
             .iter()
             .map(|r| json!([r["id"], r["amount"], r["_is_current"]]))
             .collect::<Vec<_>>(),
-        [json!([1, 5.0, false]), json!([2, 8.0, true])],
+        [
+            json!([0, 1.0, false]),
+            json!([1, 5.0, true]),
+            json!([2, 8.0, true])
+        ],
         "the good messages around the bad ones are all applied"
     );
     flow.assert_invariants().await;

@@ -181,7 +181,9 @@ impl Flow {
             group: self.group.clone(),
             tables: Vec::new(),
             once: true,
-            trigger_interval: Duration::from_millis(300),
+            // `--once` ends a batch when the backlog is read, so a long interval only keeps a
+            // slow first fetch from splitting it.
+            trigger_interval: Duration::from_secs(10),
             max_batch_records: 10_000,
             max_batch_bytes: 64 << 20,
         }
