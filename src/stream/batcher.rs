@@ -1,5 +1,6 @@
 //! Micro-batching: collect records until the trigger interval ends or a size bound is hit.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use rdkafka::Message;
@@ -7,7 +8,7 @@ use rdkafka::message::OwnedMessage;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::consumer::Consumer;
+use super::consumer::{Consumer, fetched_end};
 
 pub(super) struct MicroBatch {
     pub messages: Vec<OwnedMessage>,
@@ -20,11 +21,44 @@ pub(super) struct Bounds {
     pub max_bytes: usize,
 }
 
-/// Collects one micro-batch. Returns early (possibly empty) when `shutdown` flips, so the
-/// batch in flight is still applied before the processor exits.
+/// Draining (`--once`): how far each partition must be read.
+#[derive(Debug, Clone)]
+pub(super) struct Drain {
+    /// The end of each partition as the broker listed it at start.
+    pub listed: BTreeMap<(String, i32), i64>,
+    /// The next offset to read per partition (missing: from the beginning).
+    pub next: HashMap<(String, i32), i64>,
+}
+
+impl Drain {
+    /// Every partition is read to its end: the listed end, and the end the broker reported in
+    /// its latest fetch response to this consumer (a partition without one yet is only done when
+    /// listed as empty). Fetch responses are trusted over the listed ends: tansu's in-memory
+    /// storage lists the first offset of a partition's last record batch, not its end.
+    pub fn done(&self, consumer: &Consumer) -> bool {
+        self.listed
+            .iter()
+            .all(|(key @ (topic, partition), listed)| {
+                let next = self.next.get(key).copied().unwrap_or(0);
+                match fetched_end(consumer, topic, *partition) {
+                    Some(end) => next >= end.max(*listed),
+                    None => *listed == 0,
+                }
+            })
+    }
+}
+
+/// How often a draining batch checks whether the ends are reached while no record arrives.
+const DRAIN_CHECK: Duration = Duration::from_millis(50);
+
+/// Collects one micro-batch. Returns early (possibly empty) when a stop is requested, so the
+/// batch in flight is still applied before the processor exits. When draining, it also returns
+/// as soon as every partition is read to its end, so `--once` never waits out the interval and a
+/// backlog within the bounds is one batch.
 pub(super) async fn collect(
     consumer: &Consumer,
     bounds: &Bounds,
+    mut drain: Option<Drain>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> MicroBatch {
     let deadline = Instant::now() + bounds.interval;
@@ -33,24 +67,49 @@ pub(super) async fn collect(
         bytes: 0,
     };
     let mut backoff = Duration::from_millis(200);
-    while batch.messages.len() < bounds.max_records && batch.bytes < bounds.max_bytes {
+    while batch.messages.len() < bounds.max_records
+        && batch.bytes < bounds.max_bytes
+        && Instant::now() < deadline
+        && !drain.as_ref().is_some_and(|d| d.done(consumer))
+    {
+        let wake = match drain {
+            Some(_) => (Instant::now() + DRAIN_CHECK).min(deadline),
+            None => deadline,
+        };
         tokio::select! {
+            biased;
+            _ = stop_requested(shutdown) => break,
             received = consumer.recv() => match received {
                 Ok(message) => {
                     batch.bytes += message.payload_len() + message.key().map_or(0, <[u8]>::len);
-                    batch.messages.push(message.detach());
+                    let message = message.detach();
                     backoff = Duration::from_millis(200);
+                    if let Some(drain) = drain.as_mut() {
+                        let key = (message.topic().to_string(), message.partition());
+                        let next = drain.next.entry(key).or_insert(0);
+                        *next = (*next).max(message.offset() + 1);
+                    }
+                    batch.messages.push(message);
                 }
                 Err(error) => {
                     // The broker may be down or restarting; librdkafka reconnects by itself.
                     tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "receiving from Kafka failed");
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop_requested(shutdown) => break,
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             },
-            _ = tokio::time::sleep_until(deadline) => break,
-            _ = shutdown.changed() => break,
+            _ = tokio::time::sleep_until(wake) => {}
         }
     }
     batch
+}
+
+/// Resolves once a stop is requested; never, when nobody can request one any more.
+pub(super) async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }

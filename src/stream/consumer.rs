@@ -1,28 +1,58 @@
-//! The Kafka consumer: one group, the configured topics, offsets stored by us.
+//! The Kafka consumer: one group, the configured topics, positions taken from the lake.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rdkafka::ClientConfig;
+use rdkafka::Offset;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::topic_partition_list::TopicPartitionList;
 
 use super::options::{KafkaConnection, ProcessOptions};
 
 pub(super) type Consumer = StreamConsumer<ProcessorContext>;
 
-/// Forwards librdkafka's logs to tracing and notes partition assignments, so the loop can
-/// re-read watermarks from Delta and seek before applying anything from a new partition.
+/// Where to read each partition from: the offset after the last one every destination of its
+/// table has applied, as far as the processor knows. Partitions not listed start at the beginning.
+pub(super) type Starts = HashMap<(String, i32), i64>;
+
+/// Forwards librdkafka's logs to tracing and positions every assigned partition at the lake's
+/// offsets, never at Kafka's committed ones (those are advisory and may lag or be gone).
+///
+/// The starts it assigns with may be stale (another processor of the group may have moved a
+/// partition on since); stale starts are never ahead of the truth, because marks only grow. So
+/// the loop, told of the change, reloads the marks from the lake before applying anything, and
+/// records at or below them are filtered out.
 #[derive(Default)]
 pub(super) struct ProcessorContext {
-    assigned: Arc<AtomicBool>,
+    changed: AtomicBool,
+    starts: Mutex<Starts>,
 }
 
 impl ProcessorContext {
+    /// Whether partitions were assigned or revoked since the last call.
     pub(super) fn take_assignment_change(&self) -> bool {
-        self.assigned.swap(false, Ordering::AcqRel)
+        self.changed.swap(false, Ordering::AcqRel)
+    }
+
+    pub(super) fn set_starts(&self, starts: Starts) {
+        *self.starts.lock().unwrap_or_else(|p| p.into_inner()) = starts;
+    }
+
+    fn positioned(&self, assigned: &TopicPartitionList) -> KafkaResult<TopicPartitionList> {
+        let starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tpl = TopicPartitionList::new();
+        for e in assigned.elements() {
+            let start = starts
+                .get(&(e.topic().to_string(), e.partition()))
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            tpl.add_partition_offset(e.topic(), e.partition(), start)?;
+        }
+        Ok(tpl)
     }
 }
 
@@ -39,20 +69,30 @@ impl ClientContext for ProcessorContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        // Broker down or restarting: librdkafka keeps retrying on its own; say so clearly.
-        tracing::warn!(%error, "kafka client error, retrying: {reason}");
+        // Broker down or restarting: librdkafka keeps reconnecting on its own; say so clearly.
+        tracing::warn!(%error, "kafka client error (the client keeps retrying): {reason}");
     }
 }
 
 impl ConsumerContext for ProcessorContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions assigned");
-                self.assigned.store(true, Ordering::Release);
+                // Re-assigning inside the callback replaces the assignment librdkafka just made
+                // (at the committed offsets) with one at the lake's positions.
+                match self.positioned(tpl).and_then(|p| consumer.assign(&p)) {
+                    Ok(()) => tracing::info!(partitions = tpl.count(), "partitions assigned"),
+                    Err(error) => tracing::warn!(
+                        %error,
+                        "partitions assigned, but positioning them failed; records already in the \
+                         lake are read again and skipped"
+                    ),
+                }
+                self.changed.store(true, Ordering::Release);
             }
             Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions revoked")
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                self.changed.store(true, Ordering::Release);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -87,7 +127,34 @@ pub(super) fn create(opts: &ProcessOptions) -> KafkaResult<Consumer> {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "30000")
+        // A batch applies between two polls; a slow lake must not cost the assignment.
+        .set("max.poll.interval.ms", "600000")
+        .set("reconnect.backoff.ms", "200")
+        .set("reconnect.backoff.max.ms", "10000")
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "10485760");
     cfg.create_with_context(ProcessorContext::default())
+}
+
+/// The partition's end as the broker reported it in its latest fetch response to this consumer;
+/// `None` before the first one. It is what the consumer has actually seen of the partition, so
+/// `--once` trusts it over the end offsets a broker lists (tansu's in-memory storage lists the
+/// first offset of the last record batch, not the end).
+pub(super) fn fetched_end(consumer: &Consumer, topic: &str, partition: i32) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: the client pointer is valid while `consumer` is borrowed; `topic` is a
+    // NUL-terminated string that outlives the call; the out-pointers point to live locals.
+    // librdkafka only reads its cached offsets here (no broker request, no callback).
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }

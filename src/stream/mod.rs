@@ -1,11 +1,33 @@
 //! The streaming processor: Kafka → micro-batches → pipeline → Delta, exactly once.
 //!
 //! Guarantee: every Kafka record of a configured topic ends up exactly once in the lake (as a
-//! data version, a no-op, or a quarantine row). Each Delta commit records, per (topic, partition),
-//! the last offset it covers; records at or below that watermark are never applied again, so a
-//! crash at any point neither loses nor duplicates a row. Kafka offset commits are advisory:
-//! they only save re-reading.
+//! data version, a no-op, or a quarantine row). How:
+//!
+//! - Each table of a batch has three destinations (its data table, its quarantine table and
+//!   `dq_metrics`); every Delta commit records, per (topic, partition), the last offset it covers
+//!   (transaction actions, app id `<group>:<topic>:<partition>`). A record at or below a
+//!   destination's mark is never applied to that destination again.
+//! - After the three commits, a progress blob per table and group is saved: the cumulative metric
+//!   state and the marks it covers. A destination that had nothing to write makes no commit, so
+//!   its own mark lags; the blob lifts it. So after a crash between two commits of a batch, each
+//!   destination is re-planned from the records it lacks, and the metric state from the records
+//!   the blob lacks.
+//! - Partitions are read from those marks, never from Kafka's committed offsets: `--once` assigns
+//!   them at the marks; a group member re-assigns in the rebalance callback and re-reads the marks
+//!   from the lake before applying anything, dropping records of partitions it lost. Kafka offset
+//!   commits are advisory: they only save re-reading.
+//!
+//! Several processors may share a group (one partition is applied by one member at a time: a
+//! batch applies between two polls, and a rebalance waits for the poll). Data and quarantine stay
+//! exactly-once then; the cumulative metric state is kept per table by whichever member saved it
+//! last, so it is only exact with one processor per group.
+//!
+//! Failures: an unreachable broker is waited for with backoff (librdkafka reconnects on its own
+//! while a run is under way); a table whose batch fails is retried with backoff after re-reading
+//! its marks, then the processor exits with the error. Nothing is lost either way: a restart
+//! resumes from the lake.
 
+mod apply;
 mod batcher;
 mod consumer;
 mod options;
@@ -13,4 +35,4 @@ mod processor;
 mod watermarks;
 
 pub use options::{KafkaConnection, ProcessOptions};
-pub use processor::{ProcessSummary, Processor};
+pub use processor::{ProcessSummary, Processor, TableTotals};

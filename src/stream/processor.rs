@@ -1,7 +1,8 @@
-//! The consumer loop: collect a micro-batch, then per table decode → plan → commit, then
-//! commit Kafka offsets. Order per table and batch: quarantine, data, metric rows, metric state.
+//! The consumer loop: collect a micro-batch, apply each table's part of it (tables concurrently),
+//! then commit Kafka offsets (advisory). Positions come from the lake, never from Kafka.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,41 +12,51 @@ use rdkafka::Offset;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::message::OwnedMessage;
 use rdkafka::topic_partition_list::TopicPartitionList;
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use serde::Serialize;
+use tokio::sync::{Mutex, watch};
 
-use super::batcher::{self, Bounds};
-use super::consumer::{self, Consumer};
+use super::apply::{Applied, TableRun};
+use super::batcher::{self, Bounds, Drain, stop_requested};
+use super::consumer::{self, Consumer, Starts};
 use super::options::ProcessOptions;
-use super::watermarks::{self, Marks, TableMarks};
-use crate::cdc::decode::{RawMessage, decode};
-use crate::config::spec::{ConfigSpec, TableSpec};
-use crate::pipeline::TableMetricState;
-use crate::pipeline::plan::{BatchStats, DecodedBatch, SourcePosition};
-use crate::sink::{Lake, LakeTable};
+use crate::config::spec::ConfigSpec;
+use crate::pipeline::plan::BatchStats;
+use crate::sink::Lake;
 
 /// Totals over a run, for logs, `--once` output and tests.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ProcessSummary {
     pub batches: u64,
+    /// Records received from Kafka (including ones skipped as already applied).
     pub records: u64,
+    /// Failed table applications that were retried.
+    pub retries: u64,
     pub per_table: BTreeMap<String, TableTotals>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TableTotals {
+    /// Records decoded this run: `loaded + deletes + quarantined + control_records`.
     pub events: u64,
     pub loaded: u64,
     pub quarantined: u64,
+    /// Of the quarantined: messages that could not be decoded.
     pub malformed: u64,
     pub deletes: u64,
     pub control_records: u64,
+    /// Records the lake already held (re-read after a restart or rebalance), not applied again.
     pub skipped_already_applied: u64,
     pub rule_failures: BTreeMap<String, u64>,
 }
 
 impl TableTotals {
-    fn add(&mut self, s: &BatchStats) {
+    fn add(&mut self, applied: &Applied) {
+        self.skipped_already_applied += applied.skipped;
+        let Some(s) = &applied.stats else { return };
+        self.add_stats(s);
+    }
+
+    fn add_stats(&mut self, s: &BatchStats) {
         self.events += s.events;
         self.loaded += s.loaded;
         self.quarantined += s.quarantined;
@@ -58,31 +69,26 @@ impl TableTotals {
     }
 }
 
-/// The cumulative metric state of a table with the marks it covers, saved as one blob.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct SavedState {
-    state: TableMetricState,
-    marks: Marks,
-}
+/// Attempts per table and batch before the processor gives up (with the error) and exits; a
+/// restart resumes from the lake, so giving up loses nothing either.
+const APPLY_ATTEMPTS: u32 = 6;
 
-struct TableRun {
-    spec: TableSpec,
-    marks: TableMarks,
-    state: TableMetricState,
-}
+/// How long `--once` keeps trying to reach the broker before it gives up.
+const ONCE_CONNECT_PATIENCE: Duration = Duration::from_secs(120);
 
+/// The streaming processor of one consumer group.
+///
+/// Guarantee: every Kafka record of a processed topic ends up exactly once in the lake (as a data
+/// version, a no-op, or a quarantine row), whatever crashes, restarts or rebalances happen; see
+/// `src/stream/mod.rs`.
 pub struct Processor {
     opts: ProcessOptions,
-    lake: Lake,
-    tables: Vec<TableRun>,
+    lake: Arc<Lake>,
+    tables: Vec<Arc<Mutex<TableRun>>>,
     by_topic: HashMap<String, usize>,
-    /// Every (topic, partition) of the processed topics.
-    partitions: Vec<(String, i32)>,
+    /// Partitions of each processed topic, as found at start.
+    partitions: BTreeMap<String, Vec<i32>>,
     summary: ProcessSummary,
-}
-
-fn state_name(table: &str) -> String {
-    format!("metrics/{table}.json")
 }
 
 impl Processor {
@@ -96,11 +102,7 @@ impl Processor {
             if !opts.tables.is_empty() && !opts.tables.iter().any(|t| t == &spec.name) {
                 continue;
             }
-            tables.push(TableRun {
-                spec: spec.clone(),
-                marks: TableMarks::default(),
-                state: TableMetricState::default(),
-            });
+            tables.push(TableRun::new(spec.clone()));
         }
         for wanted in &opts.tables {
             if !tables.iter().any(|t| &t.spec.name == wanted) {
@@ -119,82 +121,52 @@ impl Processor {
             .collect();
         Ok(Processor {
             opts,
-            lake,
-            tables,
+            lake: Arc::new(lake),
+            tables: tables
+                .into_iter()
+                .map(|t| Arc::new(Mutex::new(t)))
+                .collect(),
             by_topic,
-            partitions: Vec::new(),
+            partitions: BTreeMap::new(),
             summary: ProcessSummary::default(),
         })
     }
 
-    /// Reads every destination's marks back from the lake.
-    async fn reload_marks(&mut self) -> anyhow::Result<()> {
-        let group = self.opts.group.clone();
-        for t in &mut self.tables {
-            let topic = t.spec.topic.clone();
-            let by_partition = |m: HashMap<(String, i32), i64>| -> Marks {
-                m.into_iter()
-                    .filter(|((tp, _), _)| *tp == topic)
-                    .map(|((_, p), o)| (p, o))
-                    .collect()
-            };
-            let tps: Vec<(String, i32)> = self
-                .partitions
-                .iter()
-                .filter(|(tp, _)| *tp == topic)
-                .cloned()
-                .collect();
-            t.marks.data = by_partition(
-                self.lake
-                    .watermarks(LakeTable::Data(t.spec.name.clone()), &group, &tps)
-                    .await?,
-            );
-            t.marks.quarantine = by_partition(
-                self.lake
-                    .watermarks(LakeTable::Quarantine(t.spec.name.clone()), &group, &tps)
-                    .await?,
-            );
-            t.marks.metric_rows = by_partition(
-                self.lake
-                    .watermarks(LakeTable::Metrics, &group, &tps)
-                    .await?,
-            );
-            let saved: SavedState = match self.lake.load_state(&state_name(&t.spec.name)).await? {
-                Some(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                    format!("reading the saved metric state of table '{}'", t.spec.name)
-                })?,
-                None => SavedState::default(),
-            };
-            t.state = saved.state;
-            t.marks.metric_state = saved.marks;
-            // The progress blob is saved after every destination of a batch; each destination's
-            // own commits may only be ahead of it, by the one batch a crash interrupted.
-            let floor = t.marks.metric_state.clone();
-            for m in [
-                &mut t.marks.data,
-                &mut t.marks.quarantine,
-                &mut t.marks.metric_rows,
-            ] {
-                TableMarks::advance(m, &floor);
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs until `shutdown` flips (or, with `once`, until every partition is drained).
+    /// Runs until `shutdown` flips (or, with `once`, until every partition is drained). A stop
+    /// request lets the batch in flight finish first.
     pub async fn run(
         mut self,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<ProcessSummary> {
         let consumer = consumer::create(&self.opts).context("creating the Kafka consumer")?;
-        let topics: Vec<String> = self.tables.iter().map(|t| t.spec.topic.clone()).collect();
-        let high = self.high_watermarks(&consumer, &topics).await?;
-        self.partitions = high.keys().cloned().collect();
-        self.reload_marks().await?;
+        let topics: Vec<String> = self.by_topic.keys().cloned().collect();
+        let Some(high) = self.discover(&consumer, &topics, &mut shutdown).await? else {
+            tracing::info!("stopped before the broker could be reached");
+            return Ok(self.summary);
+        };
+        for (topic, partition) in high.keys() {
+            self.partitions
+                .entry(topic.clone())
+                .or_default()
+                .push(*partition);
+        }
+        for index in 0..self.tables.len() {
+            self.reload(index).await?;
+        }
+        let starts = self.starts().await;
         let drain_targets = if self.opts.once {
-            self.assign_all(&consumer, &high)?;
+            let mut tpl = TopicPartitionList::new();
+            for key @ (topic, partition) in high.keys() {
+                let start = starts
+                    .get(key)
+                    .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                tpl.add_partition_offset(topic, *partition, start)
+                    .context("building the assignment")?;
+            }
+            consumer.assign(&tpl).context("assigning partitions")?;
             Some(high)
         } else {
+            consumer.context().set_starts(starts);
             let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
             consumer
                 .subscribe(&refs)
@@ -202,30 +174,41 @@ impl Processor {
             None
         };
         let bounds = Bounds {
-            interval: if self.opts.once {
-                self.opts.trigger_interval.min(Duration::from_secs(1))
-            } else {
-                self.opts.trigger_interval
-            },
-            max_records: self.opts.max_batch_records,
-            max_bytes: self.opts.max_batch_bytes,
+            interval: self.opts.trigger_interval,
+            max_records: self.opts.max_batch_records.max(1),
+            max_bytes: self.opts.max_batch_bytes.max(1),
         };
         tracing::info!(tables = self.tables.len(), group = %self.opts.group, once = self.opts.once, "processor started");
         loop {
+            let drain = match &drain_targets {
+                Some(targets) => Some(self.drain(targets).await),
+                None => None,
+            };
+            let mut messages = batcher::collect(&consumer, &bounds, drain, &mut shutdown)
+                .await
+                .messages;
             if consumer.context().take_assignment_change() {
-                self.reload_marks().await?;
-                self.seek_to_marks(&consumer);
+                // Records of partitions this processor no longer owns belong to their new owner;
+                // the marks of newly assigned ones may have moved (another processor of the group).
+                if !self.opts.once {
+                    messages = still_assigned(&consumer, messages);
+                }
+                for index in 0..self.tables.len() {
+                    self.reload(index).await?;
+                }
+                consumer.context().set_starts(self.starts().await);
             }
-            let batch = batcher::collect(&consumer, &bounds, &mut shutdown).await;
-            if !batch.messages.is_empty() {
-                self.apply(&consumer, batch.messages).await?;
+            let idle = messages.is_empty();
+            if !idle {
+                self.apply(&consumer, messages, &mut shutdown).await?;
             }
             if *shutdown.borrow() {
-                tracing::info!("shutdown requested; the batch in flight was applied");
+                tracing::info!("stop requested; the batch in flight was applied");
                 break;
             }
             if let Some(targets) = &drain_targets
-                && self.drained(targets)
+                && (self.drain(targets).await.done(&consumer)
+                    || (idle && read_past(&consumer, targets)))
             {
                 break;
             }
@@ -233,100 +216,89 @@ impl Processor {
         Ok(self.summary)
     }
 
-    async fn high_watermarks(
+    /// The end offset of every partition of the topics, waiting for the broker while it is
+    /// unreachable. `None` when a stop was requested meanwhile.
+    async fn discover(
         &self,
         consumer: &Consumer,
         topics: &[String],
-    ) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
-        let mut targets = BTreeMap::new();
-        let timeout = Duration::from_secs(30);
-        for topic in topics {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), timeout)
-                .with_context(|| format!("reading metadata of topic '{topic}'"))?;
-            for t in metadata.topics() {
-                if let Some(err) = t.error() {
-                    anyhow::bail!("topic '{topic}' is not available: {err:?}");
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<Option<BTreeMap<(String, i32), i64>>> {
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match high_watermarks(consumer, topics) {
+                Ok(found) => return Ok(Some(found)),
+                Err(error) => {
+                    if self.opts.once && started.elapsed() >= ONCE_CONNECT_PATIENCE {
+                        return Err(error.context(format!(
+                            "the broker at {} did not answer within {ONCE_CONNECT_PATIENCE:?}",
+                            self.opts.kafka.bootstrap_servers
+                        )));
+                    }
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        bootstrap = %self.opts.kafka.bootstrap_servers,
+                        retry_in_s = backoff.as_secs(),
+                        "cannot read the topics' partitions yet; retrying"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop_requested(shutdown) => return Ok(None),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
-                for p in t.partitions() {
-                    let (_low, high) = consumer
-                        .fetch_watermarks(topic, p.id(), timeout)
-                        .with_context(|| format!("reading offsets of {topic}[{}]", p.id()))?;
-                    targets.insert((topic.clone(), p.id()), high);
-                }
-            }
-        }
-        Ok(targets)
-    }
-
-    fn assign_all(
-        &self,
-        consumer: &Consumer,
-        targets: &BTreeMap<(String, i32), i64>,
-    ) -> anyhow::Result<()> {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in targets.keys() {
-            let start = self
-                .table_for(topic)
-                .and_then(|t| t.marks.floor(*partition))
-                .map_or(Offset::Beginning, |o| Offset::Offset(o + 1));
-            tpl.add_partition_offset(topic, *partition, start)
-                .context("building the assignment")?;
-        }
-        consumer.assign(&tpl).context("assigning partitions")?;
-        Ok(())
-    }
-
-    fn seek_to_marks(&self, consumer: &Consumer) {
-        let Ok(assignment) = consumer.assignment() else {
-            return;
-        };
-        for elem in assignment.elements() {
-            let Some(floor) = self
-                .table_for(elem.topic())
-                .and_then(|t| t.marks.floor(elem.partition()))
-            else {
-                continue;
-            };
-            // Seeking right after an assignment can fail until the first fetch; that is harmless,
-            // because records at or below the marks are filtered out anyway.
-            if let Err(error) = consumer.seek(
-                elem.topic(),
-                elem.partition(),
-                Offset::Offset(floor + 1),
-                Duration::from_secs(5),
-            ) {
-                tracing::debug!(%error, topic = elem.topic(), partition = elem.partition(), "seek after assignment deferred");
             }
         }
     }
 
-    fn table_for(&self, topic: &str) -> Option<&TableRun> {
-        self.by_topic.get(topic).map(|i| &self.tables[*i])
+    async fn reload(&self, index: usize) -> anyhow::Result<()> {
+        let mut run = self.tables[index].lock().await;
+        let partitions = self
+            .partitions
+            .get(&run.spec.topic)
+            .cloned()
+            .unwrap_or_default();
+        run.reload(&self.lake, &self.opts.group, &partitions).await
     }
 
-    fn drained(&self, targets: &BTreeMap<(String, i32), i64>) -> bool {
-        targets.iter().all(|((topic, partition), high)| {
-            *high == 0
-                || self.table_for(topic).is_some_and(|t| {
-                    [&t.marks.data, &t.marks.quarantine, &t.marks.metric_state]
-                        .iter()
-                        .all(|m| m.get(partition).is_some_and(|o| o + 1 >= *high))
-                })
-        })
+    /// The next offset to read per partition: after the lowest mark of the table's destinations.
+    async fn starts(&self) -> Starts {
+        let mut starts = Starts::new();
+        for table in &self.tables {
+            let run = table.lock().await;
+            for partition in self.partitions.get(&run.spec.topic).into_iter().flatten() {
+                if let Some(floor) = run.marks.floor(*partition) {
+                    starts.insert((run.spec.topic.clone(), *partition), floor + 1);
+                }
+            }
+        }
+        starts
     }
 
+    /// How far draining must read, from where the lake says each partition is.
+    async fn drain(&self, targets: &BTreeMap<(String, i32), i64>) -> Drain {
+        Drain {
+            listed: targets.clone(),
+            next: self.starts().await,
+        }
+    }
+
+    /// Applies one micro-batch: each table's records in its own task. A table that fails is
+    /// retried with backoff after re-reading its marks (its destinations may have committed part
+    /// of the batch; the marks make that part a no-op), then the processor gives up.
     async fn apply(
         &mut self,
         consumer: &Consumer,
         messages: Vec<OwnedMessage>,
+        shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let now = Utc::now();
         let batch_id = now.timestamp_millis();
         self.summary.batches += 1;
         self.summary.records += messages.len() as u64;
-        let mut per_table: BTreeMap<usize, Vec<&OwnedMessage>> = BTreeMap::new();
-        for m in &messages {
+        let mut per_table: BTreeMap<usize, Vec<OwnedMessage>> = BTreeMap::new();
+        for m in messages {
             match self.by_topic.get(m.topic()) {
                 Some(i) => per_table.entry(*i).or_default().push(m),
                 None => anyhow::bail!(
@@ -335,13 +307,94 @@ impl Processor {
                 ),
             }
         }
+        let mut pending: BTreeMap<usize, Arc<Vec<OwnedMessage>>> = per_table
+            .into_iter()
+            .map(|(i, records)| (i, Arc::new(records)))
+            .collect();
         let mut offsets = TopicPartitionList::new();
-        for (index, records) in per_table {
-            let ends = self.apply_table(index, &records, batch_id, now).await?;
-            let topic = self.tables[index].spec.topic.clone();
-            for (partition, offset) in ends {
-                offsets.add_partition_offset(&topic, partition, Offset::Offset(offset + 1))?;
+        let mut attempt = 1;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let mut tasks = Vec::with_capacity(pending.len());
+            for (index, records) in &pending {
+                let (table, lake, group) = (
+                    self.tables[*index].clone(),
+                    self.lake.clone(),
+                    self.opts.group.clone(),
+                );
+                let records = records.clone();
+                tasks.push((
+                    *index,
+                    tokio::spawn(async move {
+                        let mut run = table.lock().await;
+                        run.apply(&lake, &group, &records, batch_id, now).await
+                    }),
+                ));
             }
+            let mut failed = BTreeMap::new();
+            let mut last_error = None;
+            for (index, task) in tasks {
+                let outcome = match task.await {
+                    Ok(outcome) => outcome,
+                    Err(join) => Err(anyhow::anyhow!(
+                        "the task applying the batch failed: {join}"
+                    )),
+                };
+                let run = self.tables[index].lock().await;
+                match outcome {
+                    Ok(applied) => {
+                        for (partition, offset) in &applied.ends {
+                            offsets.add_partition_offset(
+                                &run.spec.topic,
+                                *partition,
+                                Offset::Offset(offset + 1),
+                            )?;
+                        }
+                        self.summary
+                            .per_table
+                            .entry(run.spec.name.clone())
+                            .or_default()
+                            .add(&applied);
+                    }
+                    Err(error) => {
+                        tracing::error!(
+                            table = %run.spec.name, attempt, error = format!("{error:#}"),
+                            "applying the batch failed"
+                        );
+                        if let Some(records) = pending.get(&index) {
+                            failed.insert(index, records.clone());
+                        }
+                        last_error = Some(error);
+                    }
+                }
+            }
+            let Some(error) = last_error else { break };
+            if attempt >= APPLY_ATTEMPTS || *shutdown.borrow() {
+                return Err(error.context(format!(
+                    "giving up on the batch after {attempt} attempts (nothing is lost: a restart resumes from the lake)"
+                )));
+            }
+            tracing::warn!(
+                retry_in_s = backoff.as_secs(),
+                tables = failed.len(),
+                "retrying the failed part of the batch"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop_requested(shutdown) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(16));
+            attempt += 1;
+            self.summary.retries += failed.len() as u64;
+            for index in failed.keys() {
+                if let Err(error) = self.reload(*index).await {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "re-reading the marks failed; trying again"
+                    );
+                }
+            }
+            pending = failed;
         }
         if offsets.count() > 0
             && let Err(error) = consumer.commit(&offsets, CommitMode::Async)
@@ -351,140 +404,72 @@ impl Processor {
         }
         Ok(())
     }
+}
 
-    /// Applies one table's records; returns the last offset per partition it covered.
-    async fn apply_table(
-        &mut self,
-        index: usize,
-        records: &[&OwnedMessage],
-        batch_id: i64,
-        now: chrono::DateTime<Utc>,
-    ) -> anyhow::Result<BTreeMap<i32, i64>> {
-        let group = self.opts.group.clone();
-        let run = &mut self.tables[index];
-        let table_name = run.spec.name.clone();
-        let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut fresh = Vec::with_capacity(records.len());
-        let mut skipped = 0u64;
-        for m in records {
-            let e = ends.entry(m.partition()).or_insert(m.offset());
-            *e = (*e).max(m.offset());
-            if run
-                .marks
-                .floor(m.partition())
-                .is_some_and(|f| m.offset() <= f)
-            {
-                skipped += 1;
-                continue;
-            }
-            fresh.push(RawMessage {
-                position: SourcePosition {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                },
-                key: m.key(),
-                payload: m.payload(),
-            });
-        }
-        let totals = self
-            .summary
-            .per_table
-            .entry(table_name.clone())
-            .or_default();
-        totals.skipped_already_applied += skipped;
-        if fresh.is_empty() {
-            return Ok(ends);
-        }
-        let decoded = decode(&run.spec, &fresh);
-        let positions: Vec<SourcePosition> = ends
+/// The messages of partitions still assigned to this consumer.
+fn still_assigned(consumer: &Consumer, messages: Vec<OwnedMessage>) -> Vec<OwnedMessage> {
+    let assigned: BTreeSet<(String, i32)> = match consumer.assignment() {
+        Ok(tpl) => tpl
+            .elements()
             .iter()
-            .map(|(p, o)| SourcePosition {
-                topic: run.spec.topic.clone(),
-                partition: *p,
-                offset: *o,
-            })
-            .collect();
-
-        // Normally every destination has the same marks and one plan serves all of them; after a
-        // crash between two commits of one batch they differ, and each gets its own plan.
-        let for_marks = |marks: &Marks| -> anyhow::Result<DecodedBatch> {
-            watermarks::above(&decoded, marks).context("filtering already-applied records")
-        };
-        let mut state = run.state.clone();
-        let state_plan = crate::pipeline::plan(
-            &run.spec,
-            &for_marks(&run.marks.metric_state)?,
-            &mut state,
-            now,
-        )
-        .with_context(|| format!("planning table '{table_name}'"))?;
-        let plan_for = |marks: &Marks| -> anyhow::Result<Option<crate::pipeline::plan::BatchPlan>> {
-            if *marks == run.marks.metric_state {
-                return Ok(None);
-            }
-            let plan = crate::pipeline::plan(
-                &run.spec,
-                &for_marks(marks)?,
-                &mut TableMetricState::default(),
-                now,
-            )?;
-            Ok(Some(plan))
-        };
-        let quarantine_plan = plan_for(&run.marks.quarantine)?;
-        let quarantine = &quarantine_plan.as_ref().unwrap_or(&state_plan).quarantine;
-        if quarantine.num_rows() > 0 {
-            self.lake
-                .append_quarantine(&run.spec, quarantine, &positions, &group)
-                .await
-                .with_context(|| format!("writing the quarantine of table '{table_name}'"))?;
-        }
-        let metrics_plan = plan_for(&run.marks.metric_rows)?;
-        let metrics = &metrics_plan.as_ref().unwrap_or(&state_plan).metrics;
-        if !metrics.is_empty() {
-            self.lake
-                .append_metrics(&table_name, batch_id, metrics, &positions, &group, now)
-                .await
-                .with_context(|| format!("writing metrics of table '{table_name}'"))?;
-        }
-        let data_plan = plan_for(&run.marks.data)?;
-        let changes = &data_plan.as_ref().unwrap_or(&state_plan).changes;
-        if changes.num_rows() > 0 {
-            self.lake
-                .commit_changes(&run.spec, changes, &positions, &group, now)
-                .await
-                .with_context(|| format!("committing changes of table '{table_name}'"))?;
-        }
-        // Saved last: everything at or below these marks is applied to every destination.
-        let mut marks = run.marks.metric_state.clone();
-        TableMarks::advance(&mut marks, &ends);
-        let saved = SavedState { state, marks };
-        self.lake
-            .save_state(&state_name(&table_name), &serde_json::to_vec(&saved)?)
-            .await
-            .with_context(|| format!("saving the progress of table '{table_name}'"))?;
-        for m in [
-            &mut run.marks.data,
-            &mut run.marks.quarantine,
-            &mut run.marks.metric_rows,
-        ] {
-            TableMarks::advance(m, &ends);
-        }
-        run.state = saved.state;
-        run.marks.metric_state = saved.marks;
-
-        let data_plan = state_plan;
-        let stats = &data_plan.stats;
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect(),
+        // Unknown: keep them; the sink's per-partition watermarks still refuse a double commit.
+        Err(_) => return messages,
+    };
+    let before = messages.len();
+    let kept: Vec<OwnedMessage> = messages
+        .into_iter()
+        .filter(|m| assigned.contains(&(m.topic().to_string(), m.partition())))
+        .collect();
+    if kept.len() < before {
         tracing::info!(
-            table = %table_name, batch_id, events = stats.events, loaded = stats.loaded,
-            quarantined = stats.quarantined, deletes = stats.deletes, malformed = stats.malformed,
-            "batch applied"
+            dropped = before - kept.len(),
+            "records of revoked partitions left to their new owner"
         );
-        self.summary
-            .per_table
-            .entry(table_name)
-            .or_default()
-            .add(stats);
-        Ok(ends)
     }
+    kept
+}
+
+/// Whether the consumer is positioned at or past every target, although some records before the
+/// targets never arrived (offsets without a record, such as transaction markers).
+fn read_past(consumer: &Consumer, targets: &BTreeMap<(String, i32), i64>) -> bool {
+    let Ok(positions) = consumer.position() else {
+        return false;
+    };
+    targets.iter().all(|((topic, partition), high)| {
+        *high == 0
+            || positions
+                .find_partition(topic, *partition)
+                .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= *high))
+    })
+}
+
+/// The end offset of every partition of `topics`.
+fn high_watermarks(
+    consumer: &Consumer,
+    topics: &[String],
+) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
+    let mut targets = BTreeMap::new();
+    let timeout = Duration::from_secs(10);
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .with_context(|| format!("reading metadata of topic '{topic}'"))?;
+        for t in metadata.topics() {
+            if let Some(err) = t.error() {
+                anyhow::bail!("topic '{topic}' is not available: {err:?}");
+            }
+            if t.partitions().is_empty() {
+                anyhow::bail!("topic '{topic}' has no partitions (does it exist?)");
+            }
+            for p in t.partitions() {
+                let (_low, high) = consumer
+                    .fetch_watermarks(topic, p.id(), timeout)
+                    .with_context(|| format!("reading offsets of {topic}[{}]", p.id()))?;
+                targets.insert((topic.clone(), p.id()), high);
+            }
+        }
+    }
+    Ok(targets)
 }

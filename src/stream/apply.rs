@@ -1,0 +1,309 @@
+//! One table's part of a micro-batch: decode → plan → the three destination commits → the
+//! progress blob. Each destination has its own marks, so after a crash between two commits each
+//! gets exactly the records it has not applied yet.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use serde::{Deserialize, Serialize};
+
+use super::watermarks::{self, Marks, TableMarks};
+use crate::cdc::decode::{RawMessage, decode};
+use crate::config::spec::TableSpec;
+use crate::pipeline::TableMetricState;
+use crate::pipeline::metrics::SCOPE_CUMULATIVE;
+use crate::pipeline::plan::{BatchPlan, BatchStats, DecodedBatch, MetricRow, SourcePosition};
+use crate::sink::{Lake, LakeTable};
+
+/// One source table as the processor runs it.
+pub(super) struct TableRun {
+    pub spec: TableSpec,
+    pub marks: TableMarks,
+    /// The cumulative metric state, covering exactly the records at or below `marks.metric_state`.
+    pub state: TableMetricState,
+}
+
+/// The cumulative metric state of a table with the marks it covers, saved as one blob after the
+/// destinations of each batch: everything at or below these marks is applied everywhere.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SavedState {
+    state: TableMetricState,
+    marks: Marks,
+}
+
+/// The progress blob of one table for one consumer group (a plain file name, as the lake's
+/// state store requires; the group is part of it because the marks are the group's).
+fn state_name(group: &str, table: &str) -> String {
+    format!("stream-{}-{}.json", hex::encode(table), hex::encode(group))
+}
+
+/// What applying one table's records did.
+#[derive(Debug, Default)]
+pub(super) struct Applied {
+    /// The last offset per partition the records covered (applied or skipped).
+    pub ends: BTreeMap<i32, i64>,
+    /// Records at or below every destination's marks: applied before, skipped now.
+    pub skipped: u64,
+    /// None when every record was skipped.
+    pub stats: Option<BatchStats>,
+}
+
+impl TableRun {
+    pub fn new(spec: TableSpec) -> TableRun {
+        TableRun {
+            spec,
+            marks: TableMarks::default(),
+            state: TableMetricState::default(),
+        }
+    }
+
+    /// Reads every destination's marks and the progress blob back from the lake.
+    pub async fn reload(
+        &mut self,
+        lake: &Lake,
+        group: &str,
+        partitions: &[i32],
+    ) -> anyhow::Result<()> {
+        let name = self.spec.name.clone();
+        let topic = self.spec.topic.clone();
+        let tps: Vec<(String, i32)> = partitions.iter().map(|p| (topic.clone(), *p)).collect();
+        let of_topic = |m: std::collections::HashMap<(String, i32), i64>| -> Marks {
+            m.into_iter()
+                .filter(|((t, _), _)| *t == topic)
+                .map(|((_, p), o)| (p, o))
+                .collect()
+        };
+        let read = |table: LakeTable| {
+            let tps = &tps;
+            async move {
+                lake.watermarks(table.clone(), group, tps)
+                    .await
+                    .with_context(|| format!("reading the positions recorded in {}", table.name()))
+            }
+        };
+        let (data, quarantine, metric_rows) = tokio::join!(
+            read(LakeTable::Data(name.clone())),
+            read(LakeTable::Quarantine(name.clone())),
+            read(LakeTable::Metrics),
+        );
+        self.marks.data = of_topic(data?);
+        self.marks.quarantine = of_topic(quarantine?);
+        self.marks.metric_rows = of_topic(metric_rows?);
+        let saved: SavedState = match lake
+            .load_state(&state_name(group, &name))
+            .await
+            .with_context(|| format!("reading the progress of table '{name}'"))?
+        {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading the saved metric state of table '{name}'"))?,
+            None => SavedState::default(),
+        };
+        self.state = saved.state;
+        self.marks.metric_state = saved.marks;
+        // The blob is saved after every destination of a batch, so each destination is at least
+        // there. One that made no commit for its last batches (nothing to write) has an older
+        // txn watermark; the blob lifts it.
+        let floor = self.marks.metric_state.clone();
+        for m in [
+            &mut self.marks.data,
+            &mut self.marks.quarantine,
+            &mut self.marks.metric_rows,
+        ] {
+            TableMarks::advance(m, &floor);
+        }
+        Ok(())
+    }
+
+    /// Applies this table's records of one micro-batch.
+    pub async fn apply(
+        &mut self,
+        lake: &Lake,
+        group: &str,
+        records: &[OwnedMessage],
+        batch_id: i64,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Applied> {
+        let name = self.spec.name.clone();
+        let mut applied = Applied::default();
+        let mut fresh = Vec::with_capacity(records.len());
+        for m in records {
+            let end = applied.ends.entry(m.partition()).or_insert(m.offset());
+            *end = (*end).max(m.offset());
+            if self
+                .marks
+                .floor(m.partition())
+                .is_some_and(|f| m.offset() <= f)
+            {
+                applied.skipped += 1;
+                continue;
+            }
+            fresh.push(RawMessage {
+                position: SourcePosition {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                },
+                key: m.key(),
+                payload: m.payload(),
+            });
+        }
+        if fresh.is_empty() {
+            return Ok(applied);
+        }
+        let decoded = decode(&self.spec, &fresh);
+        let plans = self.plan(&decoded, now)?;
+        let positions: Vec<SourcePosition> = applied
+            .ends
+            .iter()
+            .map(|(p, o)| SourcePosition {
+                topic: self.spec.topic.clone(),
+                partition: *p,
+                offset: *o,
+            })
+            .collect();
+
+        // Three different Delta tables: committed concurrently, each with its own marks.
+        let spec = &self.spec;
+        let quarantine = async {
+            let rows = &plans.for_quarantine().quarantine;
+            if rows.num_rows() > 0 {
+                lake.append_quarantine(spec, rows, &positions, group)
+                    .await
+                    .with_context(|| format!("writing the quarantine of table '{name}'"))?;
+            }
+            anyhow::Ok(())
+        };
+        let metrics = async {
+            let rows = plans.metric_rows();
+            if !rows.is_empty() {
+                lake.append_metrics(&name, batch_id, &rows, &positions, group, now)
+                    .await
+                    .with_context(|| format!("writing the metrics of table '{name}'"))?;
+            }
+            anyhow::Ok(())
+        };
+        let data = async {
+            let changes = &plans.for_data().changes;
+            if changes.num_rows() > 0 {
+                lake.commit_changes(spec, changes, &positions, group, now)
+                    .await
+                    .with_context(|| format!("committing the changes of table '{name}'"))?;
+            }
+            anyhow::Ok(())
+        };
+        let (quarantine, metrics, data) = tokio::join!(quarantine, metrics, data);
+        quarantine?;
+        metrics?;
+        data?;
+
+        // Saved last: everything at or below these marks is now applied to every destination.
+        let mut marks = self.marks.metric_state.clone();
+        TableMarks::advance(&mut marks, &applied.ends);
+        let saved = SavedState {
+            state: plans.state,
+            marks,
+        };
+        let bytes = serde_json::to_vec(&saved).context("serializing the metric state")?;
+        lake.save_state(&state_name(group, &name), &bytes)
+            .await
+            .with_context(|| format!("saving the progress of table '{name}'"))?;
+        for m in [
+            &mut self.marks.data,
+            &mut self.marks.quarantine,
+            &mut self.marks.metric_rows,
+        ] {
+            TableMarks::advance(m, &applied.ends);
+        }
+        self.state = saved.state;
+        self.marks.metric_state = saved.marks;
+
+        let stats = plans.main.stats;
+        tracing::info!(
+            table = %name, batch_id, events = stats.events, loaded = stats.loaded,
+            quarantined = stats.quarantined, deletes = stats.deletes, malformed = stats.malformed,
+            control = stats.control_records, skipped = applied.skipped,
+            "batch applied"
+        );
+        applied.stats = Some(stats);
+        Ok(applied)
+    }
+
+    /// One plan for the records above the progress blob's marks (it also advances the cumulative
+    /// metric state); normally every destination has the same marks and it serves them all.
+    /// After a crash between two commits of one batch they differ, and a destination that is
+    /// ahead gets its own plan of only the records it lacks.
+    fn plan(&self, decoded: &DecodedBatch, now: DateTime<Utc>) -> anyhow::Result<Plans> {
+        let name = &self.spec.name;
+        let above = |marks: &Marks| -> anyhow::Result<DecodedBatch> {
+            watermarks::above(decoded, marks).context("filtering already-applied records")
+        };
+        let mut state = self.state.clone();
+        let main = crate::pipeline::plan(
+            &self.spec,
+            &above(&self.marks.metric_state)?,
+            &mut state,
+            now,
+        )
+        .with_context(|| format!("planning table '{name}'"))?;
+        let own = |marks: &Marks| -> anyhow::Result<Option<BatchPlan>> {
+            if *marks == self.marks.metric_state {
+                return Ok(None);
+            }
+            let mut scratch = TableMetricState::default();
+            let plan = crate::pipeline::plan(&self.spec, &above(marks)?, &mut scratch, now)
+                .with_context(|| format!("planning table '{name}'"))?;
+            Ok(Some(plan))
+        };
+        Ok(Plans {
+            quarantine: own(&self.marks.quarantine)?,
+            metric_rows: own(&self.marks.metric_rows)?,
+            data: own(&self.marks.data)?,
+            main,
+            state,
+        })
+    }
+}
+
+struct Plans {
+    main: BatchPlan,
+    /// The cumulative state after `main`.
+    state: TableMetricState,
+    quarantine: Option<BatchPlan>,
+    metric_rows: Option<BatchPlan>,
+    data: Option<BatchPlan>,
+}
+
+impl Plans {
+    fn for_quarantine(&self) -> &BatchPlan {
+        self.quarantine.as_ref().unwrap_or(&self.main)
+    }
+
+    fn for_data(&self) -> &BatchPlan {
+        self.data.as_ref().unwrap_or(&self.main)
+    }
+
+    /// The batch rows of the records `dq_metrics` lacks; the cumulative rows always describe the
+    /// whole state (an own plan starts from an empty state, so its cumulative rows would not).
+    fn metric_rows(&self) -> Vec<MetricRow> {
+        match &self.metric_rows {
+            None => self.main.metrics.clone(),
+            // Nothing new for `dq_metrics`: the cumulative rows are there already too.
+            Some(own) if own.metrics.is_empty() => Vec::new(),
+            Some(own) => own
+                .metrics
+                .iter()
+                .filter(|m| m.scope != SCOPE_CUMULATIVE)
+                .chain(
+                    self.main
+                        .metrics
+                        .iter()
+                        .filter(|m| m.scope == SCOPE_CUMULATIVE),
+                )
+                .cloned()
+                .collect(),
+        }
+    }
+}
