@@ -62,6 +62,11 @@ pub enum Command {
     Query(QueryArgs),
     /// Run the streaming processor: Kafka → DQ rules → quarantine → transforms → SCD2 → Delta.
     Process(crate::commands::process::ProcessArgs),
+    /// Create the source tables (and a DMS replication slot) in the source database.
+    Sql(crate::commands::sql::SqlArgs),
+    /// Kafka topics of the configured tables.
+    #[command(subcommand)]
+    Topics(crate::commands::topics::TopicsCommand),
     /// Write realistic change traffic into the source database: inserts, updates, soft and hard
     /// deletes, and DQ violations; then print what the lake must hold.
     GenerateData(GenerateDataArgs),

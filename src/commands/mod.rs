@@ -12,10 +12,12 @@ pub mod post_deploy_aws;
 pub mod process;
 pub mod query;
 pub mod query_aws;
+pub mod sql;
 pub mod status;
 pub mod status_aws;
 pub mod teardown;
 pub mod teardown_aws;
+pub mod topics;
 pub mod validate;
 
 use std::process::ExitCode;
@@ -48,6 +50,8 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Query(args) => query::run(&global, &args),
         Command::Process(args) => block_on(process::run(&global, args)),
+        Command::Sql(args) => block_on(sql::run(&global, args)),
+        Command::Topics(command) => block_on(topics::run(&global, command)),
         Command::GenerateData(args) => generate_data::run(&global, args),
         Command::Deploy(_) => deploy::run(&global),
         Command::PostDeploy(args) => post_deploy::run(&global, &args),

@@ -34,5 +34,6 @@ mod options;
 mod processor;
 mod watermarks;
 
+pub use consumer::client_config;
 pub use options::{KafkaConnection, ProcessOptions};
 pub use processor::{ProcessSummary, Processor, TableTotals};

@@ -19,6 +19,7 @@ mod config_validate;
 mod e2e_local;
 mod generate;
 mod harness;
+mod jobs_cli;
 mod local_stack;
 mod process_bad_input;
 mod process_model;
