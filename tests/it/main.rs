@@ -8,6 +8,7 @@ mod compile_golden;
 mod config_validate;
 mod harness;
 mod process_bad_input;
+mod process_crash;
 mod process_model;
 mod process_python;
 mod process_scenarios;
