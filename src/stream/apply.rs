@@ -24,6 +24,9 @@ pub(super) struct TableRun {
     pub marks: TableMarks,
     /// The cumulative metric state, covering exactly the records at or below `marks.metric_state`.
     pub state: TableMetricState,
+    /// The last offset received per partition since the marks were read, to notice offsets the
+    /// consumer never delivered.
+    read: Marks,
 }
 
 /// The cumulative metric state of a table with the marks it covers, saved as one blob after the
@@ -47,6 +50,12 @@ pub(super) struct Applied {
     pub ends: BTreeMap<i32, i64>,
     /// Records at or below every destination's marks: applied before, skipped now.
     pub skipped: u64,
+    /// Records the consumer handed over again within the batch (at or below an offset of their
+    /// partition already in it), dropped.
+    pub redelivered: u64,
+    /// Offsets between two records of a partition that never arrived: legitimate for compacted
+    /// topics and transaction markers, a broker fault otherwise; logged either way.
+    pub not_delivered: u64,
     /// None when every record was skipped.
     pub stats: Option<BatchStats>,
 }
@@ -57,6 +66,7 @@ impl TableRun {
             spec,
             marks: TableMarks::default(),
             state: TableMetricState::default(),
+            read: Marks::new(),
         }
     }
 
@@ -114,6 +124,23 @@ impl TableRun {
         ] {
             TableMarks::advance(m, &floor);
         }
+        let m = &self.marks;
+        if [&m.data, &m.quarantine, &m.metric_rows]
+            .iter()
+            .any(|d| **d != m.metric_state)
+        {
+            tracing::info!(
+                table = %name, data = ?m.data, quarantine = ?m.quarantine, metric_rows = ?m.metric_rows,
+                progress = ?m.metric_state,
+                "resuming after an interrupted batch: each destination gets the records it lacks"
+            );
+        }
+        self.read = self
+            .marks
+            .metric_state
+            .keys()
+            .filter_map(|p| self.marks.floor(*p).map(|f| (*p, f)))
+            .collect();
         Ok(())
     }
 
@@ -129,9 +156,25 @@ impl TableRun {
         let name = self.spec.name.clone();
         let mut applied = Applied::default();
         let mut fresh = Vec::with_capacity(records.len());
+        let mut gaps = Vec::new();
         for m in records {
-            let end = applied.ends.entry(m.partition()).or_insert(m.offset());
-            *end = (*end).max(m.offset());
+            if applied
+                .ends
+                .get(&m.partition())
+                .is_some_and(|end| m.offset() <= *end)
+            {
+                // Consumers may deliver a record twice (a broker answering a fetch with a record
+                // batch that overlaps what it sent before); once per batch is all it counts for.
+                applied.redelivered += 1;
+                continue;
+            }
+            applied.ends.insert(m.partition(), m.offset());
+            let read = self.read.entry(m.partition()).or_insert(m.offset() - 1);
+            if m.offset() > *read + 1 {
+                applied.not_delivered += (m.offset() - *read - 1) as u64;
+                gaps.push((m.partition(), *read + 1, m.offset() - 1));
+            }
+            *read = (*read).max(m.offset());
             if self
                 .marks
                 .floor(m.partition())
@@ -149,6 +192,14 @@ impl TableRun {
                 key: m.key(),
                 payload: m.payload(),
             });
+        }
+        if !gaps.is_empty() {
+            tracing::warn!(
+                table = %name, topic = %self.spec.topic, offsets = applied.not_delivered,
+                first_gaps = ?gaps.iter().take(5).collect::<Vec<_>>(),
+                "offsets were never delivered by the broker (fine for compacted topics and \
+                 transaction markers; otherwise the broker skipped records)"
+            );
         }
         if fresh.is_empty() {
             return Ok(applied);
@@ -224,7 +275,7 @@ impl TableRun {
         tracing::info!(
             table = %name, batch_id, events = stats.events, loaded = stats.loaded,
             quarantined = stats.quarantined, deletes = stats.deletes, malformed = stats.malformed,
-            control = stats.control_records, skipped = applied.skipped,
+            control = stats.control_records, skipped = applied.skipped, redelivered = applied.redelivered,
             "batch applied"
         );
         applied.stats = Some(stats);

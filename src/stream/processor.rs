@@ -46,12 +46,18 @@ pub struct TableTotals {
     pub control_records: u64,
     /// Records the lake already held (re-read after a restart or rebalance), not applied again.
     pub skipped_already_applied: u64,
+    /// Records the consumer delivered twice within a batch, dropped.
+    pub redelivered: u64,
+    /// Offsets the consumer skipped (compaction, transaction markers, or a broker fault).
+    pub offsets_not_delivered: u64,
     pub rule_failures: BTreeMap<String, u64>,
 }
 
 impl TableTotals {
     fn add(&mut self, applied: &Applied) {
         self.skipped_already_applied += applied.skipped;
+        self.redelivered += applied.redelivered;
+        self.offsets_not_delivered += applied.not_delivered;
         let Some(s) = &applied.stats else { return };
         self.add_stats(s);
     }

@@ -22,6 +22,7 @@ mod harness;
 mod jobs_cli;
 mod local_stack;
 mod process_bad_input;
+mod process_crash;
 mod process_model;
 mod process_python;
 mod process_scenarios;

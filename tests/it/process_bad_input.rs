@@ -4,7 +4,6 @@
 use serde_json::{Value, json};
 
 use crate::process_scenarios::{Flow, Message, delete, field, insert, totals, update};
-use crate::support;
 
 const ORDERS: &str = r#"
 tables:
@@ -113,8 +112,7 @@ async fn every_bad_message_is_quarantined_with_its_reason_and_nothing_is_lost() 
         )),
     ];
     let positions =
-        crate::process_scenarios::produce(&support::broker().bootstrap(), &flow.topic, &messages)
-            .await;
+        crate::process_scenarios::produce(&flow.bootstrap, &flow.topic, &messages).await;
     assert_eq!(
         positions.last().map(|p| p.1),
         Some(at(14)),

@@ -21,6 +21,9 @@ use dqetl::query::local::LocalQuery;
 use dqetl::query::render::render_json;
 use dqetl::sink::{Lake, LakeTable};
 use dqetl::stream::{KafkaConnection, ProcessOptions, ProcessSummary, Processor};
+use dqetl::target::local::ports::free_port;
+use dqetl::target::local::process::SpawnOptions;
+use dqetl::target::local::{Broker, BrokerOptions, Storage, create_topics};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Map, Value, json};
@@ -118,6 +121,8 @@ impl Message {
 /// One table's pipeline under test: its config, topic, lake folder and consumer group.
 pub struct Flow {
     pub config: ConfigSpec,
+    /// The broker the flow's topic lives on.
+    pub bootstrap: String,
     pub topic: String,
     pub group: String,
     pub lake_dir: tempfile::TempDir,
@@ -127,11 +132,19 @@ impl Flow {
     /// A new topic with `partitions` partitions, a new lake and a new group; `yaml` names the
     /// topic `{topic}` and declares one source table.
     pub async fn new(yaml: &str, partitions: i32) -> Flow {
+        Flow::on(&support::broker().bootstrap(), yaml, partitions).await
+    }
+
+    /// As [`Flow::new`], on another broker.
+    pub async fn on(bootstrap: &str, yaml: &str, partitions: i32) -> Flow {
         let topic = support::unique("cdc-it");
         let config = config(yaml, &topic);
-        support::broker().create_topic(&topic, partitions).await;
+        create_topics(bootstrap, &[(&topic, partitions)])
+            .await
+            .unwrap_or_else(|e| panic!("creating topic {topic}: {}", support::error_chain(&e)));
         Flow {
             config,
+            bootstrap: bootstrap.to_string(),
             topic,
             group: support::unique("dqetl-it"),
             lake_dir: tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}")),
@@ -169,13 +182,13 @@ impl Flow {
     /// Produces the events in order; returns (partition, offset) of each.
     pub async fn produce(&self, events: &[Event]) -> Vec<(i32, i64)> {
         let messages: Vec<Message> = events.iter().map(|e| self.message(e)).collect();
-        produce(&support::broker().bootstrap(), &self.topic, &messages).await
+        produce(&self.bootstrap, &self.topic, &messages).await
     }
 
     pub fn options(&self) -> ProcessOptions {
         ProcessOptions {
             kafka: KafkaConnection {
-                bootstrap_servers: support::broker().bootstrap(),
+                bootstrap_servers: self.bootstrap.clone(),
                 ..KafkaConnection::default()
             },
             group: self.group.clone(),
@@ -245,6 +258,72 @@ impl Flow {
     /// At most one current row per key; no history interval of a key overlaps another.
     pub async fn assert_invariants(&self) {
         assert_invariants(&self.layout(), &self.config, self.table()).await;
+    }
+}
+
+/// A tansu broker of the test's own with SQLite storage, stopped when dropped. Unlike the shared
+/// test broker's memory storage (tansu 0.6), it serves a fetch that starts inside a record batch
+/// from that offset (memory storage skips the rest of the batch) and lists true end offsets; and
+/// topics, records and group offsets survive a restart.
+pub struct SqliteBroker {
+    dir: tempfile::TempDir,
+    port: u16,
+    broker: Option<Broker>,
+}
+
+impl SqliteBroker {
+    pub fn start() -> SqliteBroker {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let port = free_port().unwrap_or_else(|e| panic!("no free port: {e}"));
+        let mut broker = SqliteBroker {
+            dir,
+            port,
+            broker: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker (SIGTERM, then SIGKILL after a grace period).
+    pub fn stop(&mut self) {
+        if let Some(broker) = self.broker.take() {
+            broker
+                .stop()
+                .unwrap_or_else(|e| panic!("stopping the broker: {}", support::error_chain(&e)));
+        }
+    }
+
+    /// Starts the broker again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        let options = BrokerOptions {
+            spawn: SpawnOptions {
+                die_with_parent: Some(nix::sys::signal::Signal::SIGKILL),
+                ..SpawnOptions::default()
+            },
+            log_file: Some(self.dir.path().join("tansu.log")),
+            ready_timeout: Duration::from_secs(60),
+        };
+        let started = Broker::start_with(
+            self.dir.path(),
+            self.port,
+            Storage::Sqlite("tansu.db".into()),
+            &options,
+        )
+        .unwrap_or_else(|e| panic!("starting a SQLite broker: {}", support::error_chain(&e)));
+        self.broker = Some(started);
+    }
+}
+
+impl Drop for SqliteBroker {
+    fn drop(&mut self) {
+        if let Some(broker) = self.broker.take() {
+            let _ = broker.stop();
+        }
     }
 }
 
@@ -1100,7 +1179,7 @@ async fn lake_versions(flow: &Flow) -> [Option<u64>; 3] {
 async fn reset_kafka_offsets(flow: &Flow, partitions: i32) {
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", support::broker().bootstrap())
+        .set("bootstrap.servers", &flow.bootstrap)
         .set("group.id", &flow.group)
         .set("enable.auto.commit", "false")
         .create()
