@@ -157,7 +157,18 @@ pub async fn run(
         seed = options.seed,
         "generating traffic"
     );
-    let halt = drive(&mut traffic, &mut writer).await;
+    // A seed-only run (`--duration 0s`, as post-deploy runs it) on tables that already hold rows
+    // writes nothing, so re-running post-deploy does not seed again.
+    let seed = !(options.events == Some(0)
+        && writer
+            .ledger()
+            .tables()
+            .iter()
+            .any(|t| t.preexisting_rows > 0));
+    if !seed {
+        tracing::info!("the source tables already hold rows; not seeding again");
+    }
+    let halt = drive(&mut traffic, &mut writer, seed).await;
     let (stopped, failure) = match halt {
         Halt::Budget | Halt::Interrupted => {
             let reason = if matches!(halt, Halt::Budget) {
@@ -207,12 +218,14 @@ enum Traffic {
     Generic(GenericTraffic),
 }
 
-/// Seed, then steps until something halts the run. Each step's writes are committed together.
-async fn drive(traffic: &mut Traffic, w: &mut Writer) -> Halt {
+/// Seed (unless told not to), then steps until something halts the run. Each step's writes are committed together.
+async fn drive(traffic: &mut Traffic, w: &mut Writer, seed: bool) -> Halt {
     let outcome: Result<(), Halt> = async {
-        match traffic {
-            Traffic::Vehicle(v) => v.seed(w).await?,
-            Traffic::Generic(g) => g.seed(w).await?,
+        if seed {
+            match traffic {
+                Traffic::Vehicle(v) => v.seed(w).await?,
+                Traffic::Generic(g) => g.seed(w).await?,
+            }
         }
         w.commit().await?;
         w.start_counting();

@@ -695,6 +695,16 @@ async fn duration_zero_seeds_the_fleet_only() {
         0
     );
     assert_source_matches(&client, &spec, &report).await;
+
+    // Seeding again (a re-run of post-deploy) finds the rows and writes nothing.
+    let again = generate(&spec, &options(&url, Mode::Auto, 0, 3, 0.0)).await;
+    assert!(again.failure.is_none(), "{:?}", again.failure);
+    assert_eq!(count(&client, "SELECT count(*) FROM vehicles").await, 15);
+    assert_eq!(count(&client, "SELECT count(*) FROM drivers").await, 10);
+    assert!(
+        again.ledger.tables().iter().all(|t| t.keys().is_empty()),
+        "a second seed-only run wrote rows"
+    );
 }
 
 #[tokio::test]
