@@ -48,6 +48,9 @@ impl Drain {
     }
 }
 
+/// The pause after a receive error (the broker is down or restarting).
+const ERROR_PAUSE: Duration = Duration::from_millis(500);
+
 /// How often a draining batch checks whether the ends are reached while no record arrives.
 const DRAIN_CHECK: Duration = Duration::from_millis(50);
 
@@ -66,7 +69,8 @@ pub(super) async fn collect(
         messages: Vec::new(),
         bytes: 0,
     };
-    let mut backoff = Duration::from_millis(200);
+    let mut errors = 0_u64;
+    let mut last_logged: Option<Instant> = None;
     while batch.messages.len() < bounds.max_records
         && batch.bytes < bounds.max_bytes
         && Instant::now() < deadline
@@ -83,7 +87,10 @@ pub(super) async fn collect(
                 Ok(message) => {
                     batch.bytes += message.payload_len() + message.key().map_or(0, <[u8]>::len);
                     let message = message.detach();
-                    backoff = Duration::from_millis(200);
+                    if errors > 0 {
+                        tracing::info!(failures = errors, "receiving from Kafka again");
+                        errors = 0;
+                    }
                     if let Some(drain) = drain.as_mut() {
                         let key = (message.topic().to_string(), message.partition());
                         let next = drain.next.entry(key).or_insert(0);
@@ -92,13 +99,18 @@ pub(super) async fn collect(
                     batch.messages.push(message);
                 }
                 Err(error) => {
-                    // The broker may be down or restarting; librdkafka reconnects by itself.
-                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "receiving from Kafka failed");
+                    // Broker down or restarting: librdkafka reconnects with its own backoff and
+                    // reports a failure on every poll meanwhile: logged every 10 s, with a short
+                    // pause so the loop does not spin.
+                    errors += 1;
+                    if last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(%error, failures = errors, "receiving from Kafka failed; the client keeps reconnecting");
+                        last_logged = Some(Instant::now());
+                    }
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(ERROR_PAUSE) => {}
                         _ = stop_requested(shutdown) => break,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             },
             _ = tokio::time::sleep_until(wake) => {}

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::Offset;
@@ -31,6 +32,9 @@ pub(super) type Starts = HashMap<(String, i32), i64>;
 pub(super) struct ProcessorContext {
     changed: AtomicBool,
     starts: Mutex<Starts>,
+    /// When a client error was last logged and how many were not since: an outage logs a line
+    /// every 10 s, not one per poll.
+    last_error: Mutex<(Option<Instant>, u64)>,
 }
 
 impl ProcessorContext {
@@ -70,7 +74,15 @@ impl ClientContext for ProcessorContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         // Broker down or restarting: librdkafka keeps reconnecting on its own; say so clearly.
-        tracing::warn!(%error, "kafka client error (the client keeps retrying): {reason}");
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        let (logged_at, suppressed) = &mut *last;
+        if logged_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(%error, suppressed = *suppressed, "kafka client error (the client keeps retrying): {reason}");
+            *logged_at = Some(Instant::now());
+            *suppressed = 0;
+        } else {
+            *suppressed += 1;
+        }
     }
 }
 

@@ -207,6 +207,10 @@ impl Processor {
             let idle = messages.is_empty();
             if !idle {
                 self.apply(&consumer, messages, &mut shutdown).await?;
+                if drain_targets.is_none() {
+                    // Where a rebalance re-assigns partitions: as close to the truth as known.
+                    consumer.context().set_starts(self.starts().await);
+                }
             }
             if *shutdown.borrow() {
                 tracing::info!("stop requested; the batch in flight was applied");
@@ -462,19 +466,22 @@ fn high_watermarks(
         let metadata = consumer
             .fetch_metadata(Some(topic), timeout)
             .with_context(|| format!("reading metadata of topic '{topic}'"))?;
-        for t in metadata.topics() {
-            if let Some(err) = t.error() {
-                anyhow::bail!("topic '{topic}' is not available: {err:?}");
-            }
-            if t.partitions().is_empty() {
-                anyhow::bail!("topic '{topic}' has no partitions (does it exist?)");
-            }
-            for p in t.partitions() {
-                let (_low, high) = consumer
-                    .fetch_watermarks(topic, p.id(), timeout)
-                    .with_context(|| format!("reading offsets of {topic}[{}]", p.id()))?;
-                targets.insert((topic.clone(), p.id()), high);
-            }
+        let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            anyhow::bail!(
+                "the broker's metadata does not list topic '{topic}' (broker unreachable?)"
+            );
+        };
+        if let Some(err) = t.error() {
+            anyhow::bail!("topic '{topic}' is not available: {err:?}");
+        }
+        if t.partitions().is_empty() {
+            anyhow::bail!("topic '{topic}' has no partitions (does it exist?)");
+        }
+        for p in t.partitions() {
+            let (_low, high) = consumer
+                .fetch_watermarks(topic, p.id(), timeout)
+                .with_context(|| format!("reading offsets of {topic}[{}]", p.id()))?;
+            targets.insert((topic.clone(), p.id()), high);
         }
     }
     Ok(targets)

@@ -48,15 +48,15 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(240);
 
 /// The workload: per key an insert, then updates, deletes and re-inserts; ~2% of messages are
 /// undecodable and ~3% fail the speed rule. Returns the messages and how many must be quarantined.
-fn workload(flow: &Flow, rng: &mut SmallRng) -> (Vec<Message>, usize) {
+fn workload(flow: &Flow, rng: &mut SmallRng, count: usize) -> (Vec<Message>, usize) {
     let base: DateTime<Utc> = "2026-03-01T00:00:00Z"
         .parse()
         .unwrap_or_else(|e| panic!("{e}"));
     let statuses = ["moving", "idle", "parked", "service"];
     let mut alive = vec![false; KEYS as usize + 1];
-    let mut messages = Vec::with_capacity(MESSAGES);
+    let mut messages = Vec::with_capacity(count);
     let mut bad = 0;
-    for i in 0..MESSAGES {
+    for i in 0..count {
         let key = rng.random_range(1..=KEYS);
         let when = (base + chrono::Duration::milliseconds(i as i64 * 10)).to_rfc3339();
         let roll: f64 = rng.random();
@@ -148,6 +148,7 @@ fn spawn(
     group: &str,
     log: &Path,
     once: bool,
+    trigger_interval: &str,
 ) -> Child {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
@@ -164,7 +165,7 @@ fn spawn(
         .args(["process", "--bootstrap", bootstrap, "--group", group])
         .arg("--lake")
         .arg(lake)
-        .args(["--trigger-interval", "300ms"])
+        .args(["--trigger-interval", trigger_interval])
         .env("RUST_LOG", "info,buoyant_kernel=off,delta_kernel=off")
         .stdin(Stdio::null())
         .stdout(log_file)
@@ -237,7 +238,7 @@ async fn killing_the_processor_at_random_moments_loses_and_repeats_nothing() {
     let broker = SqliteBroker::start();
     let flow = Flow::on(&broker.bootstrap(), TELEMETRY, 3).await;
     let mut rng = SmallRng::seed_from_u64(0x5eed_c4a5);
-    let (messages, bad) = workload(&flow, &mut rng);
+    let (messages, bad) = workload(&flow, &mut rng, MESSAGES);
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
     if std::env::var_os("DQETL_KEEP_TEST_DIRS").is_some() {
         eprintln!("crash test: keeping {}", dir.path().display());
@@ -273,6 +274,7 @@ async fn killing_the_processor_at_random_moments_loses_and_repeats_nothing() {
             &flow.group,
             &log,
             cycles > 0,
+            "300ms",
         );
         cycles += 1;
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..3_000))).await;
@@ -304,6 +306,7 @@ async fn killing_the_processor_at_random_moments_loses_and_repeats_nothing() {
             &flow.group,
             &log,
             true,
+            "300ms",
         ),
         DRAIN_LIMIT,
         &log,
@@ -320,6 +323,7 @@ async fn killing_the_processor_at_random_moments_loses_and_repeats_nothing() {
             &format!("{}-reference", flow.group),
             &reference_log,
             true,
+            "300ms",
         ),
         DRAIN_LIMIT,
         &reference_log,
@@ -373,4 +377,261 @@ async fn killing_the_processor_at_random_moments_loses_and_repeats_nothing() {
         "crash test: {MESSAGES} messages, {kills} kills in {cycles} runs ({crash_phase:?}), {} versions, {bad} quarantined",
         data.len()
     );
+}
+
+/// Waits until the log holds `text`.
+fn wait_for_log(log: &Path, text: &str, limit: Duration) {
+    let started = Instant::now();
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(
+            started.elapsed() < limit,
+            "no {text:?} in the log within {limit:?}:\n{}",
+            tail(log)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_applies_the_batch_in_flight_before_exiting() {
+    let broker = SqliteBroker::start();
+    let flow = Flow::on(&broker.bootstrap(), TELEMETRY, 3).await;
+    let dir = Kept::new(tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}")));
+    let config = config_file(dir.path(), &flow);
+    let (lake, log) = (dir.path().join("lake"), dir.path().join("process.log"));
+    // A long trigger interval: what arrives stays in the batch being collected.
+    let child = spawn(
+        &flow.bootstrap,
+        &config,
+        &lake,
+        &flow.group,
+        &log,
+        false,
+        "120s",
+    );
+    wait_for_log(&log, "partitions assigned", Duration::from_secs(90));
+    let mut rng = SmallRng::seed_from_u64(11);
+    let (messages, bad) = workload(&flow, &mut rng, 500);
+    produce(&flow.bootstrap, &flow.topic, &messages).await;
+    // Time to fetch them into the batch; nothing may be applied before the interval ends.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let layout = dqetl::config::layout::LakeLayout::local(&lake);
+    let lake_handle = dqetl::sink::Lake::new(layout.clone(), Default::default());
+    let data_table = dqetl::sink::LakeTable::Data("telemetry".into());
+    assert_eq!(
+        lake_handle.table_version(&data_table).await.ok().flatten(),
+        None,
+        "the batch is still in flight"
+    );
+
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+        .unwrap_or_else(|e| panic!("SIGTERM: {e}"));
+    wait_success(child, Duration::from_secs(90), &log);
+
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("stop requested; the batch in flight was applied"),
+        "{}",
+        tail(&log)
+    );
+    assert!(
+        text.contains("processed 500 records in 1 micro-batches"),
+        "{}",
+        tail(&log)
+    );
+    let (_, quarantine) = lake_content(&flow, &lake).await;
+    assert_eq!(
+        quarantine.len(),
+        bad,
+        "the batch's bad messages are in quarantine"
+    );
+    let data = rows(&layout, &flow.config, "SELECT count(*) AS n FROM telemetry").await;
+    assert!(
+        data[0]["n"].as_i64().unwrap_or(0) > 0,
+        "the batch's rows are in the lake"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_stopped_and_restarted_mid_run_costs_nothing() {
+    use dqetl::stream::{ProcessOptions, Processor};
+    let mut broker = SqliteBroker::start();
+    let flow = Flow::on(&broker.bootstrap(), TELEMETRY, 3).await;
+    let mut rng = SmallRng::seed_from_u64(23);
+    let (messages, bad) = workload(&flow, &mut rng, 8_000);
+    let (first, second) = messages.split_at(4_000);
+    let bad_in_first = first.iter().filter(|m| is_bad(m)).count();
+    produce(&flow.bootstrap, &flow.topic, first).await;
+
+    let dir = Kept::new(tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}")));
+    let lake_dir = dir.path().join("lake");
+    let layout = dqetl::config::layout::LakeLayout::local(&lake_dir);
+    let options = ProcessOptions {
+        once: false,
+        trigger_interval: Duration::from_millis(300),
+        ..flow.options()
+    };
+    let processor = Processor::new(
+        &flow.config,
+        dqetl::sink::Lake::new(layout.clone(), Default::default()),
+        options,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("processor starts: {e:#}"));
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(processor.run(stop_rx));
+    let quarantined = || async {
+        let exists = dqetl::sink::Lake::new(layout.clone(), Default::default())
+            .table_version(&dqetl::sink::LakeTable::Quarantine("telemetry".into()))
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        if !exists {
+            return 0;
+        }
+        rows(
+            &layout,
+            &flow.config,
+            "SELECT count(*) AS n FROM telemetry_quarantine",
+        )
+        .await[0]["n"]
+            .as_u64()
+            .unwrap_or(0) as usize
+    };
+    let wait_for = |want: usize| async move {
+        let started = Instant::now();
+        loop {
+            let n = quarantined().await;
+            if n >= want {
+                return n;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "only {n} of {want} quarantined in time"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    wait_for(bad_in_first).await;
+
+    broker.stop();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !running.is_finished(),
+        "the processor waits for the broker instead of exiting"
+    );
+    broker.restart();
+    produce(&flow.bootstrap, &flow.topic, second).await;
+    assert_eq!(wait_for(bad).await, bad, "no quarantine row twice");
+
+    // The reference: one uninterrupted `--once` run into another lake.
+    let reference_dir = dir.path().join("reference");
+    let reference = Processor::new(
+        &flow.config,
+        dqetl::sink::Lake::new(
+            dqetl::config::layout::LakeLayout::local(&reference_dir),
+            Default::default(),
+        ),
+        ProcessOptions {
+            group: format!("{}-reference", flow.group),
+            ..flow.options()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("reference processor: {e:#}"));
+    let (_keep, idle) = tokio::sync::watch::channel(false);
+    tokio::time::timeout(DRAIN_LIMIT, reference.run(idle))
+        .await
+        .unwrap_or_else(|_| panic!("the reference run did not finish"))
+        .unwrap_or_else(|e| panic!("reference run: {e:#}"));
+    let (reference_data, reference_quarantine) = lake_content(&flow, &reference_dir).await;
+    let started = Instant::now();
+    let data = loop {
+        let (data, _) = lake_content(&flow, &lake_dir).await;
+        if data.len() >= reference_data.len() || started.elapsed() > Duration::from_secs(120) {
+            break data;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let _ = stop.send(true);
+    let summary = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .unwrap_or_else(|_| panic!("the processor did not stop"))
+        .unwrap_or_else(|e| panic!("processor task: {e}"))
+        .unwrap_or_else(|e| panic!("processor failed: {e:#}"));
+
+    let (final_data, quarantine) = lake_content(&flow, &lake_dir).await;
+    assert_eq!(
+        final_data, data,
+        "nothing more was applied after the lake matched"
+    );
+    assert!(
+        data == reference_data,
+        "the data equals an uninterrupted run's ({} vs {} versions)",
+        data.len(),
+        reference_data.len()
+    );
+    assert!(
+        quarantine == reference_quarantine,
+        "the quarantine equals an uninterrupted run's"
+    );
+    let t = summary
+        .per_table
+        .get("telemetry")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(t.events, 8_000, "every message decoded once: {summary:?}");
+    assert_eq!(t.offsets_not_delivered, 0, "{summary:?}");
+}
+
+/// Whether a workload message is one `workload` counted as bad.
+fn is_bad(message: &Message) -> bool {
+    let text = String::from_utf8_lossy(message.value.as_deref().unwrap_or_default()).to_string();
+    match serde_json::from_str::<Value>(&text) {
+        Ok(v) => v["data"]["speed"].as_f64().is_some_and(|s| s < 0.0),
+        Err(_) => true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_started_before_its_broker_waits_for_it() {
+    use dqetl::stream::Processor;
+    let mut broker = SqliteBroker::start();
+    let flow = Flow::on(&broker.bootstrap(), TELEMETRY, 3).await;
+    let mut rng = SmallRng::seed_from_u64(5);
+    let (messages, bad) = workload(&flow, &mut rng, 300);
+    produce(&flow.bootstrap, &flow.topic, &messages).await;
+    broker.stop();
+
+    let processor = Processor::new(
+        &flow.config,
+        dqetl::sink::Lake::new(flow.layout(), Default::default()),
+        flow.options(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("processor starts: {e:#}"));
+    let (_keep, stop_rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(processor.run(stop_rx));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !running.is_finished(),
+        "the processor waits for the broker instead of exiting"
+    );
+    broker.restart();
+    let summary = tokio::time::timeout(Duration::from_secs(120), running)
+        .await
+        .unwrap_or_else(|_| panic!("the processor did not finish after the broker came up"))
+        .unwrap_or_else(|e| panic!("processor task: {e}"))
+        .unwrap_or_else(|e| panic!("processor failed: {e:#}"));
+    let t = summary
+        .per_table
+        .get("telemetry")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!((t.events, t.quarantined), (300, bad as u64), "{summary:?}");
 }
