@@ -60,6 +60,9 @@ pub enum Command {
     Query(QueryArgs),
     /// Run the streaming processor: Kafka → DQ rules → quarantine → transforms → SCD2 → Delta.
     Process(crate::commands::process::ProcessArgs),
+    /// Benchmarks (not tests): measure this machine and print a table.
+    #[command(subcommand)]
+    Bench(crate::commands::bench::BenchCommand),
 }
 
 #[derive(Debug, Subcommand)]

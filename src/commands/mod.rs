@@ -1,5 +1,6 @@
 //! One file per command: read its flags, call library code, render the result.
 
+pub mod bench;
 pub mod compile;
 pub mod config_schema;
 pub mod process;
@@ -27,6 +28,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Compile(args) => compile::run(&global, &args),
         Command::Query(args) => query::run(&global, &args),
         Command::Process(args) => block_on(process::run(&global, args)),
+        Command::Bench(command) => block_on(bench::run(&global, command)),
     };
     match result {
         Ok(code) => code,

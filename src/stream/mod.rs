@@ -29,10 +29,13 @@
 
 mod apply;
 mod batcher;
+pub mod bench;
 mod consumer;
+mod latency;
 mod options;
 mod processor;
 mod watermarks;
 
+pub use latency::LatencySummary;
 pub use options::{KafkaConnection, ProcessOptions};
 pub use processor::{ProcessSummary, Processor, TableTotals};

@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, watch};
 use super::apply::{Applied, TableRun};
 use super::batcher::{self, Bounds, Drain, stop_requested};
 use super::consumer::{self, Consumer, Starts};
+use super::latency::{Histogram, LatencySummary};
 use super::options::ProcessOptions;
 use crate::config::spec::ConfigSpec;
 use crate::pipeline::plan::BatchStats;
@@ -32,6 +33,8 @@ pub struct ProcessSummary {
     /// Failed table applications that were retried.
     pub retries: u64,
     pub per_table: BTreeMap<String, TableTotals>,
+    /// From each applied record's producer timestamp to its batch's last commit.
+    pub latency: LatencySummary,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -95,6 +98,7 @@ pub struct Processor {
     /// Partitions of each processed topic, as found at start.
     partitions: BTreeMap<String, Vec<i32>>,
     summary: ProcessSummary,
+    latency: Histogram,
 }
 
 impl Processor {
@@ -135,6 +139,7 @@ impl Processor {
             by_topic,
             partitions: BTreeMap::new(),
             summary: ProcessSummary::default(),
+            latency: Histogram::default(),
         })
     }
 
@@ -223,6 +228,7 @@ impl Processor {
                 break;
             }
         }
+        self.summary.latency = self.latency.summary();
         Ok(self.summary)
     }
 
@@ -322,6 +328,7 @@ impl Processor {
             .map(|(i, records)| (i, Arc::new(records)))
             .collect();
         let mut offsets = TopicPartitionList::new();
+        let mut produced_ms = Vec::new();
         let mut attempt = 1;
         let mut backoff = Duration::from_secs(1);
         loop {
@@ -365,6 +372,7 @@ impl Processor {
                             .entry(run.spec.name.clone())
                             .or_default()
                             .add(&applied);
+                        produced_ms.extend_from_slice(&applied.produced_ms);
                     }
                     Err(error) => {
                         tracing::error!(
@@ -405,6 +413,11 @@ impl Processor {
                 }
             }
             pending = failed;
+        }
+        let committed_ms = Utc::now().timestamp_millis();
+        for ms in produced_ms {
+            self.latency
+                .record(committed_ms.saturating_sub(ms).max(0) as u64);
         }
         if offsets.count() > 0
             && let Err(error) = consumer.commit(&offsets, CommitMode::Async)
