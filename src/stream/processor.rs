@@ -165,7 +165,7 @@ impl Processor {
             self.reload(index).await?;
         }
         let starts = self.starts().await;
-        let drain_targets = if self.opts.once {
+        let mut drain = if self.opts.once {
             let mut tpl = TopicPartitionList::new();
             for key @ (topic, partition) in high.keys() {
                 let start = starts
@@ -175,7 +175,7 @@ impl Processor {
                     .context("building the assignment")?;
             }
             consumer.assign(&tpl).context("assigning partitions")?;
-            Some(high)
+            Some(Drain::new(&high))
         } else {
             consumer.context().set_starts(starts);
             let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -191,11 +191,10 @@ impl Processor {
         };
         tracing::info!(tables = self.tables.len(), group = %self.opts.group, once = self.opts.once, "processor started");
         loop {
-            let drain = match &drain_targets {
-                Some(targets) => Some(self.drain(targets).await),
-                None => None,
-            };
-            let mut messages = batcher::collect(&consumer, &bounds, drain, &mut shutdown)
+            if let Some(drain) = drain.as_mut() {
+                drain.next = self.starts().await;
+            }
+            let mut messages = batcher::collect(&consumer, &bounds, drain.as_mut(), &mut shutdown)
                 .await
                 .messages;
             if consumer.context().take_assignment_change() {
@@ -212,7 +211,7 @@ impl Processor {
             let idle = messages.is_empty();
             if !idle {
                 self.apply(&consumer, messages, &mut shutdown).await?;
-                if drain_targets.is_none() {
+                if drain.is_none() {
                     // Where a rebalance re-assigns partitions: as close to the truth as known.
                     consumer.context().set_starts(self.starts().await);
                 }
@@ -221,11 +220,11 @@ impl Processor {
                 tracing::info!("stop requested; the batch in flight was applied");
                 break;
             }
-            if let Some(targets) = &drain_targets
-                && (self.drain(targets).await.done(&consumer)
-                    || (idle && read_past(&consumer, targets)))
-            {
-                break;
+            if let Some(drain) = drain.as_mut() {
+                drain.next = self.starts().await;
+                if drain.done(&consumer) || (idle && read_past(&consumer, &high)) {
+                    break;
+                }
             }
         }
         self.summary.latency = self.latency.summary();
@@ -290,14 +289,6 @@ impl Processor {
             }
         }
         starts
-    }
-
-    /// How far draining must read, from where the lake says each partition is.
-    async fn drain(&self, targets: &BTreeMap<(String, i32), i64>) -> Drain {
-        Drain {
-            listed: targets.clone(),
-            next: self.starts().await,
-        }
     }
 
     /// Applies one micro-batch: each table's records in its own task. A table that fails is
