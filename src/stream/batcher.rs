@@ -3,8 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use rdkafka::Message;
+use rdkafka::consumer::Consumer as _;
 use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, Offset};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -45,8 +46,10 @@ impl Drain {
     }
 
     /// Every partition is read to its end (a partition without a fetch response yet is only
-    /// done when listed as empty).
-    pub fn done(&mut self, consumer: &Consumer) -> bool {
+    /// done when listed as empty). When `idle`, the consumer's position counts as read too:
+    /// offsets without a record (transaction markers, compacted records) never arrive.
+    pub fn done(&mut self, consumer: &Consumer, idle: bool) -> bool {
+        let positions = if idle { consumer.position().ok() } else { None };
         let mut all = true;
         for (key @ (topic, partition), (end, fetched)) in &mut self.ends {
             if !*fetched && let Some(reported) = fetched_end(consumer, topic, *partition) {
@@ -54,7 +57,15 @@ impl Drain {
                 *fetched = true;
             }
             let next = self.next.get(key).copied().unwrap_or(0);
-            all &= if *fetched { next >= *end } else { *end == 0 };
+            let position = positions
+                .as_ref()
+                .and_then(|p| p.find_partition(topic, *partition))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let reached = next >= *end || position.is_some_and(|p| p >= *end);
+            all &= if *fetched { reached } else { *end == 0 };
         }
         all
     }
@@ -86,7 +97,7 @@ pub(super) async fn collect(
     while batch.messages.len() < bounds.max_records
         && batch.bytes < bounds.max_bytes
         && Instant::now() < deadline
-        && !drain.as_mut().is_some_and(|d| d.done(consumer))
+        && !drain.as_mut().is_some_and(|d| d.done(consumer, false))
     {
         let wake = match drain {
             Some(_) => (Instant::now() + DRAIN_CHECK).min(deadline),

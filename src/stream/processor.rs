@@ -222,7 +222,7 @@ impl Processor {
             }
             if let Some(drain) = drain.as_mut() {
                 drain.next = self.starts().await;
-                if drain.done(&consumer) || (idle && read_past(&consumer, &high)) {
+                if drain.done(&consumer, idle) {
                     break;
                 }
             }
@@ -443,20 +443,6 @@ fn still_assigned(consumer: &Consumer, messages: Vec<OwnedMessage>) -> Vec<Owned
         );
     }
     kept
-}
-
-/// Whether the consumer is positioned at or past every target, although some records before the
-/// targets never arrived (offsets without a record, such as transaction markers).
-fn read_past(consumer: &Consumer, targets: &BTreeMap<(String, i32), i64>) -> bool {
-    let Ok(positions) = consumer.position() else {
-        return false;
-    };
-    targets.iter().all(|((topic, partition), high)| {
-        *high == 0
-            || positions
-                .find_partition(topic, *partition)
-                .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= *high))
-    })
 }
 
 /// The end offset of every partition of `topics`.
