@@ -20,12 +20,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// The pipeline config.
-    #[arg(
-        long,
-        global = true,
-        default_value = "config/tables.yaml",
-        env = "DQETL_CONFIG"
-    )]
+    #[arg(long, global = true, default_value = "config/tables.yaml", env = "DQETL_CONFIG")]
     pub config: PathBuf,
     /// Where the pipeline runs.
     #[arg(long, global = true, value_enum, default_value_t = Target::Local, env = "DQETL_TARGET")]

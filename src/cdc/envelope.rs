@@ -24,29 +24,13 @@ pub struct Metadata {
     pub record_type: String,
     /// `load`, `insert`, `update`, `delete`; control records use `create-table`, `drop-table`, ...
     pub operation: String,
-    #[serde(
-        rename = "partition-key-type",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "partition-key-type", default, skip_serializing_if = "Option::is_none")]
     pub partition_key_type: Option<String>,
-    #[serde(
-        rename = "schema-name",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "schema-name", default, skip_serializing_if = "Option::is_none")]
     pub schema_name: Option<String>,
-    #[serde(
-        rename = "table-name",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "table-name", default, skip_serializing_if = "Option::is_none")]
     pub table_name: Option<String>,
     /// DMS writes the source transaction id (a number for PostgreSQL's xid) on CDC records.
-    #[serde(
-        rename = "transaction-id",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "transaction-id", default, skip_serializing_if = "Option::is_none")]
     pub transaction_id: Option<serde_json::Value>,
 }

@@ -64,9 +64,7 @@ pub fn load_context(global: &GlobalArgs) -> LoadContext {
 }
 
 /// Runs an async command on a fresh multi-threaded runtime.
-fn block_on(
-    command: impl std::future::Future<Output = anyhow::Result<()>>,
-) -> anyhow::Result<ExitCode> {
+fn block_on(command: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(command)?;
     Ok(ExitCode::SUCCESS)

@@ -54,21 +54,9 @@ pub async fn run(global: &GlobalArgs, args: ProcessArgs) -> anyhow::Result<()> {
     let opts = ProcessOptions {
         kafka: KafkaConnection {
             bootstrap_servers: bootstrap,
-            security_protocol: spec
-                .kafka
-                .security_protocol
-                .clone()
-                .filter(|_| global.target == Target::Aws),
-            sasl_mechanism: spec
-                .kafka
-                .sasl_mechanism
-                .clone()
-                .filter(|_| global.target == Target::Aws),
-            sasl_username: spec
-                .kafka
-                .sasl_username
-                .clone()
-                .filter(|_| global.target == Target::Aws),
+            security_protocol: spec.kafka.security_protocol.clone().filter(|_| global.target == Target::Aws),
+            sasl_mechanism: spec.kafka.sasl_mechanism.clone().filter(|_| global.target == Target::Aws),
+            sasl_username: spec.kafka.sasl_username.clone().filter(|_| global.target == Target::Aws),
         },
         group: args
             .group
@@ -76,9 +64,7 @@ pub async fn run(global: &GlobalArgs, args: ProcessArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("dqetl-{}", global.stack_name)),
         tables: args.tables,
         once: args.once,
-        trigger_interval: args
-            .trigger_interval
-            .unwrap_or(spec.settings.trigger_interval),
+        trigger_interval: args.trigger_interval.unwrap_or(spec.settings.trigger_interval),
         max_batch_records: spec.settings.max_batch_records as usize,
         max_batch_bytes: spec.settings.max_batch_bytes as usize,
     };
@@ -93,20 +79,11 @@ pub async fn run(global: &GlobalArgs, args: ProcessArgs) -> anyhow::Result<()> {
     if global.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        println!(
-            "processed {} records in {} micro-batches",
-            summary.records, summary.batches
-        );
+        println!("processed {} records in {} micro-batches", summary.records, summary.batches);
         for (table, t) in &summary.per_table {
             println!(
                 "  {table}: {} events, {} loaded, {} quarantined ({} malformed), {} deletes, {} control, {} already applied",
-                t.events,
-                t.loaded,
-                t.quarantined,
-                t.malformed,
-                t.deletes,
-                t.control_records,
-                t.skipped_already_applied
+                t.events, t.loaded, t.quarantined, t.malformed, t.deletes, t.control_records, t.skipped_already_applied
             );
         }
     }
@@ -114,9 +91,5 @@ pub async fn run(global: &GlobalArgs, args: ProcessArgs) -> anyhow::Result<()> {
 }
 
 fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
-    Ok(if p.is_absolute() {
-        p
-    } else {
-        std::env::current_dir()?.join(p)
-    })
+    Ok(if p.is_absolute() { p } else { std::env::current_dir()?.join(p) })
 }

@@ -20,11 +20,7 @@ impl LakeLayout {
     /// Every table (data, quarantine, metrics) under `<lake_dir>/<name>`.
     pub fn local(lake_dir: &Path) -> Self {
         let root = lake_dir.to_string_lossy().trim_end_matches('/').to_string();
-        LakeLayout {
-            data_root: root.clone(),
-            quarantine_root: root,
-            overrides: BTreeMap::new(),
-        }
+        LakeLayout { data_root: root.clone(), quarantine_root: root, overrides: BTreeMap::new() }
     }
 
     /// Data and metrics in `s3://<stack>-delta-<account>/`, quarantine tables in
@@ -34,8 +30,7 @@ impl LakeLayout {
             .source_tables()
             .filter_map(|t| {
                 let p = t.delta_path.as_deref()?;
-                p.starts_with("s3://")
-                    .then(|| (t.name.clone(), p.trim_end_matches('/').to_string()))
+                p.starts_with("s3://").then(|| (t.name.clone(), p.trim_end_matches('/').to_string()))
             })
             .collect();
         LakeLayout {
@@ -48,11 +43,7 @@ impl LakeLayout {
     /// Every table under one S3 root (an explicit `--lake s3://...`).
     pub fn aws_root(root: &str) -> Self {
         let root = root.trim_end_matches('/').to_string();
-        LakeLayout {
-            data_root: root.clone(),
-            quarantine_root: root,
-            overrides: BTreeMap::new(),
-        }
+        LakeLayout { data_root: root.clone(), quarantine_root: root, overrides: BTreeMap::new() }
     }
 
     /// The location of a data table.

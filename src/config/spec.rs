@@ -23,10 +23,7 @@ pub enum ColumnType {
     /// UTC timestamp, microseconds
     Timestamp,
     Date,
-    Decimal {
-        precision: u8,
-        scale: i8,
-    },
+    Decimal { precision: u8, scale: i8 },
 }
 
 impl fmt::Display for ColumnType {
@@ -67,26 +64,16 @@ pub enum Severity {
 #[derive(Debug, Clone)]
 pub enum RuleKind {
     /// Inclusive bounds; either may be absent.
-    Range {
-        min: Option<f64>,
-        max: Option<f64>,
-    },
+    Range { min: Option<f64>, max: Option<f64> },
     /// Exact, case-sensitive membership.
-    AllowedValues {
-        values: Vec<String>,
-    },
+    AllowedValues { values: Vec<String> },
     /// Find semantics like Spark's rlike; anchors make it a full match.
-    Regex {
-        pattern: regex::Regex,
-    },
+    Regex { pattern: regex::Regex },
     NotNull,
     /// Unique within the micro-batch: every copy of a duplicated value fails.
     Unique,
     /// Inclusive bounds on the character count.
-    Length {
-        min: Option<u64>,
-        max: Option<u64>,
-    },
+    Length { min: Option<u64>, max: Option<u64> },
 }
 
 #[derive(Debug, Clone)]
@@ -105,22 +92,12 @@ pub enum TransformKind {
     Lower,
     Upper,
     /// HALF_UP on the decimal string form of the value.
-    Round {
-        decimals: u32,
-    },
+    Round { decimals: u32 },
     /// Keep the first `visible_chars` characters and append `****`.
-    MaskPii {
-        visible_chars: usize,
-    },
-    Cast {
-        target_type: ColumnType,
-    },
-    DefaultValue {
-        value: serde_json::Value,
-    },
-    Rename {
-        new_name: String,
-    },
+    MaskPii { visible_chars: usize },
+    Cast { target_type: ColumnType },
+    DefaultValue { value: serde_json::Value },
+    Rename { new_name: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -140,10 +117,7 @@ pub enum MetricKind {
     /// Fraction of rows whose value occurs exactly once (Deequ's definition).
     Uniqueness,
     /// Fraction of rows satisfying a predicate.
-    Compliance {
-        name: String,
-        predicate: CompliancePredicate,
-    },
+    Compliance { name: String, predicate: CompliancePredicate },
 }
 
 #[derive(Debug, Clone)]
@@ -194,13 +168,8 @@ pub struct Scd2Spec {
 
 #[derive(Debug, Clone)]
 pub enum AnomalyStrategy {
-    RelativeRateOfChange {
-        max_increase: Option<f64>,
-        max_decrease: Option<f64>,
-    },
-    StdDev {
-        k: f64,
-    },
+    RelativeRateOfChange { max_increase: Option<f64>, max_decrease: Option<f64> },
+    StdDev { k: f64 },
 }
 
 #[derive(Debug, Clone)]
