@@ -1543,3 +1543,54 @@ async fn the_tables_of_one_batch_are_applied_together_and_tables_limits_them() {
         assert_invariants(&layout, &spec, &spec_table).await;
     }
 }
+
+#[tokio::test]
+async fn records_read_again_at_the_same_offsets_change_nothing() {
+    let flow = Flow::new(READINGS, 2).await;
+    flow.produce(&[
+        insert(reading(1, 20.0, "AB"), "2026-03-01T09:00:00Z"),
+        insert(reading(2, 99.0, "AB"), "2026-03-01T09:00:00Z"),
+        insert(reading(3, 21.0, "AB"), "2026-03-01T09:00:00Z"),
+    ])
+    .await;
+    flow.process().await;
+    // A batch without quarantine rows: the quarantine table's own mark stays behind.
+    flow.produce(&[
+        update(reading(1, 22.0, "AB"), "2026-03-01T10:00:00Z"),
+        delete(json!({"id": 3}), "2026-03-01T10:00:00Z"),
+    ])
+    .await;
+    flow.process().await;
+    let before = (
+        flow.versions("id, temp").await,
+        flow.quarantine("id, _offset").await,
+        lake_versions(&flow).await,
+    );
+    // Without the progress notes the processor can only trust each table's own marks, so it
+    // reads every record again from the start, at the offsets it applied them from.
+    let state_dir = std::path::PathBuf::from(flow.layout().state_dir());
+    for entry in
+        std::fs::read_dir(&state_dir).unwrap_or_else(|e| panic!("{}: {e}", state_dir.display()))
+    {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("removing {}: {e}", path.display()));
+    }
+    let summary = flow.process().await;
+
+    assert_eq!(
+        summary.records, 5,
+        "every record was read again: {summary:?}"
+    );
+    assert_eq!(
+        totals(&summary, "readings").events,
+        5,
+        "and planned again: {summary:?}"
+    );
+    let after = (
+        flow.versions("id, temp").await,
+        flow.quarantine("id, _offset").await,
+        lake_versions(&flow).await,
+    );
+    assert_eq!(after, before, "no row and no table version was added");
+    flow.assert_invariants().await;
+}
