@@ -80,6 +80,9 @@ pub enum Command {
     Teardown(TeardownArgs),
     /// The whole pipeline on this machine: deploy, load, generate, then show the results.
     Demo(DemoArgs),
+    /// Benchmarks (not tests): measure this machine and print a table.
+    #[command(subcommand)]
+    Bench(crate::commands::bench::BenchCommand),
 }
 
 #[derive(Debug, Subcommand)]

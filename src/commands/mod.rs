@@ -1,5 +1,6 @@
 //! One file per command: read its flags, call library code, render the result.
 
+pub mod bench;
 pub mod capture;
 pub mod compile;
 pub mod config_schema;
@@ -58,6 +59,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status => status::run(&global),
         Command::Teardown(args) => teardown::run(&global, &args),
         Command::Demo(args) => demo::run(&global, &args),
+        Command::Bench(command) => block_on(bench::run(&global, command)),
     };
     match result {
         Ok(code) => code,

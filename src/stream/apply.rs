@@ -56,6 +56,8 @@ pub(super) struct Applied {
     /// Offsets between two records of a partition that never arrived: legitimate for compacted
     /// topics and transaction markers, a broker fault otherwise; logged either way.
     pub not_delivered: u64,
+    /// Producer timestamps (ms since the epoch) of the records applied, for latency.
+    pub produced_ms: Vec<i64>,
     /// None when every record was skipped.
     pub stats: Option<BatchStats>,
 }
@@ -182,6 +184,9 @@ impl TableRun {
             {
                 applied.skipped += 1;
                 continue;
+            }
+            if let Some(ms) = m.timestamp().to_millis() {
+                applied.produced_ms.push(ms);
             }
             fresh.push(RawMessage {
                 position: SourcePosition {

@@ -3,8 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use rdkafka::Message;
+use rdkafka::consumer::Consumer as _;
 use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, Offset};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -22,29 +23,51 @@ pub(super) struct Bounds {
 }
 
 /// Draining (`--once`): how far each partition must be read.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct Drain {
-    /// The end of each partition as the broker listed it at start.
-    pub listed: BTreeMap<(String, i32), i64>,
+    /// The end of each partition: as the broker listed it at start, raised to the end its first
+    /// fetch response to this consumer reported. Fetch responses are trusted over listings
+    /// (tansu's in-memory storage lists the first offset of a partition's last record batch),
+    /// and only the first one counts, so records produced meanwhile do not keep `--once` going.
+    ends: BTreeMap<(String, i32), (i64, bool)>,
     /// The next offset to read per partition (missing: from the beginning).
     pub next: HashMap<(String, i32), i64>,
 }
 
 impl Drain {
-    /// Every partition is read to its end: the listed end, and the end the broker reported in
-    /// its latest fetch response to this consumer (a partition without one yet is only done when
-    /// listed as empty). Fetch responses are trusted over the listed ends: tansu's in-memory
-    /// storage lists the first offset of a partition's last record batch, not its end.
-    pub fn done(&self, consumer: &Consumer) -> bool {
-        self.listed
-            .iter()
-            .all(|(key @ (topic, partition), listed)| {
-                let next = self.next.get(key).copied().unwrap_or(0);
-                match fetched_end(consumer, topic, *partition) {
-                    Some(end) => next >= end.max(*listed),
-                    None => *listed == 0,
-                }
-            })
+    pub fn new(listed: &BTreeMap<(String, i32), i64>) -> Drain {
+        Drain {
+            ends: listed
+                .iter()
+                .map(|(k, end)| (k.clone(), (*end, false)))
+                .collect(),
+            next: HashMap::new(),
+        }
+    }
+
+    /// Every partition is read to its end (a partition without a fetch response yet is only
+    /// done when listed as empty). When `idle`, the consumer's position counts as read too:
+    /// offsets without a record (transaction markers, compacted records) never arrive.
+    pub fn done(&mut self, consumer: &Consumer, idle: bool) -> bool {
+        let positions = if idle { consumer.position().ok() } else { None };
+        let mut all = true;
+        for (key @ (topic, partition), (end, fetched)) in &mut self.ends {
+            if !*fetched && let Some(reported) = fetched_end(consumer, topic, *partition) {
+                *end = (*end).max(reported);
+                *fetched = true;
+            }
+            let next = self.next.get(key).copied().unwrap_or(0);
+            let position = positions
+                .as_ref()
+                .and_then(|p| p.find_partition(topic, *partition))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let reached = next >= *end || position.is_some_and(|p| p >= *end);
+            all &= if *fetched { reached } else { *end == 0 };
+        }
+        all
     }
 }
 
@@ -61,7 +84,7 @@ const DRAIN_CHECK: Duration = Duration::from_millis(50);
 pub(super) async fn collect(
     consumer: &Consumer,
     bounds: &Bounds,
-    mut drain: Option<Drain>,
+    mut drain: Option<&mut Drain>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> MicroBatch {
     let deadline = Instant::now() + bounds.interval;
@@ -74,7 +97,7 @@ pub(super) async fn collect(
     while batch.messages.len() < bounds.max_records
         && batch.bytes < bounds.max_bytes
         && Instant::now() < deadline
-        && !drain.as_ref().is_some_and(|d| d.done(consumer))
+        && !drain.as_mut().is_some_and(|d| d.done(consumer, false))
     {
         let wake = match drain {
             Some(_) => (Instant::now() + DRAIN_CHECK).min(deadline),

@@ -25,15 +25,23 @@
 //! Failures: an unreachable broker is waited for with backoff (librdkafka reconnects on its own
 //! while a run is under way); a table whose batch fails is retried with backoff after re-reading
 //! its marks, then the processor exits with the error. Nothing is lost either way: a restart
-//! resumes from the lake.
+//! resumes from the lake. A record the consumer delivers twice within a batch is applied once;
+//! offsets it never delivers are counted and logged (a broker fault unless the topic is compacted
+//! or transactional). A stop request (SIGTERM, Ctrl-C) lets the batch in flight finish.
+//!
+//! `--once` drains each partition to the end the broker reports in its first fetch response,
+//! ending a micro-batch as soon as the backlog is read.
 
 mod apply;
 mod batcher;
+pub mod bench;
 mod consumer;
+mod latency;
 mod options;
 mod processor;
 mod watermarks;
 
 pub use consumer::client_config;
+pub use latency::LatencySummary;
 pub use options::{KafkaConnection, ProcessOptions};
 pub use processor::{ProcessSummary, Processor, TableTotals};

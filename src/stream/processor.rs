@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, watch};
 use super::apply::{Applied, TableRun};
 use super::batcher::{self, Bounds, Drain, stop_requested};
 use super::consumer::{self, Consumer, Starts};
+use super::latency::{Histogram, LatencySummary};
 use super::options::ProcessOptions;
 use crate::config::spec::ConfigSpec;
 use crate::pipeline::plan::BatchStats;
@@ -32,6 +33,8 @@ pub struct ProcessSummary {
     /// Failed table applications that were retried.
     pub retries: u64,
     pub per_table: BTreeMap<String, TableTotals>,
+    /// From each applied record's producer timestamp to its batch's last commit.
+    pub latency: LatencySummary,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -95,6 +98,7 @@ pub struct Processor {
     /// Partitions of each processed topic, as found at start.
     partitions: BTreeMap<String, Vec<i32>>,
     summary: ProcessSummary,
+    latency: Histogram,
 }
 
 impl Processor {
@@ -135,6 +139,7 @@ impl Processor {
             by_topic,
             partitions: BTreeMap::new(),
             summary: ProcessSummary::default(),
+            latency: Histogram::default(),
         })
     }
 
@@ -160,7 +165,7 @@ impl Processor {
             self.reload(index).await?;
         }
         let starts = self.starts().await;
-        let drain_targets = if self.opts.once {
+        let mut drain = if self.opts.once {
             let mut tpl = TopicPartitionList::new();
             for key @ (topic, partition) in high.keys() {
                 let start = starts
@@ -170,7 +175,7 @@ impl Processor {
                     .context("building the assignment")?;
             }
             consumer.assign(&tpl).context("assigning partitions")?;
-            Some(high)
+            Some(Drain::new(&high))
         } else {
             consumer.context().set_starts(starts);
             let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -186,11 +191,10 @@ impl Processor {
         };
         tracing::info!(tables = self.tables.len(), group = %self.opts.group, once = self.opts.once, "processor started");
         loop {
-            let drain = match &drain_targets {
-                Some(targets) => Some(self.drain(targets).await),
-                None => None,
-            };
-            let mut messages = batcher::collect(&consumer, &bounds, drain, &mut shutdown)
+            if let Some(drain) = drain.as_mut() {
+                drain.next = self.starts().await;
+            }
+            let mut messages = batcher::collect(&consumer, &bounds, drain.as_mut(), &mut shutdown)
                 .await
                 .messages;
             if consumer.context().take_assignment_change() {
@@ -207,7 +211,7 @@ impl Processor {
             let idle = messages.is_empty();
             if !idle {
                 self.apply(&consumer, messages, &mut shutdown).await?;
-                if drain_targets.is_none() {
+                if drain.is_none() {
                     // Where a rebalance re-assigns partitions: as close to the truth as known.
                     consumer.context().set_starts(self.starts().await);
                 }
@@ -216,13 +220,14 @@ impl Processor {
                 tracing::info!("stop requested; the batch in flight was applied");
                 break;
             }
-            if let Some(targets) = &drain_targets
-                && (self.drain(targets).await.done(&consumer)
-                    || (idle && read_past(&consumer, targets)))
-            {
-                break;
+            if let Some(drain) = drain.as_mut() {
+                drain.next = self.starts().await;
+                if drain.done(&consumer, idle) {
+                    break;
+                }
             }
         }
+        self.summary.latency = self.latency.summary();
         Ok(self.summary)
     }
 
@@ -286,14 +291,6 @@ impl Processor {
         starts
     }
 
-    /// How far draining must read, from where the lake says each partition is.
-    async fn drain(&self, targets: &BTreeMap<(String, i32), i64>) -> Drain {
-        Drain {
-            listed: targets.clone(),
-            next: self.starts().await,
-        }
-    }
-
     /// Applies one micro-batch: each table's records in its own task. A table that fails is
     /// retried with backoff after re-reading its marks (its destinations may have committed part
     /// of the batch; the marks make that part a no-op), then the processor gives up.
@@ -322,6 +319,7 @@ impl Processor {
             .map(|(i, records)| (i, Arc::new(records)))
             .collect();
         let mut offsets = TopicPartitionList::new();
+        let mut produced_ms = Vec::new();
         let mut attempt = 1;
         let mut backoff = Duration::from_secs(1);
         loop {
@@ -365,6 +363,7 @@ impl Processor {
                             .entry(run.spec.name.clone())
                             .or_default()
                             .add(&applied);
+                        produced_ms.extend_from_slice(&applied.produced_ms);
                     }
                     Err(error) => {
                         tracing::error!(
@@ -406,6 +405,11 @@ impl Processor {
             }
             pending = failed;
         }
+        let committed_ms = Utc::now().timestamp_millis();
+        for ms in produced_ms {
+            self.latency
+                .record(committed_ms.saturating_sub(ms).max(0) as u64);
+        }
         if offsets.count() > 0
             && let Err(error) = consumer.commit(&offsets, CommitMode::Async)
         {
@@ -439,20 +443,6 @@ fn still_assigned(consumer: &Consumer, messages: Vec<OwnedMessage>) -> Vec<Owned
         );
     }
     kept
-}
-
-/// Whether the consumer is positioned at or past every target, although some records before the
-/// targets never arrived (offsets without a record, such as transaction markers).
-fn read_past(consumer: &Consumer, targets: &BTreeMap<(String, i32), i64>) -> bool {
-    let Ok(positions) = consumer.position() else {
-        return false;
-    };
-    targets.iter().all(|((topic, partition), high)| {
-        *high == 0
-            || positions
-                .find_partition(topic, *partition)
-                .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= *high))
-    })
 }
 
 /// The end offset of every partition of `topics`.

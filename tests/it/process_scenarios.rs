@@ -928,6 +928,7 @@ async fn pii_is_masked_in_quarantine_rows_reasons_and_raw_payloads() {
         flow.versions("id, phone").await[0]["phone"],
         json!("0698****")
     );
+    flow.assert_invariants().await;
 }
 
 #[tokio::test]
@@ -1323,5 +1324,273 @@ async fn a_dms_reload_of_the_same_rows_adds_no_version() {
         data_before,
         "no new table version"
     );
+    flow.assert_invariants().await;
+}
+
+const TWO_TABLES: &str = r#"
+tables:
+  - name: orders
+    topic: {topic}-orders
+    primary_key: id
+    schema:
+      - {name: id, type: integer, nullable: false}
+      - {name: amount, type: double}
+    dq_rules:
+      - {id: amount_range, type: range, column: amount, params: {min: 0}}
+    deequ_checks:
+      - {metric: size, threshold: 1}
+  - name: customers
+    topic: {topic}-customers
+    primary_key: code
+    schema:
+      - {name: code, type: string, nullable: false}
+      - {name: name, type: string}
+    deequ_checks:
+      - {metric: completeness, column: name, threshold: 0.5}
+"#;
+
+#[tokio::test]
+async fn the_tables_of_one_batch_are_applied_together_and_tables_limits_them() {
+    let prefix = support::unique("cdc-two");
+    let spec = config(TWO_TABLES, &prefix);
+    let bootstrap = support::broker().bootstrap();
+    let (orders_topic, customers_topic) =
+        (format!("{prefix}-orders"), format!("{prefix}-customers"));
+    create_topics(
+        &bootstrap,
+        &[(orders_topic.as_str(), 2), (customers_topic.as_str(), 1)],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("topics: {}", support::error_chain(&e)));
+    let when = at("2026-03-01T09:00:00Z");
+    let message = |table: &str, op: Operation, row: Value, key: &str| {
+        let table = spec.table(table).unwrap_or_else(|| panic!("table {table}"));
+        let row = match row {
+            Value::Object(row) => row,
+            other => panic!("a row is an object: {other}"),
+        };
+        Message::raw(key, encode(table, "public", op, row, when, None))
+    };
+    produce(
+        &bootstrap,
+        &orders_topic,
+        &[
+            message(
+                "orders",
+                Operation::Insert,
+                json!({"id": 1, "amount": 5.0}),
+                "1",
+            ),
+            message(
+                "orders",
+                Operation::Insert,
+                json!({"id": 2, "amount": -5.0}),
+                "2",
+            ),
+        ],
+    )
+    .await;
+    produce(
+        &bootstrap,
+        &customers_topic,
+        &[
+            message(
+                "customers",
+                Operation::Insert,
+                json!({"code": "c1", "name": "Ann"}),
+                "c1",
+            ),
+            message(
+                "customers",
+                Operation::Insert,
+                json!({"code": "c2", "name": null}),
+                "c2",
+            ),
+            message(
+                "customers",
+                Operation::Insert,
+                json!({"code": "c3", "name": "Bo"}),
+                "c3",
+            ),
+        ],
+    )
+    .await;
+    let lake_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let layout = LakeLayout::local(lake_dir.path());
+    let group = support::unique("dqetl-two");
+    let run = |tables: &[&str]| {
+        let options = ProcessOptions {
+            kafka: KafkaConnection {
+                bootstrap_servers: bootstrap.clone(),
+                ..KafkaConnection::default()
+            },
+            group: group.clone(),
+            tables: tables.iter().map(|t| t.to_string()).collect(),
+            once: true,
+            trigger_interval: Duration::from_secs(10),
+            max_batch_records: 10_000,
+            max_batch_bytes: 64 << 20,
+        };
+        let (spec, layout) = (spec.clone(), layout.clone());
+        async move {
+            let processor = Processor::new(&spec, Lake::new(layout, Default::default()), options)
+                .await
+                .unwrap_or_else(|e| panic!("processor starts: {e:#}"));
+            let (_keep, stop) = watch::channel(false);
+            tokio::time::timeout(RUN_LIMIT, processor.run(stop))
+                .await
+                .unwrap_or_else(|_| panic!("the run did not finish"))
+                .unwrap_or_else(|e| panic!("the run failed: {e:#}"))
+        }
+    };
+
+    let only_customers = run(&["customers"]).await;
+    assert_eq!(
+        only_customers.per_table.keys().collect::<Vec<_>>(),
+        ["customers"],
+        "--tables limits the run"
+    );
+    let lake = Lake::new(layout.clone(), Default::default());
+    let orders_version = lake
+        .table_version(&LakeTable::Data("orders".into()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(orders_version, None, "orders untouched");
+    produce(
+        &bootstrap,
+        &customers_topic,
+        &[message(
+            "customers",
+            Operation::Update,
+            json!({"code": "c2", "name": "Cy"}),
+            "c2",
+        )],
+    )
+    .await;
+    let both = run(&[]).await;
+    assert_eq!(both.batches, 1, "one micro-batch for both tables");
+    assert_eq!(
+        both.per_table
+            .get("orders")
+            .map(|t| (t.loaded, t.quarantined)),
+        Some((1, 1))
+    );
+    assert_eq!(
+        both.per_table.get("customers").map(|t| t.events),
+        Some(1),
+        "only the new customer event: the others were applied by the first run"
+    );
+
+    assert_eq!(
+        field(
+            &rows(&layout, &spec, "SELECT id FROM orders WHERE _is_current").await,
+            "id"
+        ),
+        [json!(1)]
+    );
+    assert_eq!(
+        field(
+            &rows(&layout, &spec, "SELECT id FROM orders_quarantine").await,
+            "id"
+        ),
+        [json!(2)]
+    );
+    assert_eq!(
+        field(
+            &rows(
+                &layout,
+                &spec,
+                "SELECT code FROM customers WHERE _is_current ORDER BY code"
+            )
+            .await,
+            "code"
+        ),
+        [json!("c1"), json!("c2"), json!("c3")]
+    );
+    assert_eq!(
+        field(
+            &rows(
+                &layout,
+                &spec,
+                "SELECT name FROM customers WHERE code = 'c2' AND _is_current"
+            )
+            .await,
+            "name"
+        ),
+        [json!("Cy")]
+    );
+    assert_eq!(
+        rows(
+            &layout,
+            &spec,
+            "SELECT table_name, metric_name, metric_value FROM dq_metrics WHERE scope = 'batch' \
+             ORDER BY table_name, batch_id, metric_name"
+        )
+        .await,
+        [
+            json!({"table_name": "customers", "metric_name": "Completeness", "metric_value": 2.0 / 3.0}),
+            json!({"table_name": "customers", "metric_name": "Completeness", "metric_value": 1.0}),
+            json!({"table_name": "orders", "metric_name": "RuleFailureRate", "metric_value": 0.5}),
+            json!({"table_name": "orders", "metric_name": "Size", "metric_value": 1.0}),
+        ],
+        "both tables' metrics in the shared table"
+    );
+    for table in ["orders", "customers"] {
+        let spec_table = spec
+            .table(table)
+            .unwrap_or_else(|| panic!("table {table}"))
+            .clone();
+        assert_invariants(&layout, &spec, &spec_table).await;
+    }
+}
+
+#[tokio::test]
+async fn records_read_again_at_the_same_offsets_change_nothing() {
+    let flow = Flow::new(READINGS, 2).await;
+    flow.produce(&[
+        insert(reading(1, 20.0, "AB"), "2026-03-01T09:00:00Z"),
+        insert(reading(2, 99.0, "AB"), "2026-03-01T09:00:00Z"),
+        insert(reading(3, 21.0, "AB"), "2026-03-01T09:00:00Z"),
+    ])
+    .await;
+    flow.process().await;
+    // A batch without quarantine rows: the quarantine table's own mark stays behind.
+    flow.produce(&[
+        update(reading(1, 22.0, "AB"), "2026-03-01T10:00:00Z"),
+        delete(json!({"id": 3}), "2026-03-01T10:00:00Z"),
+    ])
+    .await;
+    flow.process().await;
+    let before = (
+        flow.versions("id, temp").await,
+        flow.quarantine("id, _offset").await,
+        lake_versions(&flow).await,
+    );
+    // Without the progress notes the processor can only trust each table's own marks, so it
+    // reads every record again from the start, at the offsets it applied them from.
+    let state_dir = std::path::PathBuf::from(flow.layout().state_dir());
+    for entry in
+        std::fs::read_dir(&state_dir).unwrap_or_else(|e| panic!("{}: {e}", state_dir.display()))
+    {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("removing {}: {e}", path.display()));
+    }
+    let summary = flow.process().await;
+
+    assert_eq!(
+        summary.records, 5,
+        "every record was read again: {summary:?}"
+    );
+    assert_eq!(
+        totals(&summary, "readings").events,
+        5,
+        "and planned again: {summary:?}"
+    );
+    let after = (
+        flow.versions("id, temp").await,
+        flow.quarantine("id, _offset").await,
+        lake_versions(&flow).await,
+    );
+    assert_eq!(after, before, "no row and no table version was added");
     flow.assert_invariants().await;
 }

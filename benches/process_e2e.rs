@@ -1,0 +1,48 @@
+//! End-to-end benchmark of the streaming processor, the same code as `dqetl bench process`:
+//! the pure core, Kafka → Delta throughput for an insert-heavy and an update-heavy mix, the
+//! produce-to-commit latency at 10k events/s, and peak RSS, against a temporary tansu broker.
+//!
+//! `cargo bench --bench process_e2e -- [messages] [latency-seconds]` (default 1000000 and 30);
+//! `cargo test --bench process_e2e` runs it unoptimized with a small workload. Needs `tansu`.
+
+use std::time::Duration;
+
+use dqetl::stream::bench::{BenchOptions, Mix, run};
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --bench` passes nothing: then a smoke run.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let number =
+        |i: usize, default: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let (messages, seconds) = if benchmarking {
+        (number(0, 1_000_000), number(1, 30))
+    } else {
+        (number(0, 5_000), number(1, 3))
+    };
+    let options = BenchOptions {
+        messages: messages as usize,
+        mixes: vec![Mix::InsertHeavy, Mix::UpdateHeavy],
+        rate: 10_000,
+        latency_duration: Duration::from_secs(seconds),
+        trigger_interval: Duration::from_secs(1),
+        bootstrap: std::env::var("DQETL_BENCH_BOOTSTRAP").ok(),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match runtime.block_on(run(&options)) {
+        Ok(report) => print!("{report}"),
+        Err(e) => {
+            eprintln!("benchmark failed: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

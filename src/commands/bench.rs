@@ -1,0 +1,65 @@
+//! `dqetl bench`: benchmarks (not tests). They measure this machine and print a table.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::cli::GlobalArgs;
+use crate::stream::bench::{self, BenchOptions, Mix};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The streaming processor: pure core, Kafka → Delta throughput per mix, latency, peak RSS.
+    Process(BenchProcessArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchProcessArgs {
+    /// Messages per mix for the throughput runs (use at least 1000000 for real figures).
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: usize,
+    /// Only this mix (both by default).
+    #[arg(long, value_enum)]
+    pub mix: Option<MixArg>,
+    /// Produce rate of the latency run, events per second.
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u32,
+    /// How long the latency run produces, e.g. `30s`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub latency_duration: Duration,
+    /// The processor's trigger interval in the latency run.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub trigger_interval: Duration,
+    /// Use this broker instead of starting a temporary tansu broker (SQLite storage).
+    #[arg(long)]
+    pub bootstrap: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MixArg {
+    InsertHeavy,
+    UpdateHeavy,
+}
+
+pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<()> {
+    let BenchCommand::Process(args) = command;
+    let mixes = match args.mix {
+        Some(MixArg::InsertHeavy) => vec![Mix::InsertHeavy],
+        Some(MixArg::UpdateHeavy) => vec![Mix::UpdateHeavy],
+        None => vec![Mix::InsertHeavy, Mix::UpdateHeavy],
+    };
+    let options = BenchOptions {
+        messages: args.messages.max(1),
+        mixes,
+        rate: args.rate.max(1),
+        latency_duration: args.latency_duration,
+        trigger_interval: args.trigger_interval,
+        bootstrap: args.bootstrap,
+    };
+    let report = bench::run(&options).await?;
+    if global.json {
+        super::print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report)?))
+    } else {
+        super::print_stdout(&format!("{report}"))
+    }
+}

@@ -1,0 +1,850 @@
+//! `dqetl bench process`: how fast the processor is on this machine, measured, never asserted.
+//!
+//! Vehicle-telemetry DMS messages (the shipped config's `vehicle_telemetry` table, its rules,
+//! transforms and checks) go into a tansu broker, then:
+//! - the pure core (decode + rules + transforms + SCD2 selection + metrics, no I/O) on one thread;
+//! - producing them, and consuming them with rdkafka alone (the ceiling for the processor);
+//! - end to end, Kafka → Delta with SCD2, per mix (insert-heavy, update-heavy), `--once`;
+//! - produce-to-commit latency (p50/p99) at a fixed produce rate, with a long-running processor;
+//! - the peak RSS of each phase (`VmHWM`, reset between phases through `/proc/self/clear_refs`).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+
+use super::options::{KafkaConnection, ProcessOptions};
+use super::processor::Processor;
+use crate::cdc::decode::{RawMessage, decode};
+use crate::cdc::encode::encode;
+use crate::config::layout::LakeLayout;
+use crate::config::spec::{ConfigSpec, TableSpec};
+use crate::pipeline::TableMetricState;
+use crate::pipeline::plan::{Operation, SourcePosition};
+use crate::sink::Lake;
+use crate::target::local::process::SpawnOptions;
+use crate::target::local::{Broker, BrokerOptions, Storage, create_topics};
+
+/// The shape of the change stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mix {
+    /// 90% inserts of new keys, 9% updates, 1% deletes: the table grows.
+    InsertHeavy,
+    /// A key space of 1/50 of the messages, loaded first, then 97% updates and 3% deletes:
+    /// every batch closes current versions.
+    UpdateHeavy,
+}
+
+impl fmt::Display for Mix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mix::InsertHeavy => "insert-heavy",
+            Mix::UpdateHeavy => "update-heavy",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Messages per mix for the throughput runs.
+    pub messages: usize,
+    pub mixes: Vec<Mix>,
+    /// Produce rate of the latency run, events per second.
+    pub rate: u32,
+    /// How long the latency run produces.
+    pub latency_duration: Duration,
+    /// The processor's trigger interval in the latency run.
+    pub trigger_interval: Duration,
+    /// An existing broker; by default a tansu broker with SQLite storage (the local target's) is
+    /// started in a temporary folder.
+    pub bootstrap: Option<String>,
+}
+
+/// Everything measured, for the table and for `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub build: &'static str,
+    pub machine: Machine,
+    pub messages: usize,
+    pub partitions: i32,
+    pub core: CoreResult,
+    pub mixes: Vec<MixResult>,
+    pub latency: LatencyResult,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CoreResult {
+    pub events: usize,
+    pub batch: usize,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    pub peak_rss_mib: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MixResult {
+    pub mix: Mix,
+    pub produce_per_second: f64,
+    pub raw_consume_per_second: f64,
+    pub end_to_end_seconds: f64,
+    pub end_to_end_per_second: f64,
+    /// End to end as a fraction of the raw consume rate.
+    pub ratio_to_raw_consume: f64,
+    pub batches: u64,
+    pub data_versions: usize,
+    pub quarantined: u64,
+    pub peak_rss_mib: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyResult {
+    pub rate: u32,
+    pub trigger_interval_ms: u128,
+    pub records: u64,
+    pub p50_ms: Option<u64>,
+    pub p99_ms: Option<u64>,
+    pub max_ms: Option<u64>,
+    pub achieved_rate: f64,
+    pub peak_rss_mib: Option<f64>,
+}
+
+const PARTITIONS: i32 = 3;
+const CORE_BATCH: usize = 10_000;
+
+/// Runs every measurement. Progress goes to the log (`RUST_LOG=info`).
+pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let work = WorkDir::new()?;
+    let (broker, bootstrap) = match &opts.bootstrap {
+        Some(b) => (None, b.clone()),
+        None => {
+            let broker = start_broker(&work.path.join("broker"))?;
+            let bootstrap = broker.bootstrap();
+            (Some(broker), bootstrap)
+        }
+    };
+    let outcome = measure(opts, &work.path, &bootstrap).await;
+    if let Some(broker) = broker
+        && let Err(error) = broker.stop()
+    {
+        tracing::warn!(%error, "stopping the benchmark broker failed");
+    }
+    outcome
+}
+
+async fn measure(opts: &BenchOptions, work: &Path, bootstrap: &str) -> anyhow::Result<BenchReport> {
+    let base = telemetry_config()?;
+    tracing::info!(
+        events = opts.messages.min(200_000),
+        "measuring the pure core"
+    );
+    let core = core(&base, opts.messages.min(200_000))?;
+    let mut mixes = Vec::new();
+    for (n, mix) in opts.mixes.iter().enumerate() {
+        mixes.push(
+            end_to_end(
+                opts,
+                &base,
+                *mix,
+                bootstrap,
+                &work.join(format!("lake-{n}")),
+            )
+            .await?,
+        );
+    }
+    let latency = latency(opts, &base, bootstrap, &work.join("lake-latency")).await?;
+    Ok(BenchReport {
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        machine: machine(),
+        messages: opts.messages,
+        partitions: PARTITIONS,
+        core,
+        mixes,
+        latency,
+    })
+}
+
+/// The shipped config's `vehicle_telemetry` table, alone.
+fn telemetry_config() -> anyhow::Result<ConfigSpec> {
+    let ctx = crate::config::LoadContext {
+        stack_name: "bench".into(),
+        account_id: None,
+    };
+    let loaded = crate::config::load::load_str(
+        include_str!("../../config/tables.yaml"),
+        "config/tables.yaml",
+        &ctx,
+    )
+    .context("loading the shipped config")?;
+    let mut spec = crate::config::validate(&loaded)
+        .spec
+        .context("the shipped config does not validate")?;
+    spec.tables.retain(|t| t.name == "vehicle_telemetry");
+    anyhow::ensure!(
+        spec.tables.len() == 1,
+        "the shipped config has no vehicle_telemetry table"
+    );
+    Ok(spec)
+}
+
+/// The config with the table reading `topic`.
+fn with_topic(base: &ConfigSpec, topic: &str) -> ConfigSpec {
+    let mut spec = base.clone();
+    for t in &mut spec.tables {
+        t.topic = topic.to_string();
+    }
+    spec
+}
+
+fn table(spec: &ConfigSpec) -> &TableSpec {
+    &spec.tables[0]
+}
+
+/// Realistic vehicle telemetry changes, ~1% of them failing a range rule.
+struct Workload {
+    mix: Mix,
+    rng: SmallRng,
+    next_id: i64,
+    live: Vec<i64>,
+    key_space: usize,
+    clock: DateTime<Utc>,
+}
+
+impl Workload {
+    fn new(mix: Mix, messages: usize, seed: u64) -> Workload {
+        Workload {
+            mix,
+            rng: SmallRng::seed_from_u64(seed),
+            next_id: 1,
+            live: Vec::new(),
+            key_space: (messages / 50).max(100),
+            clock: DateTime::from_timestamp(1_795_615_200, 0).unwrap_or_default(),
+        }
+    }
+
+    /// The next change: its key and its DMS message.
+    fn next(&mut self, table: &TableSpec) -> (Vec<u8>, Vec<u8>) {
+        self.clock += chrono::Duration::milliseconds(1);
+        let roll: f64 = self.rng.random();
+        let op = match self.mix {
+            Mix::InsertHeavy if roll < 0.90 || self.live.is_empty() => Operation::Insert,
+            Mix::InsertHeavy if roll < 0.99 => Operation::Update,
+            Mix::UpdateHeavy if self.live.len() < self.key_space => Operation::Insert,
+            Mix::UpdateHeavy if roll < 0.97 => Operation::Update,
+            _ => Operation::Delete,
+        };
+        let id = match op {
+            Operation::Insert | Operation::Load => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.live.push(id);
+                id
+            }
+            Operation::Update => self.live[self.rng.random_range(0..self.live.len())],
+            Operation::Delete => {
+                let at = self.rng.random_range(0..self.live.len());
+                self.live.swap_remove(at)
+            }
+        };
+        let row = if op == Operation::Delete {
+            json!({"id": id})
+        } else {
+            self.row(id)
+        };
+        let row = match row {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        let payload = encode(
+            table,
+            "public",
+            op,
+            row,
+            self.clock,
+            Some(self.next_id as u64),
+        );
+        (id.to_string().into_bytes(), payload)
+    }
+
+    fn row(&mut self, id: i64) -> Value {
+        let r = &mut self.rng;
+        let bad = r.random_bool(0.01);
+        let recorded = self.clock.format("%Y-%m-%d %H:%M:%S%.3f").to_string();
+        json!({
+            "id": id,
+            "vehicle_id": r.random_range(1..500),
+            "recorded_at": recorded,
+            "latitude": if bad { 123.4 } else { 37.0 + r.random::<f64>() },
+            "longitude": -122.0 - r.random::<f64>(),
+            "speed_kmh": (r.random::<f64>() * 1300.0).round() / 10.0,
+            "fuel_level_pct": (r.random::<f64>() * 1000.0).round() / 10.0,
+            "engine_temp_c": 70.0 + (r.random::<f64>() * 400.0).round() / 10.0,
+            "odometer_km": r.random_range(1000..300_000) as f64,
+            "engine_status": if r.random_bool(0.8) { "running" } else { "idle" },
+            "harsh_braking": if r.random_bool(0.02) { "true" } else { "false" },
+            "harsh_acceleration": if r.random_bool(0.02) { "true" } else { "false" },
+            "created_at": recorded,
+        })
+    }
+}
+
+/// Decode + plan on one thread, in batches, no I/O.
+fn core(spec: &ConfigSpec, events: usize) -> anyhow::Result<CoreResult> {
+    let table = table(spec);
+    let mut workload = Workload::new(Mix::InsertHeavy, events, 1);
+    let messages: Vec<(Vec<u8>, Vec<u8>)> = (0..events).map(|_| workload.next(table)).collect();
+    let rss = PeakRss::start();
+    let mut state = TableMetricState::default();
+    let now = Utc::now();
+    let started = Instant::now();
+    for (n, chunk) in messages.chunks(CORE_BATCH).enumerate() {
+        let raw: Vec<RawMessage> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (key, payload))| RawMessage {
+                position: SourcePosition {
+                    topic: table.topic.clone(),
+                    partition: 0,
+                    offset: (n * CORE_BATCH + i) as i64,
+                },
+                key: Some(key),
+                payload: Some(payload),
+            })
+            .collect();
+        let decoded = decode(table, &raw);
+        crate::pipeline::plan(table, &decoded, &mut state, now).context("planning a batch")?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(CoreResult {
+        events,
+        batch: CORE_BATCH,
+        seconds,
+        events_per_second: events as f64 / seconds,
+        peak_rss_mib: rss.peak_mib(),
+    })
+}
+
+async fn end_to_end(
+    opts: &BenchOptions,
+    base: &ConfigSpec,
+    mix: Mix,
+    bootstrap: &str,
+    lake_dir: &Path,
+) -> anyhow::Result<MixResult> {
+    let topic = format!("bench-{mix}-{:08x}", rand::random::<u32>());
+    create_topics(bootstrap, &[(&topic, PARTITIONS)])
+        .await
+        .context("creating the topic")?;
+    let spec = with_topic(base, &topic);
+    tracing::info!(%mix, messages = opts.messages, %topic, "producing");
+    let mut workload = Workload::new(mix, opts.messages, 7);
+    let produced = produce(
+        bootstrap,
+        &topic,
+        table(&spec),
+        &mut workload,
+        opts.messages,
+        None,
+    )
+    .await?;
+    let produce_per_second = opts.messages as f64 / produced.seconds;
+
+    tracing::info!(%mix, "consuming with rdkafka alone");
+    let raw_seconds = raw_consume(bootstrap, &topic, opts.messages).await?;
+
+    tracing::info!(%mix, "processing end to end (--once)");
+    let group = format!("bench-{:08x}", rand::random::<u32>());
+    let lake = Lake::new(LakeLayout::local(lake_dir), Default::default());
+    let options = process_options(
+        bootstrap,
+        &group,
+        &spec,
+        true,
+        spec.settings.trigger_interval,
+    );
+    let rss = PeakRss::start();
+    let started = Instant::now();
+    let (_keep, stop) = watch::channel(false);
+    let summary = Processor::new(&spec, lake, options)
+        .await?
+        .run(stop)
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let peak_rss_mib = rss.peak_mib();
+    let totals = summary
+        .per_table
+        .values()
+        .next()
+        .cloned()
+        .unwrap_or_default();
+    anyhow::ensure!(
+        totals.events as usize == opts.messages,
+        "the processor decoded {} of {} events",
+        totals.events,
+        opts.messages
+    );
+    let data_versions = count_rows(lake_dir, &spec).await?;
+    let per_second = opts.messages as f64 / seconds;
+    Ok(MixResult {
+        mix,
+        produce_per_second,
+        raw_consume_per_second: opts.messages as f64 / raw_seconds,
+        end_to_end_seconds: seconds,
+        end_to_end_per_second: per_second,
+        ratio_to_raw_consume: per_second / (opts.messages as f64 / raw_seconds),
+        batches: summary.batches,
+        data_versions,
+        quarantined: totals.quarantined,
+        peak_rss_mib,
+    })
+}
+
+async fn latency(
+    opts: &BenchOptions,
+    base: &ConfigSpec,
+    bootstrap: &str,
+    lake_dir: &Path,
+) -> anyhow::Result<LatencyResult> {
+    let topic = format!("bench-latency-{:08x}", rand::random::<u32>());
+    create_topics(bootstrap, &[(&topic, PARTITIONS)])
+        .await
+        .context("creating the topic")?;
+    let spec = with_topic(base, &topic);
+    let group = format!("bench-{:08x}", rand::random::<u32>());
+    let layout = LakeLayout::local(lake_dir);
+    let options = process_options(bootstrap, &group, &spec, false, opts.trigger_interval);
+    let processor = Processor::new(
+        &spec,
+        Lake::new(layout.clone(), Default::default()),
+        options,
+    )
+    .await?;
+    let rss = PeakRss::start();
+    let (stop, stop_rx) = watch::channel(false);
+    let running = tokio::spawn(processor.run(stop_rx));
+    // The group assignment takes a moment; latency counts from the first produced record.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let count = (opts.rate as f64 * opts.latency_duration.as_secs_f64()) as usize;
+    tracing::info!(
+        rate = opts.rate,
+        count,
+        "producing at a fixed rate for the latency run"
+    );
+    let mut workload = Workload::new(Mix::InsertHeavy, count, 11);
+    let produced = produce(
+        bootstrap,
+        &topic,
+        table(&spec),
+        &mut workload,
+        count,
+        Some(opts.rate),
+    )
+    .await?;
+
+    // Wait until every produced record is applied everywhere, then stop.
+    let lake = Lake::new(layout, Default::default());
+    let partitions: Vec<(String, i32)> =
+        produced.ends.keys().map(|p| (topic.clone(), *p)).collect();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let resume = lake
+            .resume_offsets(&table(&spec).name, &group, &partitions)
+            .await?;
+        let done = produced
+            .ends
+            .iter()
+            .all(|(p, end)| resume.get(&(topic.clone(), *p)).is_some_and(|r| *r > *end));
+        if done {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the processor did not catch up within 10 minutes"
+        );
+        if running.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = stop.send(true);
+    let summary = running.await.context("the processor task")??;
+    Ok(LatencyResult {
+        rate: opts.rate,
+        trigger_interval_ms: opts.trigger_interval.as_millis(),
+        records: summary.latency.records,
+        p50_ms: summary.latency.p50_ms,
+        p99_ms: summary.latency.p99_ms,
+        max_ms: summary.latency.max_ms,
+        achieved_rate: count as f64 / produced.seconds,
+        peak_rss_mib: rss.peak_mib(),
+    })
+}
+
+fn process_options(
+    bootstrap: &str,
+    group: &str,
+    spec: &ConfigSpec,
+    once: bool,
+    trigger_interval: Duration,
+) -> ProcessOptions {
+    ProcessOptions {
+        kafka: KafkaConnection {
+            bootstrap_servers: bootstrap.to_string(),
+            ..KafkaConnection::default()
+        },
+        group: group.to_string(),
+        tables: Vec::new(),
+        once,
+        trigger_interval,
+        max_batch_records: spec.settings.max_batch_records as usize,
+        max_batch_bytes: spec.settings.max_batch_bytes as usize,
+    }
+}
+
+struct Produced {
+    seconds: f64,
+    /// The last offset written per partition.
+    ends: BTreeMap<i32, i64>,
+}
+
+/// Produces `count` changes, keyed by primary key; paced to `rate` per second when given.
+async fn produce(
+    bootstrap: &str,
+    topic: &str,
+    table: &TableSpec,
+    workload: &mut Workload,
+    count: usize,
+    rate: Option<u32>,
+) -> anyhow::Result<Produced> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .context("creating the producer")?;
+    let started = Instant::now();
+    let mut pending = VecDeque::new();
+    let mut ends = BTreeMap::new();
+    for n in 0..count {
+        if let Some(rate) = rate
+            && n % 100 == 0
+        {
+            let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate.max(1)));
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let (key, payload) = workload.next(table);
+        loop {
+            let record = FutureRecord::to(topic).key(&key).payload(&payload);
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push_back(delivery);
+                    break;
+                }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => match pending.pop_front() {
+                    Some(oldest) => delivered(oldest, &mut ends).await?,
+                    None => tokio::time::sleep(Duration::from_millis(10)).await,
+                },
+                Err((error, _)) => return Err(error).context("producing"),
+            }
+        }
+        if pending.len() >= 100_000
+            && let Some(oldest) = pending.pop_front()
+        {
+            delivered(oldest, &mut ends).await?;
+        }
+    }
+    while let Some(delivery) = pending.pop_front() {
+        delivered(delivery, &mut ends).await?;
+    }
+    Ok(Produced {
+        seconds: started.elapsed().as_secs_f64(),
+        ends,
+    })
+}
+
+async fn delivered(
+    delivery: rdkafka::producer::DeliveryFuture,
+    ends: &mut BTreeMap<i32, i64>,
+) -> anyhow::Result<()> {
+    match delivery.await {
+        Ok(Ok(d)) => {
+            let end = ends.entry(d.partition).or_insert(d.offset);
+            *end = (*end).max(d.offset);
+            Ok(())
+        }
+        Ok(Err((error, _))) => Err(error).context("a message was not delivered"),
+        Err(_) => anyhow::bail!("the producer dropped a delivery"),
+    }
+}
+
+/// Reads `count` records of the topic with rdkafka alone; returns the seconds it took.
+async fn raw_consume(bootstrap: &str, topic: &str, count: usize) -> anyhow::Result<f64> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("bench-raw-{:08x}", rand::random::<u32>()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760")
+        .create()
+        .context("creating the consumer")?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    let started = Instant::now();
+    consumer.assign(&tpl)?;
+    let mut received = 0;
+    while received < count {
+        match tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await {
+            Ok(Ok(_)) => received += 1,
+            Ok(Err(error)) => tracing::warn!(%error, "raw consume"),
+            Err(_) => anyhow::bail!("raw consume stalled at {received} of {count} records"),
+        }
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+async fn count_rows(lake_dir: &Path, spec: &ConfigSpec) -> anyhow::Result<usize> {
+    let query = crate::query::local::LocalQuery::open(&LakeLayout::local(lake_dir), spec).await?;
+    let sql = format!("SELECT count(*) AS n FROM {}", table(spec).name);
+    let batches = query.query(&sql).await?;
+    let n = batches
+        .first()
+        .and_then(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<deltalake::arrow::array::Int64Array>()
+                .map(|a| a.value(0))
+        })
+        .unwrap_or(0);
+    Ok(n as usize)
+}
+
+/// Peak resident memory of this process from a starting point on.
+struct PeakRss {
+    reset: bool,
+}
+
+impl PeakRss {
+    /// Resets the kernel's peak counter (`5` to `/proc/self/clear_refs`, Linux ≥ 4.0).
+    fn start() -> PeakRss {
+        PeakRss {
+            reset: std::fs::write("/proc/self/clear_refs", "5").is_ok(),
+        }
+    }
+
+    /// `VmHWM` in MiB; `None` when it cannot be read or was not reset (it would then include
+    /// earlier phases).
+    fn peak_mib(&self) -> Option<f64> {
+        if !self.reset {
+            return None;
+        }
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, model)| model.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Machine {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu,
+    }
+}
+
+fn start_broker(dir: &Path) -> anyhow::Result<Broker> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let port = crate::target::local::ports::free_port().context("finding a free port")?;
+    let options = BrokerOptions {
+        spawn: SpawnOptions {
+            die_with_parent: Some(nix::sys::signal::Signal::SIGKILL),
+            ..SpawnOptions::default()
+        },
+        log_file: Some(dir.join("tansu.log")),
+        ready_timeout: Duration::from_secs(60),
+    };
+    Broker::start_with(dir, port, Storage::Sqlite("bench.db".into()), &options)
+        .context("starting a tansu broker for the benchmark")
+}
+
+/// A temporary folder for the broker and the lakes, removed at the end.
+struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    fn new() -> anyhow::Result<WorkDir> {
+        let path = std::env::temp_dir().join(format!(
+            "dqetl-bench-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(WorkDir { path })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rss = |v: Option<f64>| v.map_or("-".to_string(), |m| format!("{m:.0} MiB"));
+        let rate = |v: f64| format!("{} events/s", thousands(v));
+        writeln!(f, "dqetl bench process ({} build)", self.build)?;
+        if self.build == "debug" {
+            writeln!(
+                f,
+                "  a DEBUG build: unoptimized, figures are far below a release build's"
+            )?;
+        }
+        writeln!(
+            f,
+            "machine: {} cores, {}",
+            self.machine.cores, self.machine.cpu
+        )?;
+        writeln!(
+            f,
+            "workload: vehicle_telemetry DMS messages, {} per mix, {} partitions, broker tansu\n",
+            self.messages, self.partitions
+        )?;
+        writeln!(f, "| measurement | mix | result | peak RSS |")?;
+        writeln!(f, "|---|---|---|---|")?;
+        writeln!(
+            f,
+            "| pure core: decode, rules, transforms, metrics (1 thread, {} per batch) | insert-heavy | {} per core | {} |",
+            self.core.batch,
+            rate(self.core.events_per_second),
+            rss(self.core.peak_rss_mib)
+        )?;
+        for m in &self.mixes {
+            writeln!(
+                f,
+                "| produce (rdkafka → tansu) | {} | {} | |",
+                m.mix,
+                rate(m.produce_per_second)
+            )?;
+            writeln!(
+                f,
+                "| raw consume (rdkafka alone) | {} | {} | |",
+                m.mix,
+                rate(m.raw_consume_per_second)
+            )?;
+            writeln!(
+                f,
+                "| end to end Kafka → Delta, SCD2 (`--once`, {} batches, {} versions, {} quarantined) | {} | {} = {:.0}% of raw consume | {} |",
+                m.batches,
+                m.data_versions,
+                m.quarantined,
+                m.mix,
+                rate(m.end_to_end_per_second),
+                m.ratio_to_raw_consume * 100.0,
+                rss(m.peak_rss_mib)
+            )?;
+        }
+        let l = &self.latency;
+        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+        writeln!(
+            f,
+            "| produce → committed latency at {} events/s (achieved {}), trigger {} ms, {} records | insert-heavy | p50 {}, p99 {}, max {} | {} |",
+            l.rate,
+            thousands(l.achieved_rate),
+            l.trigger_interval_ms,
+            l.records,
+            ms(l.p50_ms),
+            ms(l.p99_ms),
+            ms(l.max_ms),
+            rss(l.peak_rss_mib)
+        )
+    }
+}
+
+/// 1234567.8 → "1,234,568".
+fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(1_234_567.8), "1,234,568");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(0.2), "0");
+    }
+
+    #[test]
+    fn the_update_heavy_mix_fills_its_key_space_then_mostly_updates() {
+        let spec = telemetry_config().unwrap_or_else(|e| panic!("{e:#}"));
+        let mut w = Workload::new(Mix::UpdateHeavy, 10_000, 3);
+        let ops: Vec<String> = (0..10_000)
+            .map(|_| {
+                let (_, payload) = w.next(table(&spec));
+                let v: Value = serde_json::from_slice(&payload).unwrap_or_default();
+                v["metadata"]["operation"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert!(
+            ops[..200].iter().all(|o| o == "insert"),
+            "the key space of 200 is loaded first"
+        );
+        let updates = ops.iter().filter(|o| *o == "update").count();
+        assert!(updates > 9_000, "{updates} updates");
+    }
+}
