@@ -15,7 +15,8 @@ use crate::pipeline::pii::PiiMasks;
 use crate::pipeline::plan::{DecodedBatch, MalformedRecord, Operation, SourcePosition};
 use crate::pipeline::schema::decoded_schema;
 
-use super::coerce::{Cell, CoerceError, coerce, parse_timestamp_micros};
+use super::borrowed::{self, Scalar};
+use super::coerce::{Cell, CoerceError, JsonRef, coerce, coerce_ref, parse_timestamp_micros};
 
 /// One Kafka message as the consumer hands it over.
 #[derive(Debug, Clone)]
@@ -211,6 +212,10 @@ fn decode_one(
             ));
         }
     };
+    if let Some(outcome) = decode_common(table, text, cells) {
+        return outcome;
+    }
+    cells.clear();
     let document: Value = match serde_json::from_str(text) {
         Ok(document) => document,
         Err(e) if e.is_eof() => {
@@ -235,6 +240,41 @@ fn decode_one(
         },
         outcome => outcome,
     }
+}
+
+/// A well-formed data or control record through the borrowing parser; None leaves the message
+/// to [`decode_document`], which also writes every malformed-record reason.
+fn decode_common(table: &TableSpec, text: &str, cells: &mut Vec<Option<Cell>>) -> Option<Outcome> {
+    let record = borrowed::parse(table, text)?;
+    let metadata = record.metadata;
+    match metadata.record_type? {
+        "data" => {}
+        "control" => return Some(Outcome::Control),
+        _ => return None,
+    }
+    let operation = Operation::from_dms(metadata.operation?)?;
+    if metadata.table_name? != table.name {
+        return None;
+    }
+    let source_ts_micros = parse_timestamp_micros(metadata.timestamp?)?;
+    for (column, value) in table.columns.iter().zip(record.values?) {
+        let cell = match &value {
+            None => None,
+            Some(Scalar::Bool(b)) => Some(coerce_ref(JsonRef::Bool(*b), column.column_type).ok()?),
+            Some(Scalar::Number(n)) => {
+                Some(coerce_ref(JsonRef::Number(n), column.column_type).ok()?)
+            }
+            Some(Scalar::Text(s)) => Some(coerce_ref(JsonRef::Text(s), column.column_type).ok()?),
+        };
+        cells.push(cell);
+    }
+    if let Some(key) = &table.primary_key {
+        cells.get(table.column_index(key)?)?.as_ref()?;
+    }
+    Some(Outcome::Row {
+        operation,
+        source_ts_micros,
+    })
 }
 
 fn decode_document(
@@ -565,6 +605,7 @@ impl MetaBuilders {
 #[cfg(test)]
 mod tests {
     use deltalake::arrow::array::{Array, AsArray};
+    use proptest::prelude::{Just, Strategy, any, prop, prop_oneof};
     use serde_json::json;
 
     use super::*;
@@ -572,6 +613,132 @@ mod tests {
     use crate::pipeline::testing::{
         col, decode_payloads, dms, doubles, ints, strings, telemetry_table, transform,
     };
+
+    /// What the general decoder makes of `text`, for comparison with the borrowing path.
+    fn general(table: &TableSpec, text: &str) -> (String, Vec<Option<Cell>>) {
+        let position = SourcePosition {
+            topic: table.topic.clone(),
+            partition: 0,
+            offset: 0,
+        };
+        let mut cells = Vec::new();
+        let outcome = match serde_json::from_str::<Value>(text) {
+            Ok(document) => decode_document(
+                table,
+                &position,
+                &document,
+                &PiiMasks::for_quarantine(table),
+                &mut cells,
+            ),
+            Err(e) => malformed(e.to_string()),
+        };
+        (outcome_label(&outcome), cells)
+    }
+
+    fn outcome_label(outcome: &Outcome) -> String {
+        match outcome {
+            Outcome::Row {
+                operation,
+                source_ts_micros,
+            } => format!("row {} at {source_ts_micros}", operation.as_dms()),
+            Outcome::Control => "control".into(),
+            Outcome::Malformed { reason, .. } => format!("malformed: {reason}"),
+        }
+    }
+
+    fn json_scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e12_f64..1e12).prop_map(Value::from),
+            "[ -~]{0,12}".prop_map(Value::from),
+            "-?[0-9]{1,8}(\\.[0-9]{1,3})?".prop_map(Value::from),
+            prop::sample::select(vec![
+                "true",
+                "F",
+                "2026-11-25",
+                "2026-11-25 14:00:00.123456789+02",
+                "2026-11-25T14:00:00Z",
+                "NaN",
+                "1e5",
+                " 7 ",
+                "a\"b\\c\u{e9}",
+            ])
+            .prop_map(Value::from),
+            Just(json!([1, {"a": 2}])),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Wherever the borrowing path answers, it answers exactly what the general decoder does.
+        #[test]
+        fn the_borrowing_path_agrees_with_the_general_decoder(
+            values in proptest::collection::vec(json_scalar(), 8),
+            operation in prop::sample::select(vec!["load", "insert", "update", "delete", "merge"]),
+            record_type in prop::sample::select(vec!["data", "control", "other"]),
+            other_table in any::<bool>(),
+        ) {
+            let table = crate::pipeline::testing::all_types_table();
+            let data: Map<String, Value> =
+                table.columns.iter().map(|c| c.name.clone()).zip(values).collect();
+            let text = json!({
+                "data": data,
+                "metadata": {
+                    "timestamp": "2026-11-25T10:00:00.5Z",
+                    "record-type": record_type,
+                    "operation": operation,
+                    "table-name": if other_table { "elsewhere" } else { "things" },
+                }
+            })
+            .to_string();
+            let mut cells = Vec::new();
+            if let Some(outcome) = decode_common(&table, &text, &mut cells) {
+                proptest::prop_assert_eq!((outcome_label(&outcome), cells), general(&table, &text), "{}", text);
+            }
+        }
+    }
+
+    /// Values every column of `all_types_table` accepts, in the spellings DMS uses.
+    fn valid_row() -> impl Strategy<Value = Vec<Value>> {
+        let nullable = |s: proptest::strategy::BoxedStrategy<Value>| prop_oneof![1 => Just(Value::Null), 4 => s];
+        (
+            any::<i32>().prop_map(Value::from),
+            nullable("[ -~]{0,12}".prop_map(Value::from).boxed()),
+            nullable(any::<i64>().prop_map(Value::from).boxed()),
+            nullable(prop_oneof![(-1e9_f64..1e9).prop_map(Value::from), "-?[0-9]{1,6}\\.[0-9]{1,4}".prop_map(Value::from)].boxed()),
+            nullable(prop_oneof![(-99_999_i64..99_999).prop_map(Value::from), "-?[0-9]{1,8}\\.[0-9]{2}".prop_map(Value::from)].boxed()),
+            nullable(prop_oneof![any::<bool>().prop_map(Value::from), prop::sample::select(vec!["t", "false", "1"]).prop_map(Value::from)].boxed()),
+            nullable("20[0-9]{2}-0[1-9]-[0-2][1-8][T ][01][0-9]:[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-]0[0-9]:?[0-5][0-9])?".prop_map(Value::from).boxed()),
+            nullable("19[0-9]{2}-1[0-2]-[0-2][1-8]".prop_map(Value::from).boxed()),
+        )
+            .prop_map(|(a, b, c, d, e, f, g, h)| vec![a, b, c, d, e, f, g, h])
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_borrowing_path_takes_every_valid_row_and_agrees(values in valid_row()) {
+            let table = crate::pipeline::testing::all_types_table();
+            let data: Map<String, Value> =
+                table.columns.iter().map(|c| c.name.clone()).zip(values).collect();
+            let text = String::from_utf8(dms(&table, "insert", Value::Object(data), 9)).expect("utf-8");
+            let mut cells = Vec::new();
+            let outcome = decode_common(&table, &text, &mut cells);
+            proptest::prop_assert!(outcome.is_some(), "not taken: {}", text);
+            let outcome = outcome.expect("checked");
+            proptest::prop_assert_eq!((outcome_label(&outcome), cells), general(&table, &text), "{}", text);
+        }
+    }
+
+    #[test]
+    fn the_borrowing_path_takes_the_common_records() {
+        let table = telemetry_table();
+        let text = String::from_utf8(dms(&table, "update", good(3), 5)).expect("utf-8");
+        let mut cells = Vec::new();
+        let outcome = decode_common(&table, &text, &mut cells).expect("common record");
+        assert_eq!((outcome_label(&outcome), cells), general(&table, &text));
+    }
 
     fn good(id: i32) -> Value {
         json!({"id": id, "vehicle_id": 7, "recorded_at": "2026-11-25 14:00:00", "latitude": 40.7127753,
