@@ -110,6 +110,7 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub bootstrap: Option<String>,
     /// Source database URL, without a password (set PGPASSWORD if one is needed).
+    /// TLS: the URL's sslmode and sslrootcert, else DQETL_PG_SSLMODE and DQETL_PG_SSLROOTCERT.
     #[arg(long, value_name = "URL", env = "DQETL_PG_URL", hide_env_values = true)]
     pub pg_url: Option<String>,
     /// Where capture records that its initial snapshot completed [default: .dqetl/<stack>/capture].

@@ -21,6 +21,7 @@ mod sslmode;
 mod tls;
 
 pub use config::{PgConfig, PgConnection, connect_url};
+pub(crate) use connstr::split_tls_params;
 pub use env::{ENV_SSLMODE, ENV_SSLROOTCERT};
 pub use error::PgError;
 pub use sslmode::SslMode;
