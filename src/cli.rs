@@ -110,6 +110,7 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub bootstrap: Option<String>,
     /// Source database URL, without a password (set PGPASSWORD if one is needed).
+    /// TLS: the URL's sslmode and sslrootcert, else DQETL_PG_SSLMODE and DQETL_PG_SSLROOTCERT.
     #[arg(long, value_name = "URL", env = "DQETL_PG_URL", hide_env_values = true)]
     pub pg_url: Option<String>,
     /// Where capture records that its initial snapshot completed [default: .dqetl/<stack>/capture].
@@ -142,6 +143,8 @@ pub struct GenerateDataArgs {
     #[arg(long, value_enum, default_value_t = GenerateMode::Auto)]
     pub mode: GenerateMode,
     /// The source database; prefer the environment variable, which keeps a password out of the process list.
+    /// Without it: DQETL_PG_HOST, DQETL_PG_PORT, DQETL_PG_DATABASE, DQETL_PG_USER, DQETL_PG_PASSWORD.
+    /// TLS: the URL's sslmode and sslrootcert, else DQETL_PG_SSLMODE and DQETL_PG_SSLROOTCERT.
     #[arg(long, env = "DQETL_PG_URL", hide_env_values = true)]
     pub pg_url: Option<String>,
     /// Also write the summary as JSON to this file.

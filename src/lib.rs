@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod generate;
+pub mod pg;
 pub mod pipeline;
 pub mod query;
 pub mod sink;

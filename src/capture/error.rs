@@ -4,12 +4,17 @@ use std::path::PathBuf;
 
 use rdkafka::error::KafkaError;
 
+use crate::pg::PgError;
+
 pub type Result<T, E = CaptureError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("invalid PostgreSQL URL: {reason}")]
     InvalidUrl { reason: String },
+
+    #[error("invalid source database URL or TLS setting")]
+    Url(#[source] PgError),
 
     #[error("invalid {what} name {name:?}: {expected}")]
     InvalidName {
@@ -22,7 +27,7 @@ pub enum CaptureError {
     Connect {
         target: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: PgError,
     },
 
     #[error("PostgreSQL query failed while {doing}")]
@@ -118,10 +123,14 @@ impl CaptureError {
             CaptureError::Replication { source, .. } => !source.is_permanent(),
             // A server that is down or restarting comes back; a wrong password or a missing
             // database does not.
-            CaptureError::Connect { source, .. } | CaptureError::Query { source, .. } => {
-                !is_permanent_db_error(source)
-            }
+            CaptureError::Query { source, .. } => !is_permanent_db_error(source),
+            // An unverifiable certificate or a wrong TLS setting stays so.
+            CaptureError::Connect { source, .. } => match source {
+                PgError::Connect { source, .. } => !is_permanent_db_error(source),
+                _ => false,
+            },
             CaptureError::InvalidUrl { .. }
+            | CaptureError::Url(_)
             | CaptureError::InvalidName { .. }
             | CaptureError::WalLevel { .. }
             | CaptureError::MissingTable { .. }

@@ -38,6 +38,7 @@ pub use pg_walstream::CancellationToken;
 pub use slot::{SlotLag, slot_lag};
 
 use crate::config::spec::ConfigSpec;
+use crate::pg::TlsSettings;
 use emit::Emitter;
 use producer::{DeliveryTracker, Producer};
 use slot::SlotPlan;
@@ -54,6 +55,8 @@ const MAX_IN_FLIGHT: usize = 20_000;
 pub struct CaptureOptions {
     /// The source database, without a password (taken from `PGPASSWORD` when needed).
     pub pg_url: String,
+    /// TLS settings for when the URL has none (`DQETL_PG_SSLMODE`, `DQETL_PG_SSLROOTCERT`).
+    pub tls: TlsSettings,
     pub slot: String,
     pub publication: String,
     /// Kafka bootstrap servers, `host:port[,host:port]`.
@@ -82,6 +85,7 @@ impl CaptureOptions {
     ) -> Self {
         CaptureOptions {
             pg_url,
+            tls: TlsSettings::default(),
             slot,
             publication,
             bootstrap,
@@ -123,7 +127,7 @@ pub async fn run(
             expected: "a non-empty name",
         });
     }
-    let target = PgTarget::parse(&options.pg_url)?;
+    let target = PgTarget::parse(&options.pg_url, &options.tls)?;
     let mut report = CaptureReport::default();
     let min_backoff = Duration::from_secs(1);
     let mut backoff = min_backoff;

@@ -6,6 +6,7 @@ use tokio_postgres::Client;
 use super::error::{CaptureError, Result};
 use super::source::{PgTarget, query_err};
 use super::state::SnapshotMarker;
+use crate::pg::TlsSettings;
 
 /// A row of `pg_replication_slots`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,10 +134,11 @@ pub struct SlotLag {
     pub active: bool,
 }
 
-/// Reads the lag of `slot` in the database of `pg_url`. [`CaptureError::SlotMissing`] when the
-/// slot does not exist (capture never ran, or was torn down).
+/// Reads the lag of `slot` in the database of `pg_url` (TLS as the URL says).
+/// [`CaptureError::SlotMissing`] when the slot does not exist (capture never ran, or was torn
+/// down).
 pub async fn slot_lag(pg_url: &str, slot: &str) -> Result<SlotLag> {
-    let target = PgTarget::parse(pg_url)?;
+    let target = PgTarget::parse(pg_url, &TlsSettings::default())?;
     let client = target.connect().await?;
     let row = client
         .query_opt(

@@ -1,69 +1,76 @@
 //! The source database side of setup: connections, the catalog description of each configured
 //! table, replica identity and the publication.
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::error::{CaptureError, Result};
 use crate::config::spec::{ConfigSpec, TableSpec};
+use crate::pg::{PgConfig, TlsSettings, split_tls_params};
 
 /// Where the source database is. The URL never carries a password: local clusters trust
 /// loopback connections, anything else takes it from `PGPASSWORD` (read by both clients).
 #[derive(Debug, Clone)]
 pub(crate) struct PgTarget {
+    /// The URL without its TLS parameters; the replication URL adds the resolved ones back.
     url: String,
-    config: tokio_postgres::Config,
+    pg: PgConfig,
 }
 
 impl PgTarget {
-    pub(crate) fn parse(url: &str) -> Result<Self> {
-        let mut config: tokio_postgres::Config =
-            url.parse()
-                .map_err(|e: tokio_postgres::Error| CaptureError::InvalidUrl {
-                    reason: e.to_string(),
-                })?;
-        if config.get_password().is_none()
+    /// `url`, its own `sslmode`/`sslrootcert` taken over `tls_defaults`.
+    pub(crate) fn parse(url: &str, tls_defaults: &TlsSettings) -> Result<Self> {
+        let (stripped, _) = split_tls_params(url).map_err(CaptureError::Url)?;
+        let mut pg = PgConfig::parse(url, "the source database URL", tls_defaults)
+            .map_err(CaptureError::Url)?;
+        if pg.tokio().get_password().is_none()
             && let Ok(password) = std::env::var("PGPASSWORD")
         {
-            config.password(password);
+            pg.tokio_mut().password(password);
         }
-        if config.get_dbname().is_none() {
+        if pg.tokio().get_dbname().is_none() {
             return Err(CaptureError::InvalidUrl {
                 reason: "the URL names no database".into(),
             });
         }
-        Ok(PgTarget {
-            url: url.to_string(),
-            config,
-        })
+        Ok(PgTarget { url: stripped, pg })
     }
 
     /// `host:port/db`, for logs and errors (never the password).
     pub(crate) fn describe(&self) -> String {
-        let host = match self.config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            #[cfg(unix)]
-            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".into(),
-        };
-        let port = self.config.get_ports().first().copied().unwrap_or(5432);
-        format!("{host}:{port}/{}", self.database())
+        self.pg.describe()
     }
 
     pub(crate) fn database(&self) -> &str {
-        self.config.get_dbname().unwrap_or_default()
+        self.pg.tokio().get_dbname().unwrap_or_default()
     }
 
-    /// The same URL asking for a logical replication (walsender) connection.
+    /// The same URL asking for a logical replication (walsender) connection, with the TLS
+    /// settings in effect spelled out: pg_walstream reads them from the URL only (it
+    /// understands every sslmode and sslrootcert itself).
     pub(crate) fn replication_url(&self) -> String {
+        let mut params = Vec::new();
+        let tls = self.pg.tls();
+        if let Some(mode) = tls.mode {
+            params.push(format!("sslmode={mode}"));
+        }
+        if let Some(root) = &tls.root_cert {
+            let encoded: String = percent_encoding::percent_encode(
+                root.as_os_str().as_encoded_bytes(),
+                percent_encoding::NON_ALPHANUMERIC,
+            )
+            .collect();
+            params.push(format!("sslrootcert={encoded}"));
+        }
+        params.push("replication=database".into());
         let sep = if self.url.contains('?') { '&' } else { '?' };
-        format!("{}{sep}replication=database", self.url)
+        format!("{}{sep}{}", self.url, params.join("&"))
     }
 
     /// A normal connection; its driver task ends when the client is dropped.
     pub(crate) async fn connect(&self) -> Result<Client> {
         let (client, connection) =
-            self.config
-                .connect(NoTls)
+            self.pg
+                .connect()
                 .await
                 .map_err(|source| CaptureError::Connect {
                     target: self.describe(),
@@ -335,13 +342,20 @@ mod tests {
 
     #[test]
     fn the_replication_url_asks_for_a_database_walsender() {
-        let t = PgTarget::parse("postgresql://postgres@127.0.0.1:5433/etldb").unwrap();
+        let t = PgTarget::parse(
+            "postgresql://postgres@127.0.0.1:5433/etldb",
+            &TlsSettings::default(),
+        )
+        .unwrap();
         assert_eq!(
             t.replication_url(),
             "postgresql://postgres@127.0.0.1:5433/etldb?replication=database"
         );
-        let t =
-            PgTarget::parse("postgresql://postgres@127.0.0.1:5433/etldb?sslmode=disable").unwrap();
+        let t = PgTarget::parse(
+            "postgresql://postgres@127.0.0.1:5433/etldb?sslmode=disable",
+            &TlsSettings::default(),
+        )
+        .unwrap();
         assert_eq!(
             t.replication_url(),
             "postgresql://postgres@127.0.0.1:5433/etldb?sslmode=disable&replication=database"
@@ -350,8 +364,35 @@ mod tests {
     }
 
     #[test]
+    fn the_replication_url_spells_out_the_tls_settings_in_effect() {
+        let from_env = TlsSettings {
+            mode: Some(crate::pg::SslMode::Require),
+            root_cert: None,
+        };
+        let t = PgTarget::parse("postgresql://app@db:5432/etldb", &from_env).unwrap();
+        assert_eq!(
+            t.replication_url(),
+            "postgresql://app@db:5432/etldb?sslmode=require&replication=database"
+        );
+        let t = PgTarget::parse(
+            "postgresql://app@db:5432/etldb?sslrootcert=/etc/rds%20ca.pem&sslmode=verify-full&connect_timeout=5",
+            &from_env,
+        )
+        .unwrap();
+        assert_eq!(
+            t.replication_url(),
+            "postgresql://app@db:5432/etldb?connect_timeout=5&sslmode=verify-full\
+             &sslrootcert=%2Fetc%2Frds%20ca%2Epem&replication=database"
+        );
+    }
+
+    #[test]
     fn a_url_without_a_database_is_rejected() {
-        let err = PgTarget::parse("postgresql://postgres@127.0.0.1:5433").unwrap_err();
+        let err = PgTarget::parse(
+            "postgresql://postgres@127.0.0.1:5433",
+            &TlsSettings::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("names no database"), "{err}");
     }
 }

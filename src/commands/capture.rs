@@ -6,6 +6,7 @@ use anyhow::Context;
 
 use crate::capture::{self, CancellationToken, CaptureOptions, CaptureReport};
 use crate::cli::{CaptureArgs, GlobalArgs, Target};
+use crate::pg::{PgConfig, TlsSettings};
 
 pub fn run(global: &GlobalArgs, args: &CaptureArgs) -> anyhow::Result<ExitCode> {
     if global.target == Target::Aws {
@@ -31,13 +32,17 @@ pub fn run(global: &GlobalArgs, args: &CaptureArgs) -> anyhow::Result<ExitCode> 
         None => super::local_stack_dir(global)?.join("capture"),
     };
     let default_name = default_name(&global.stack_name);
-    let options = CaptureOptions::new(
+    let mut options = CaptureOptions::new(
         pg_url,
         args.slot.clone().unwrap_or_else(|| default_name.clone()),
         args.publication.clone().unwrap_or(default_name),
         bootstrap,
         state_dir,
     );
+    options.tls = match TlsSettings::from_env() {
+        Ok(tls) => tls,
+        Err(e) => return Ok(usage_error(&e.to_string())),
+    };
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(async {
@@ -75,10 +80,9 @@ fn default_name(stack: &str) -> String {
 
 /// Arguments are visible to every user of the machine: a password there would leak.
 fn check_no_password(url: &str) -> Result<(), String> {
-    let parsed: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| format!("--pg-url is not a valid PostgreSQL URL: {e}"))?;
-    if parsed.get_password().is_some() {
+    let parsed = PgConfig::parse(url, "--pg-url", &TlsSettings::default())
+        .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
+    if parsed.tokio().get_password().is_some() {
         return Err(
             "--pg-url contains a password; remove it and set PGPASSWORD instead, so it stays out of the process list"
                 .into(),
@@ -125,5 +129,8 @@ mod tests {
         assert!(err.contains("PGPASSWORD"), "{err}");
         assert!(!err.contains("s3cret"));
         assert!(check_no_password("postgresql://app@127.0.0.1:5432/etldb").is_ok());
+        let tls =
+            "postgresql://app@127.0.0.1:5432/etldb?sslmode=verify-full&sslrootcert=/etc/ca.pem";
+        assert!(check_no_password(tls).is_ok());
     }
 }

@@ -9,20 +9,25 @@ use tokio::sync::watch;
 
 use crate::cli::{GenerateDataArgs, GenerateMode, GlobalArgs};
 use crate::generate::{self, GenerateError, GenerateOptions, Mode};
+use crate::pg::{PgConfig, PgError};
 
 /// Usage and config errors.
 const USAGE: u8 = 2;
 
+const NO_SOURCE: &str = "no source database: pass --pg-url or set DQETL_PG_URL, or set DQETL_PG_HOST \
+     (with DQETL_PG_PORT, DQETL_PG_DATABASE, DQETL_PG_USER and DQETL_PG_PASSWORD)";
+
 pub fn run(global: &GlobalArgs, args: GenerateDataArgs) -> anyhow::Result<ExitCode> {
     let spec = super::load_config(global)?;
-    let Some(pg_url) = args.pg_url else {
-        return Ok(usage_error(
-            "no source database: pass --pg-url or set DQETL_PG_URL",
-        ));
+    // --pg-url or DQETL_PG_URL, else the DQETL_PG_* parts the aws jobs task injects.
+    let source = match PgConfig::from_env(args.pg_url.as_deref()) {
+        Ok(source) => source,
+        Err(PgError::NoSource) => return Ok(usage_error(NO_SOURCE)),
+        Err(e) => return Ok(usage_error(&format!("{:#}", anyhow::Error::new(e)))),
     };
     let events = (f64::from(args.rate) * args.duration.as_secs_f64()).ceil() as u64;
     let options = GenerateOptions {
-        pg_url,
+        source,
         mode: match args.mode {
             GenerateMode::Auto => Mode::Auto,
             GenerateMode::Vehicle => Mode::Vehicle,

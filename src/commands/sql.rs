@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::cli::GlobalArgs;
+use crate::pg::PgConfig;
 
 #[derive(Debug, Args)]
 pub struct SqlArgs {
@@ -16,49 +17,16 @@ pub struct SqlArgs {
     pub create_replication_slot: Option<String>,
 }
 
-/// The source database from the environment: `DQETL_PG_URL`, or `DQETL_PG_HOST`, `DQETL_PG_PORT`,
-/// `DQETL_PG_DATABASE`, `DQETL_PG_USER` and `DQETL_PG_PASSWORD` (injected by ECS from Secrets
-/// Manager), so a password never appears in argv.
-pub fn pg_config_from_env() -> anyhow::Result<tokio_postgres::Config> {
-    if let Ok(url) = std::env::var("DQETL_PG_URL") {
-        return url
-            .parse()
-            .context("DQETL_PG_URL is not a valid PostgreSQL connection string");
-    }
-    let host =
-        std::env::var("DQETL_PG_HOST").context("neither DQETL_PG_URL nor DQETL_PG_HOST is set")?;
-    let mut config = tokio_postgres::Config::new();
-    config.host(&host);
-    if let Ok(port) = std::env::var("DQETL_PG_PORT") {
-        config.port(
-            port.parse()
-                .with_context(|| format!("DQETL_PG_PORT is not a port: {port:?}"))?,
-        );
-    }
-    config.dbname(
-        std::env::var("DQETL_PG_DATABASE")
-            .as_deref()
-            .unwrap_or("postgres"),
-    );
-    config.user(
-        std::env::var("DQETL_PG_USER")
-            .as_deref()
-            .unwrap_or("postgres"),
-    );
-    if let Ok(password) = std::env::var("DQETL_PG_PASSWORD") {
-        config.password(password);
-    }
-    Ok(config)
-}
-
 pub async fn run(global: &GlobalArgs, args: SqlArgs) -> anyhow::Result<()> {
     if !args.ddl && args.create_replication_slot.is_none() {
         anyhow::bail!("nothing to do: pass --ddl and/or --create-replication-slot NAME");
     }
     let spec = super::load_config(global)?;
-    let config = pg_config_from_env()?;
-    let (mut client, connection) = config
-        .connect(tokio_postgres::NoTls)
+    // The jobs task passes the database as DQETL_PG_* parts (the password from Secrets
+    // Manager) and DQETL_PG_SSLMODE=require, as RDS refuses plain connections.
+    let source = PgConfig::from_env(None)?;
+    let (mut client, connection) = source
+        .connect()
         .await
         .context("connecting to the source database")?;
     tokio::spawn(async move {

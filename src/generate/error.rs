@@ -12,7 +12,7 @@ pub enum GenerateError {
     #[error("invalid option: {0}")]
     Option(String),
     #[error("cannot connect to the source database")]
-    Connect(#[source] tokio_postgres::Error),
+    Connect(#[source] crate::pg::PgError),
     #[error("cannot read the catalog of table '{table}'")]
     Catalog {
         table: String,

@@ -30,9 +30,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 
 use crate::config::spec::ConfigSpec;
+use crate::pg::PgConfig;
 
 pub use error::{DbRejection, GenerateError};
 pub use ledger::{KeyHistory, Ledger, LedgerEvent, Operation, RuleRef, TableLedger};
@@ -65,8 +65,8 @@ pub enum Mode {
 
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
-    /// The source database (a `postgres://` URL or a key=value connection string).
-    pub pg_url: String,
+    /// The source database (its `Debug` output leaves out the password).
+    pub source: PgConfig,
     pub mode: Mode,
     /// Events (row writes) per second; None writes as fast as the database takes them.
     pub rate: Option<f64>,
@@ -99,7 +99,9 @@ pub async fn run(
 ) -> Result<Report, GenerateError> {
     check_options(options)?;
     let started = Instant::now();
-    let (client, connection) = tokio_postgres::connect(&options.pg_url, NoTls)
+    let (client, connection) = options
+        .source
+        .connect()
         .await
         .map_err(GenerateError::Connect)?;
     let connection_task = tokio::spawn(async move {

@@ -531,3 +531,46 @@ fn the_processor_runs_dqetl_process_in_private_subnets_with_injected_kafka_crede
         [serde_yaml_ng::from_str::<Value>("{Ref: MskScramSecret}").unwrap()]
     );
 }
+
+#[test]
+fn the_jobs_reach_the_database_over_tls_with_injected_credentials() {
+    let doc = template();
+    let parameters = &doc["Resources"]["DbParameterGroup"]["Properties"]["Parameters"];
+    assert_eq!(parameters["rds.force_ssl"].as_str(), Some("1"));
+    let container =
+        &doc["Resources"]["JobsTaskDefinition"]["Properties"]["ContainerDefinitions"][0];
+    let pairs = |key: &str, value: &str| -> Vec<(String, String)> {
+        container[key]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{key}"))
+            .iter()
+            .map(|e| {
+                (
+                    e["Name"].as_str().unwrap_or_default().to_string(),
+                    literal_or_sub(&e[value]).unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let environment = pairs("Environment", "Value");
+    // `dqetl sql` and `dqetl generate-data` read these; RDS refuses them without TLS.
+    assert!(
+        environment.contains(&("DQETL_PG_SSLMODE".into(), "require".into())),
+        "{environment:?}"
+    );
+    for name in ["DQETL_PG_HOST", "DQETL_PG_PORT", "DQETL_PG_DATABASE"] {
+        assert!(
+            environment.iter().any(|(n, _)| n == name),
+            "{name} missing: {environment:?}"
+        );
+    }
+    let secrets = pairs("Secrets", "ValueFrom");
+    assert!(
+        secrets.contains(&("DQETL_PG_USER".into(), "${RdsSecret}:username::".into())),
+        "{secrets:?}"
+    );
+    assert!(
+        secrets.contains(&("DQETL_PG_PASSWORD".into(), "${RdsSecret}:password::".into())),
+        "{secrets:?}"
+    );
+}

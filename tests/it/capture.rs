@@ -9,6 +9,7 @@ use dqetl::capture::{self, CancellationToken, CaptureOptions, CaptureReport};
 use dqetl::config::spec::{
     ColumnSpec, ColumnType, ConfigSpec, KafkaSpec, Scd2Spec, SettingsSpec, TableSpec,
 };
+use dqetl::pg::{PgConfig, TlsSettings};
 use dqetl::target::local::ports::free_port;
 use dqetl::target::local::{Broker, BrokerOptions, SpawnOptions, Storage, create_topics};
 use nix::sys::signal::Signal;
@@ -613,6 +614,52 @@ async fn slot_lag_reports_the_confirmed_position_and_an_idle_slot_keeps_up() {
         .await
         .unwrap_err();
     assert!(missing.to_string().contains("does not exist"), "{missing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_reads_a_tls_only_database_with_verify_full() {
+    let tls = support::tls_postgres();
+    let name = unique("capture_tls");
+    let admin = connect_tls(&tls.url("postgres", "sslmode=require")).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let ca = tls.ca_file().display().to_string();
+    // Both of capture's connections (the catalog one and the walsender one) must verify the
+    // server: plain TCP is refused by this cluster.
+    let db = tls.url(&name, &format!("sslmode=verify-full&sslrootcert={ca}"));
+    let pg = connect_tls(&db).await;
+    pg.batch_execute(
+        "CREATE TABLE events (id int PRIMARY KEY, n int NOT NULL); \
+         INSERT INTO events SELECT g, 0 FROM generate_series(1, 3) g",
+    )
+    .await
+    .unwrap();
+    let topic = unique("cdc-events-tls");
+    support::broker().create_topic(&topic, 1).await;
+    let config = config_with(vec![events_spec(&topic)]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut capture = Running::start(config, options(&db, "tls", dir.path()));
+    capture.wait_until_streaming().await;
+    insert_events(&pg, 4..=6).await;
+    let messages = read_until(&topic, 1, |m| ids_of(m).len() == 6).await;
+    capture.stop().await;
+    drop_slot(&pg, &slot_name("tls")).await;
+
+    assert_eq!(count_op(&messages, "load"), 3);
+    assert_eq!(count_op(&messages, "insert"), 3);
+}
+
+/// A client of the TLS-only test cluster.
+async fn connect_tls(url: &str) -> Client {
+    let source = PgConfig::parse(url, "the test URL", &TlsSettings::default()).unwrap();
+    let (client, connection) = source
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{}", support::error_chain(&e)));
+    tokio::spawn(connection);
+    client
 }
 
 // ---------------------------------------------------------------------------------------------

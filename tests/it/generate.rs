@@ -14,6 +14,7 @@ use dqetl::config::spec::{
 };
 use dqetl::config::{LoadContext, load_spec};
 use dqetl::generate::{self, GenerateError, GenerateOptions, Key, Mode, Report, StopReason};
+use dqetl::pg::{PgConfig, TlsSettings};
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
@@ -197,7 +198,8 @@ async fn source_database(prefix: &str, spec: &ConfigSpec) -> (String, Client) {
 
 fn options(url: &str, mode: Mode, events: u64, seed: u64, bad_ratio: f64) -> GenerateOptions {
     GenerateOptions {
-        pg_url: url.into(),
+        source: PgConfig::parse(url, "the test database URL", &TlsSettings::default())
+            .unwrap_or_else(|e| panic!("test database URL: {e}")),
         mode,
         rate: None,
         events: Some(events),

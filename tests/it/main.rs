@@ -21,6 +21,7 @@ mod generate;
 mod harness;
 mod jobs_cli;
 mod local_stack;
+mod pg_tls;
 mod process_bad_input;
 mod process_crash;
 mod process_model;

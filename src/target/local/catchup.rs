@@ -85,9 +85,13 @@ async fn wait_for_capture(
             source,
         }
     };
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .map_err(sql("cannot connect"))?;
+    let (client, connection) =
+        crate::pg::connect_url(&url)
+            .await
+            .map_err(|source| LocalError::Connect {
+                url: url.clone(),
+                source,
+            })?;
     let connection = tokio::spawn(connection);
     let result = async {
         let wal_end: String = client

@@ -72,7 +72,11 @@ impl Dqetl {
             .arg("--config")
             .arg(&self.config)
             .args(["--target", "local", "--stack-name", &self.stack])
-            .args(args);
+            .args(args)
+            // The stack's cluster speaks plain TCP on loopback; TLS settings meant for another
+            // source database in the caller's environment must not reach its children.
+            .env_remove(crate::pg::ENV_SSLMODE)
+            .env_remove(crate::pg::ENV_SSLROOTCERT);
         command
     }
 

@@ -33,6 +33,12 @@ pub enum LocalError {
         service: &'static str,
         stack: String,
     },
+    #[error("cannot connect to PostgreSQL at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: crate::pg::PgError,
+    },
     #[error("PostgreSQL at {url}: {what}")]
     Sql {
         url: String,

@@ -85,7 +85,7 @@ pub enum PostgresError {
     Connect {
         url: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: crate::pg::PgError,
     },
     #[error("cannot create database `{name}`")]
     CreateDatabase {
@@ -387,12 +387,13 @@ impl PostgresCluster {
             });
         }
         let url = self.url("postgres");
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .map_err(|source| PostgresError::Connect {
-                url: url.clone(),
-                source,
-            })?;
+        let (client, connection) =
+            crate::pg::connect_url(&url)
+                .await
+                .map_err(|source| PostgresError::Connect {
+                    url: url.clone(),
+                    source,
+                })?;
         let connection = tokio::spawn(connection);
         // The name was checked to be a plain identifier, so quoting it is enough.
         let result = client

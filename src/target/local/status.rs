@@ -223,9 +223,13 @@ pub async fn slot_status(state: &LocalState, slot: &str) -> Result<SlotStatus, L
             source,
         }
     };
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .map_err(sql("cannot connect"))?;
+    let (client, connection) =
+        crate::pg::connect_url(&url)
+            .await
+            .map_err(|source| LocalError::Connect {
+                url: url.clone(),
+                source,
+            })?;
     let connection = tokio::spawn(connection);
     let row = client
         .query_opt(

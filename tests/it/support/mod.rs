@@ -27,6 +27,9 @@ use dqetl::target::local::{
 };
 use nix::sys::signal::Signal;
 
+mod tls;
+pub use tls::{APP_USER, TestTlsPostgres, tls_postgres};
+
 const ROOT_PREFIX: &str = "dqetl-it-";
 
 /// The test PostgreSQL cluster (trust auth on 127.0.0.1, logical replication enabled).
