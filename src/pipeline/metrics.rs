@@ -283,10 +283,10 @@ fn check_column(
         .ok_or_else(|| unknown_column(table, check))
 }
 
-/// A stable 64-bit digest of a value's text form (XXH3: persisted states stay comparable across
+/// A stable 64-bit digest of a value's text form (XXH64: persisted states stay comparable across
 /// versions and machines, and it costs a few nanoseconds per value).
 fn digest(text: &str) -> u64 {
-    twox_hash::XxHash3_64::oneshot(text.as_bytes())
+    twox_hash::XxHash64::oneshot(0, text.as_bytes())
 }
 
 /// Parses SQL expressions; a pure in-memory context (no tables, no I/O).
