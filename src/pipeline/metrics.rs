@@ -20,6 +20,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use deltalake::arrow::array::{Array, AsArray, RecordBatch};
 use deltalake::arrow::datatypes::{DataType, Schema};
 use deltalake::datafusion::common::DFSchema;
@@ -57,7 +59,7 @@ impl Ratio {
 }
 
 /// Deequ's FrequenciesAndNumRows: how often each non-null value occurred, and all rows.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Frequencies {
     /// Digest of the value's text form → occurrences.
     pub counts: HashMap<u64, u64>,
@@ -82,6 +84,68 @@ impl Frequencies {
     fn uniqueness(&self) -> Option<f64> {
         let unique = self.counts.values().filter(|&&c| c == 1).count();
         (self.rows > 0).then(|| unique as f64 / self.rows as f64)
+    }
+}
+
+/// How [`Frequencies`] are saved: the state is saved after every batch and holds a digest per
+/// distinct value, so it is kept compact — the digests seen once (nearly all of them for a key
+/// column) as one base64 string of little-endian u64s, the others as pairs.
+#[derive(Serialize, Deserialize)]
+struct FrequenciesWire {
+    rows: u64,
+    once: String,
+    more: Vec<(u64, u64)>,
+}
+
+impl Serialize for Frequencies {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        let mut once = Vec::with_capacity(self.counts.len() * 8);
+        let mut more = Vec::new();
+        for (&digest, &count) in &self.counts {
+            if count == 1 {
+                once.extend_from_slice(&digest.to_le_bytes());
+            } else {
+                more.push((digest, count));
+            }
+        }
+        FrequenciesWire {
+            rows: self.rows,
+            once: BASE64.encode(once),
+            more,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Frequencies {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let wire = FrequenciesWire::deserialize(deserializer)?;
+        let once = BASE64
+            .decode(wire.once.as_bytes())
+            .map_err(|e| D::Error::custom(format!("uniqueness digests are not base64: {e}")))?;
+        if once.len() % 8 != 0 {
+            return Err(D::Error::custom(format!(
+                "uniqueness digests hold {} bytes, not a multiple of 8",
+                once.len()
+            )));
+        }
+        let mut counts = HashMap::with_capacity(once.len() / 8 + wire.more.len());
+        for chunk in once.chunks_exact(8) {
+            let mut digest = [0_u8; 8];
+            digest.copy_from_slice(chunk);
+            counts.insert(u64::from_le_bytes(digest), 1);
+        }
+        counts.extend(wire.more);
+        Ok(Frequencies {
+            counts,
+            rows: wire.rows,
+        })
     }
 }
 
@@ -360,4 +424,39 @@ pub fn check_compliance_expression(table: &TableSpec, name: &str, expression: &s
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frequencies_survive_their_compact_form() {
+        let frequencies = Frequencies {
+            counts: (0..1000_u64)
+                .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15), 1 + i % 3))
+                .collect(),
+            rows: 2500,
+        };
+        let mut state = TableMetricState::default();
+        state.uniqueness.insert("id".into(), frequencies);
+        let text = serde_json::to_string(&state).expect("serialize");
+        let back: TableMetricState = serde_json::from_str(&text).expect("deserialize");
+        assert_eq!(back, state);
+        assert_eq!(
+            back.uniqueness["id"].uniqueness(),
+            Some(334.0 / 2500.0),
+            "values seen once over all rows"
+        );
+    }
+
+    #[test]
+    fn damaged_digests_are_an_error_that_says_so() {
+        let damaged = r#"{"rows":3,"once":"AAAA","more":[]}"#;
+        let error = serde_json::from_str::<Frequencies>(damaged).expect_err("3 bytes");
+        assert!(error.to_string().contains("not a multiple of 8"), "{error}");
+        let error = serde_json::from_str::<Frequencies>(r#"{"rows":1,"once":"@@","more":[]}"#)
+            .expect_err("not base64");
+        assert!(error.to_string().contains("not base64"), "{error}");
+    }
 }
