@@ -156,8 +156,18 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
         let mut values: Vec<Option<Scalar<'de>>> = std::iter::repeat_with(|| None)
             .take(self.table.columns.len())
             .collect();
+        let columns = &self.table.columns;
+        // DMS and local capture write the columns in table order: try the next one first.
+        let mut next = 0;
         while let Some(key) = map.next_key::<&'de str>()? {
-            match self.table.column_index(key) {
+            let index = match columns.get(next) {
+                Some(column) if column.name == key => Some(next),
+                _ => self.table.column_index(key),
+            };
+            if let Some(i) = index {
+                next = i + 1;
+            }
+            match index {
                 // A repeated key overwrites, as in a parsed `Value` map.
                 Some(i) => values[i] = map.next_value::<Nullable>()?.0,
                 None => {

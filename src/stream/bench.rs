@@ -656,8 +656,14 @@ struct PeakRss {
 }
 
 impl PeakRss {
-    /// Resets the kernel's peak counter (`5` to `/proc/self/clear_refs`, Linux ≥ 4.0).
+    /// Resets the kernel's peak counter (`5` to `/proc/self/clear_refs`, Linux ≥ 4.0), after
+    /// handing the heap that earlier phases freed back to the system: glibc keeps it otherwise,
+    /// and the reset peak would start from it.
     fn start() -> PeakRss {
+        // SAFETY: malloc_trim only releases free heap pages; it takes no pointers.
+        unsafe {
+            nix::libc::malloc_trim(0);
+        }
         PeakRss {
             reset: std::fs::write("/proc/self/clear_refs", "5").is_ok(),
         }

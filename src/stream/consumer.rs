@@ -144,7 +144,10 @@ pub(super) fn create(opts: &ProcessOptions) -> KafkaResult<Consumer> {
         .set("reconnect.backoff.ms", "200")
         .set("reconnect.backoff.max.ms", "10000")
         .set("fetch.max.bytes", "52428800")
-        .set("max.partition.fetch.bytes", "10485760");
+        .set("max.partition.fetch.bytes", "10485760")
+        // librdkafka prefetches up to 64 MiB per partition by default, which alone would exceed
+        // the processor's memory budget with a few partitions; 16 MiB keeps fetches flowing.
+        .set("queued.max.messages.kbytes", "16384");
     cfg.create_with_context(ProcessorContext::default())
 }
 
