@@ -29,6 +29,7 @@ fn main() {
         rate: 10_000,
         latency_duration: Duration::from_secs(seconds),
         trigger_interval: Duration::from_secs(1),
+        max_batch_records: None,
         bootstrap: std::env::var("DQETL_BENCH_BOOTSTRAP").ok(),
     };
     let runtime = match tokio::runtime::Runtime::new() {

@@ -30,6 +30,9 @@ pub struct BenchProcessArgs {
     /// The processor's trigger interval in the latency run.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub trigger_interval: Duration,
+    /// Records per micro-batch at most, instead of the config's `settings.max_batch_records`.
+    #[arg(long)]
+    pub max_batch_records: Option<u64>,
     /// Use this broker instead of starting a temporary tansu broker (SQLite storage).
     #[arg(long)]
     pub bootstrap: Option<String>,
@@ -54,6 +57,7 @@ pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<(
         rate: args.rate.max(1),
         latency_duration: args.latency_duration,
         trigger_interval: args.trigger_interval,
+        max_batch_records: args.max_batch_records,
         bootstrap: args.bootstrap,
     };
     let report = bench::run(&options).await?;

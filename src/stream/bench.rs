@@ -67,6 +67,8 @@ pub struct BenchOptions {
     pub latency_duration: Duration,
     /// The processor's trigger interval in the latency run.
     pub trigger_interval: Duration,
+    /// Overrides the config's `settings.max_batch_records` (batch size bounds memory).
+    pub max_batch_records: Option<u64>,
     /// An existing broker; by default a tansu broker with SQLite storage (the local target's) is
     /// started in a temporary folder.
     pub bootstrap: Option<String>,
@@ -150,7 +152,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
 }
 
 async fn measure(opts: &BenchOptions, work: &Path, bootstrap: &str) -> anyhow::Result<BenchReport> {
-    let base = telemetry_config()?;
+    let mut base = telemetry_config()?;
+    if let Some(records) = opts.max_batch_records {
+        base.settings.max_batch_records = records.max(1);
+    }
     tracing::info!(
         events = opts.messages.min(200_000),
         "measuring the pure core"
