@@ -97,6 +97,14 @@ pub enum CaptureError {
     #[error("Kafka delivery tracking stopped unexpectedly")]
     DeliveryTrackingLost,
 
+    #[error("cannot find out what topic {topic:?} already holds: {what}")]
+    Delivered {
+        topic: String,
+        what: String,
+        #[source]
+        source: Option<Box<KafkaError>>,
+    },
+
     #[error("capture state file {path}")]
     State {
         path: PathBuf,
@@ -114,7 +122,8 @@ impl CaptureError {
             CaptureError::SlotInUse { .. }
             | CaptureError::SlotRace { .. }
             | CaptureError::Produce { .. }
-            | CaptureError::DeliveryTrackingLost => true,
+            | CaptureError::DeliveryTrackingLost
+            | CaptureError::Delivered { .. } => true,
             CaptureError::Replication { source, .. } => !source.is_permanent(),
             // A server that is down or restarting comes back; a wrong password or a missing
             // database does not.
