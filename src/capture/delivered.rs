@@ -62,7 +62,6 @@ impl Delivered {
         tokio::task::spawn_blocking(move || read_last_messages(&bootstrap, &topics, source))
             .await
             .map_err(|_| CaptureError::Delivered {
-                topic: String::new(),
                 what: "the reading task ended".into(),
                 source: None,
             })?
@@ -129,11 +128,8 @@ fn crc32(bytes: &[u8]) -> u32 {
 }
 
 fn read_last_messages(bootstrap: &str, topics: &[String], source: String) -> Result<Delivered> {
-    let failed = |topic: &str, what: &str| {
-        let topic = topic.to_string();
-        let what = what.to_string();
+    let failed = |what: String| {
         move |source| CaptureError::Delivered {
-            topic,
             what,
             source: Some(Box::new(source)),
         }
@@ -145,7 +141,7 @@ fn read_last_messages(bootstrap: &str, topics: &[String], source: String) -> Res
         .set("enable.auto.offset.store", "false")
         .set("log_level", "3")
         .create()
-        .map_err(failed("", "cannot create a consumer"))?;
+        .map_err(failed("cannot create a consumer".into()))?;
 
     let mut delivered = Delivered {
         source,
@@ -156,7 +152,7 @@ fn read_last_messages(bootstrap: &str, topics: &[String], source: String) -> Res
     for topic in topics {
         let metadata = consumer
             .fetch_metadata(Some(topic), TIMEOUT)
-            .map_err(failed(topic, "cannot read its metadata"))?;
+            .map_err(failed(format!("cannot read the metadata of {topic}")))?;
         let count = metadata
             .topics()
             .iter()
@@ -167,11 +163,13 @@ fn read_last_messages(bootstrap: &str, topics: &[String], source: String) -> Res
         for partition in 0..count {
             let (low, high) = consumer
                 .fetch_watermarks(topic, partition, TIMEOUT)
-                .map_err(failed(topic, "cannot read its offsets"))?;
+                .map_err(failed(format!(
+                    "cannot read the offsets of {topic}[{partition}]"
+                )))?;
             if high > low {
                 assignment
                     .add_partition_offset(topic, partition, Offset::Offset(high - 1))
-                    .map_err(failed(topic, "cannot assign a partition"))?;
+                    .map_err(failed(format!("cannot assign {topic}[{partition}]")))?;
                 pending.insert((topic.clone(), partition));
             }
         }
@@ -181,7 +179,7 @@ fn read_last_messages(bootstrap: &str, topics: &[String], source: String) -> Res
     }
     consumer
         .assign(&assignment)
-        .map_err(failed("", "cannot assign the partitions"))?;
+        .map_err(failed("cannot assign the partitions".into()))?;
     // Read from there to the end: tansu 0.6 reports the high watermark as the last batch's
     // first offset + 1, so `high - 1` may be the first record of a batch, not the last record.
     // Positions only grow within a partition, so the greatest one read is the last one.
@@ -196,9 +194,8 @@ fn read_last_messages(bootstrap: &str, topics: &[String], source: String) -> Res
                 .cloned()
                 .unwrap_or_default();
             return Err(CaptureError::Delivered {
-                topic,
                 what: format!(
-                    "the last messages of partition {partition} did not arrive within {TIMEOUT:?}"
+                    "the last messages of {topic}[{partition}] did not arrive within {TIMEOUT:?}"
                 ),
                 source: None,
             });
@@ -206,7 +203,7 @@ fn read_last_messages(bootstrap: &str, topics: &[String], source: String) -> Res
         let Some(message) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
-        let message = message.map_err(failed("", "cannot read the last messages"))?;
+        let message = message.map_err(failed("cannot read the last messages".into()))?;
         last_message_at = Instant::now();
         let slot = (message.topic().to_string(), message.partition());
         let position = message.headers().and_then(|headers| {

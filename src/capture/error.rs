@@ -97,9 +97,8 @@ pub enum CaptureError {
     #[error("Kafka delivery tracking stopped unexpectedly")]
     DeliveryTrackingLost,
 
-    #[error("cannot find out what topic {topic:?} already holds: {what}")]
+    #[error("cannot find out what the topics already hold: {what}")]
     Delivered {
-        topic: String,
         what: String,
         #[source]
         source: Option<Box<KafkaError>>,
