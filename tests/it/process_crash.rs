@@ -668,16 +668,15 @@ async fn a_processor_reading_every_partition_resumes_at_once_after_sigkill() {
         )
     };
 
-    let mut child = start();
+    let mut child = Running(Some(start()));
     wait_for_log(&log, "batch applied", Duration::from_secs(90));
-    child.kill().unwrap_or_else(|e| panic!("kill -9: {e}"));
-    let _ = child.wait();
+    child.kill();
     produce(&flow.bootstrap, &flow.topic, second).await;
 
     // A group member killed this way would keep its partitions until its session timed out
     // (30 s) and its restart would wait for that; reading every partition itself, it does not.
     let restarted = Instant::now();
-    let child = start();
+    let mut child = Running(Some(start()));
     let layout = dqetl::config::layout::LakeLayout::local(&lake);
     let quarantine = dqetl::sink::LakeTable::Quarantine("telemetry".into());
     loop {
@@ -710,6 +709,10 @@ async fn a_processor_reading_every_partition_resumes_at_once_after_sigkill() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    let child = child
+        .0
+        .take()
+        .unwrap_or_else(|| panic!("the processor runs"));
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
         .unwrap_or_else(|e| panic!("SIGTERM: {e}"));
@@ -722,4 +725,22 @@ async fn a_processor_reading_every_partition_resumes_at_once_after_sigkill() {
             .contains("partitions assigned"),
         "no group membership, no assignment by the group"
     );
+}
+
+/// A processor that is killed with SIGKILL when dropped, so a failing test leaves none behind.
+struct Running(Option<Child>);
+
+impl Running {
+    fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
