@@ -102,6 +102,13 @@ pub enum CaptureError {
     #[error("Kafka delivery tracking stopped unexpectedly")]
     DeliveryTrackingLost,
 
+    #[error("cannot find out what the topics already hold: {what}")]
+    Delivered {
+        what: String,
+        #[source]
+        source: Option<Box<KafkaError>>,
+    },
+
     #[error("capture state file {path}")]
     State {
         path: PathBuf,
@@ -119,7 +126,8 @@ impl CaptureError {
             CaptureError::SlotInUse { .. }
             | CaptureError::SlotRace { .. }
             | CaptureError::Produce { .. }
-            | CaptureError::DeliveryTrackingLost => true,
+            | CaptureError::DeliveryTrackingLost
+            | CaptureError::Delivered { .. } => true,
             CaptureError::Replication { source, .. } => !source.is_permanent(),
             // A server that is down or restarting comes back; a wrong password or a missing
             // database does not.

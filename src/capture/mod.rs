@@ -8,12 +8,15 @@
 //!   consistent point. The snapshot is taken only when the slot is created; a marker file in
 //!   `state_dir` records that it was delivered, and a slot without that marker (a crash
 //!   mid-snapshot) is dropped and recreated with a fresh snapshot.
-//! - **At-least-once into Kafka.** PostgreSQL is told a transaction is done (standby status
+//! - **Exactly once into Kafka.** PostgreSQL is told a transaction is done (standby status
 //!   update) only after the broker acknowledged every message up to its commit; a restart
-//!   resumes from there. Duplicates after a crash are possible, losses are not.
+//!   resumes from there, so nothing is lost. What PostgreSQL then resends and the topics
+//!   already hold is recognised by the position every message carries and not sent again
+//!   (`delivered`), so a crash, a broker restart or a database restart doubles nothing.
 //! - **Keeps going.** An unreachable database or broker is retried with backoff, and logged.
 //!   Logs never contain row values.
 
+mod delivered;
 mod emit;
 pub mod error;
 mod producer;
@@ -32,6 +35,7 @@ use pg_walstream::{
     LogicalReplicationStream, ReplicationSlotOptions, ReplicationStreamConfig, RetryConfig,
 };
 
+pub use delivered::{POSITION_HEADER, partition_for};
 pub use error::CaptureError;
 use error::Result;
 pub use pg_walstream::CancellationToken;
@@ -39,6 +43,7 @@ pub use slot::{SlotLag, slot_lag};
 
 use crate::config::spec::ConfigSpec;
 use crate::pg::TlsSettings;
+use delivered::Delivered;
 use emit::Emitter;
 use producer::{DeliveryTracker, Producer};
 use slot::SlotPlan;
@@ -49,6 +54,8 @@ use stream::ChangeStream;
 
 /// Messages in flight (sent, not yet acknowledged) before capture waits for the broker.
 const MAX_IN_FLIGHT: usize = 20_000;
+/// How long a session's messages still in flight get to be acknowledged when it ends.
+const SESSION_FLUSH: Duration = Duration::from_secs(10);
 
 /// Everything `run` needs besides the config.
 #[derive(Debug, Clone)]
@@ -108,6 +115,8 @@ pub struct CaptureReport {
     pub changes: u64,
     /// Changes of published tables outside the config, not sent.
     pub skipped: u64,
+    /// Changes PostgreSQL resent that the topics already held, not sent again.
+    pub already_delivered: u64,
     /// Sessions that ended in an error and were retried.
     pub restarts: u64,
 }
@@ -137,7 +146,14 @@ pub async fn run(
     );
     loop {
         let started = Instant::now();
-        let outcome = session(config, options, &target, &shutdown, &mut report).await;
+        // A producer per session: an idempotent producer that hit a fatal error (e.g. a broker
+        // that lost its state) stays unusable, so starting over must start with a fresh one.
+        let producer = Producer::new(&options.bootstrap, options.message_timeout)?;
+        let outcome = session(config, options, &target, &producer, &shutdown, &mut report).await;
+        // What this session sent must have landed (or failed) before the next one reads what
+        // the topics hold.
+        producer.flush(SESSION_FLUSH);
+        drop(producer);
         match outcome {
             Ok(()) => break,
             Err(err) if !err.is_retryable() => {
@@ -167,6 +183,7 @@ pub async fn run(
     tracing::info!(
         snapshot_rows = report.snapshot_rows,
         changes = report.changes,
+        already_delivered = report.already_delivered,
         restarts = report.restarts,
         "capture stopped"
     );
@@ -178,6 +195,7 @@ async fn session(
     config: &ConfigSpec,
     options: &CaptureOptions,
     target: &PgTarget,
+    producer: &Producer,
     shutdown: &CancellationToken,
     report: &mut CaptureReport,
 ) -> Result<()> {
@@ -197,10 +215,18 @@ async fn session(
         marker.as_ref(),
     )?;
 
-    // A producer per session: an idempotent producer that hit a fatal error (e.g. a broker that
-    // lost its state) stays unusable, so starting over must start with a fresh one.
-    let producer = Producer::new(&options.bootstrap, options.message_timeout)?;
-    let producer = &producer;
+    let topics: Vec<String> = tables.iter().map(|t| t.spec.topic.clone()).collect();
+    let system_id = source::system_identifier(&client).await?;
+    let delivered = Delivered::read(
+        &options.bootstrap,
+        &topics,
+        format!("{system_id}:{}", options.slot),
+    )
+    .await?;
+    tracing::info!(
+        partitions = delivered.known_partitions(),
+        "read the last position delivered to each partition"
+    );
     let mut tracker = DeliveryTracker::start(MAX_IN_FLIGHT, producer.bootstrap());
     let stream_config =
         ReplicationStreamConfig::builder(options.slot.clone(), options.publication.clone())
@@ -258,7 +284,7 @@ async fn session(
             state::write_marker(&marker_path, &marker)?;
             tracing::info!(slot = %options.slot, consistent_point = %marker.consistent_point, "slot created; taking the initial snapshot");
 
-            let mut emitter = Emitter::new(producer, &mut tracker);
+            let mut emitter = Emitter::new(producer, &mut tracker, &delivered);
             let outcome = snapshot::copy_tables(
                 &mut client,
                 &snapshot_name,
@@ -291,7 +317,7 @@ async fn session(
         }
     };
 
-    let emitter = Emitter::new(producer, &mut tracker);
+    let emitter = Emitter::new(producer, &mut tracker, &delivered);
     let stats = ChangeStream::new(&tables, &client, emitter)
         .run(
             &mut stream,
@@ -304,6 +330,7 @@ async fn session(
     let stats = stats?;
     report.changes += stats.changes;
     report.skipped += stats.skipped;
+    report.already_delivered += stats.already_delivered;
     Ok(())
 }
 

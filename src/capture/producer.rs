@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -59,17 +60,38 @@ impl Producer {
         &self.bootstrap
     }
 
-    /// Hands one message to librdkafka, waiting while its local queue is full.
+    /// Waits up to `timeout` for every message handed over to be acknowledged or failed, so
+    /// that nothing of this producer can still land after the next session read what the
+    /// topics hold.
+    pub(crate) fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.inner.flush(timeout) {
+            tracing::warn!(error = %e, "messages still in flight when the session ended");
+        }
+    }
+
+    /// Hands one message to librdkafka, waiting while its local queue is full. `partition`
+    /// None lets librdkafka choose; `header` is a `(name, value)` pair.
     pub(crate) async fn send(
         &self,
         topic: &str,
         key: Option<&str>,
         payload: &[u8],
+        partition: Option<i32>,
+        header: Option<(&str, &str)>,
     ) -> Result<DeliveryFuture> {
         loop {
             let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
             if let Some(key) = key {
                 record = record.key(key);
+            }
+            if let Some(partition) = partition {
+                record = record.partition(partition);
+            }
+            if let Some((name, value)) = header {
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: name,
+                    value: Some(value),
+                }));
             }
             match self.inner.send_result(record) {
                 Ok(delivery) => return Ok(delivery),

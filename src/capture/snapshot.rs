@@ -83,7 +83,15 @@ pub(crate) async fn copy_tables(
             }
             let key: Option<String> = key_index.and_then(|i| row.get::<_, Option<String>>(i));
             emitter
-                .emit(table, Operation::Load, data, key.as_deref(), load_ts, None)
+                .emit(
+                    table,
+                    Operation::Load,
+                    data,
+                    key.as_deref(),
+                    load_ts,
+                    None,
+                    None,
+                )
                 .await?;
             count += 1;
         }

@@ -85,6 +85,19 @@ impl PgTarget {
     }
 }
 
+/// The cluster's system identifier: LSNs of different clusters are not comparable.
+pub(crate) async fn system_identifier(client: &Client) -> Result<String> {
+    let row = client
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await
+        .map_err(query_err("reading the system identifier"))?;
+    row.try_get(0)
+        .map_err(query_err("reading the system identifier"))
+}
+
 pub(crate) fn query_err(
     doing: impl Into<String>,
 ) -> impl FnOnce(tokio_postgres::Error) -> CaptureError {

@@ -13,7 +13,8 @@ use pg_walstream::{
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
-use super::emit::Emitter;
+use super::delivered::Position;
+use super::emit::{Emitted, Emitter};
 use super::error::{CaptureError, Result};
 use super::source::{SourceTable, query_err, quote_ident};
 use super::values;
@@ -32,12 +33,23 @@ struct Relation {
 struct Txn {
     xid: u32,
     commit_ts: DateTime<Utc>,
+    commit_lsn: u64,
+}
+
+/// The change being handled: its LSN, and how many records it already produced (a key change
+/// produces two).
+#[derive(Debug, Clone, Copy, Default)]
+struct Change {
+    lsn: u64,
+    records: u32,
 }
 
 /// What a streaming session did, for the final report.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct StreamStats {
     pub changes: u64,
+    /// Changes resent by PostgreSQL that the topics already held (not sent again).
+    pub already_delivered: u64,
     /// Changes of published tables that are not in the config.
     pub skipped: u64,
 }
@@ -49,6 +61,7 @@ pub(crate) struct ChangeStream<'a> {
     emitter: Emitter<'a>,
     relations: HashMap<u32, Arc<Relation>>,
     txn: Option<Txn>,
+    change: Change,
     stats: StreamStats,
     logged_changes: u64,
     /// The last position confirmed to PostgreSQL, and when.
@@ -67,6 +80,7 @@ impl<'a> ChangeStream<'a> {
             emitter,
             relations: HashMap::new(),
             txn: None,
+            change: Change::default(),
             stats: StreamStats::default(),
             logged_changes: 0,
             last_confirmed: 0,
@@ -147,6 +161,7 @@ impl<'a> ChangeStream<'a> {
         if self.stats.changes > self.logged_changes {
             tracing::info!(
                 changes = self.stats.changes,
+                already_delivered = self.stats.already_delivered,
                 confirmed_lsn = %pg_walstream::format_lsn(self.last_confirmed),
                 "changes captured"
             );
@@ -156,15 +171,20 @@ impl<'a> ChangeStream<'a> {
     }
 
     async fn handle(&mut self, event: ChangeEvent) -> Result<()> {
+        self.change = Change {
+            lsn: event.lsn.value(),
+            records: 0,
+        };
         match event.event_type {
             EventType::Begin {
                 transaction_id,
                 commit_timestamp,
-                ..
+                final_lsn,
             } => {
                 self.txn = Some(Txn {
                     xid: transaction_id,
                     commit_ts: commit_timestamp,
+                    commit_lsn: final_lsn.value(),
                 });
             }
             EventType::Commit { end_lsn, .. } => {
@@ -299,10 +319,28 @@ impl<'a> ChangeStream<'a> {
                 table.spec.name
             ),
         })?;
-        self.emitter
-            .emit(table, op, row, key, txn.commit_ts, Some(u64::from(txn.xid)))
+        let position = Position {
+            commit_lsn: txn.commit_lsn,
+            lsn: self.change.lsn,
+            index: self.change.records,
+        };
+        self.change.records += 1;
+        let emitted = self
+            .emitter
+            .emit(
+                table,
+                op,
+                row,
+                key,
+                txn.commit_ts,
+                Some(u64::from(txn.xid)),
+                Some(position),
+            )
             .await?;
-        self.stats.changes += 1;
+        match emitted {
+            Emitted::Sent => self.stats.changes += 1,
+            Emitted::AlreadyDelivered => self.stats.already_delivered += 1,
+        }
         Ok(())
     }
 

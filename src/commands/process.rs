@@ -10,13 +10,19 @@ use tokio::sync::watch;
 use crate::cli::{GlobalArgs, Target};
 use crate::config::layout::LakeLayout;
 use crate::sink::Lake;
-use crate::stream::{KafkaConnection, ProcessOptions, Processor};
+use crate::stream::{KafkaConnection, Partitions, ProcessOptions, Processor};
 
 #[derive(Debug, Args)]
 pub struct ProcessArgs {
     /// Drain what is in the topics now, then exit.
     #[arg(long)]
     pub once: bool,
+    /// Read every partition in this process instead of sharing them with the other processors
+    /// of the consumer group (offsets are still committed to the group). For a processor that
+    /// runs alone: after a crash, its restart reads at once instead of waiting for the dead
+    /// member's session to time out. The local target runs its processor this way.
+    #[arg(long)]
+    pub all_partitions: bool,
     /// Only these tables (comma-separated); all source tables by default.
     #[arg(long, value_delimiter = ',')]
     pub tables: Vec<String>,
@@ -76,6 +82,11 @@ pub async fn run(global: &GlobalArgs, args: ProcessArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("dqetl-{}", global.stack_name)),
         tables: args.tables,
         once: args.once,
+        partitions: if args.all_partitions {
+            Partitions::All
+        } else {
+            Partitions::Group
+        },
         trigger_interval: args
             .trigger_interval
             .unwrap_or(spec.settings.trigger_interval),

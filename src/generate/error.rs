@@ -4,6 +4,7 @@
 //! where it holds no value, their message.
 
 use std::fmt;
+use std::time::Duration;
 
 use super::shape::{Refusal, ShapeError};
 
@@ -13,6 +14,8 @@ pub enum GenerateError {
     Option(String),
     #[error("cannot connect to the source database")]
     Connect(#[source] crate::pg::PgError),
+    #[error("cannot connect to the source database: {0}")]
+    ConnectTimeout(Box<DbRejection>),
     #[error("cannot read the catalog of table '{table}'")]
     Catalog {
         table: String,
@@ -61,6 +64,26 @@ pub enum GenerateError {
     },
     #[error("the traffic cannot make progress: {0}")]
     Stuck(String),
+    #[error(
+        "lost the connection to the source database and could not reconnect within {waited:?}: {rejection}"
+    )]
+    ConnectionLost {
+        waited: Duration,
+        rejection: Box<DbRejection>,
+    },
+    #[error(
+        "lost the connection to the source database while committing {writes} writes and could not find out \
+         whether they committed ({reason}); the summary leaves them out"
+    )]
+    CommitUnknown { writes: usize, reason: String },
+    #[error(
+        "after reconnecting, {operation} on table '{table}' of the interrupted transaction could not be written again: {reason}"
+    )]
+    Replay {
+        table: String,
+        operation: &'static str,
+        reason: String,
+    },
 }
 
 /// A database error reduced to what is safe to print.

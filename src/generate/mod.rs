@@ -5,10 +5,13 @@
 //! Two traffics: `vehicle` (the default use case, after the original generator) and `generic`
 //! (any config: values derived from the schema and rules). Both write only what the source DDL
 //! accepts: a violation the database would refuse is never attempted, and the summary says which
-//! rules cannot be violated through the database and why. A refused write is a hard error.
+//! rules cannot be violated through the database and why. A refused write is a hard error; a
+//! lost connection is not: the writer reconnects and carries on without losing, doubling or
+//! misreporting a write (see `writer`).
 
 mod catalog;
 mod check;
+mod connection;
 mod error;
 mod generic;
 mod ledger;
@@ -99,20 +102,16 @@ pub async fn run(
 ) -> Result<Report, GenerateError> {
     check_options(options)?;
     let started = Instant::now();
-    let (client, connection) = options
-        .source
-        .connect()
+    let connection = connection::connect(&options.source)
         .await
-        .map_err(GenerateError::Connect)?;
-    let connection_task = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %DbRejection::from_error(&e), "source database connection ended");
-        }
-    });
+        .map_err(|e| match e {
+            connection::ConnectError::Refused(e) => GenerateError::Connect(e),
+            timed_out => GenerateError::ConnectTimeout(timed_out.rejection()),
+        })?;
 
     let mut catalogs = Vec::new();
     for table in spec.source_tables() {
-        let columns = catalog::columns(&client, &spec.schema_name, &table.name).await?;
+        let columns = catalog::columns(&connection.client, &spec.schema_name, &table.name).await?;
         if columns.is_empty() {
             return Err(GenerateError::TableMissing {
                 schema: spec.schema_name.clone(),
@@ -139,7 +138,14 @@ pub async fn run(
         stop,
         progress: progress.clone(),
     };
-    let mut writer = Writer::new(client, Arc::clone(&plan), retained, pace).await?;
+    let mut writer = Writer::new(
+        connection,
+        options.source.clone(),
+        Arc::clone(&plan),
+        retained,
+        pace,
+    )
+    .await?;
 
     let rng = SmallRng::seed_from_u64(options.seed);
     let mut traffic = match plan.mode {
@@ -201,13 +207,13 @@ pub async fn run(
         bad_ratio: options.bad_ratio,
         events: writer.events(),
         seed_writes: writer.seed_writes(),
+        connection_losses: writer.connection_losses(),
         stopped,
         elapsed_seconds: started.elapsed().as_secs_f64(),
     };
     let mut summary = Summary::build(writer.ledger(), &plan, facts);
     summary.notes = notes;
     let ledger = writer.into_ledger();
-    connection_task.abort();
     Ok(Report {
         summary,
         ledger,

@@ -94,6 +94,9 @@ pub struct Summary {
     pub events: u64,
     /// Writes of the initial seed.
     pub seed_writes: u64,
+    /// Times the connection to the database was lost and made again during the run; the
+    /// counts above are exact all the same.
+    pub connection_losses: u64,
     pub stopped: StopReason,
     pub elapsed_seconds: f64,
     pub tables: Vec<TableSummary>,
@@ -107,6 +110,7 @@ pub(crate) struct RunFacts {
     pub bad_ratio: f64,
     pub events: u64,
     pub seed_writes: u64,
+    pub connection_losses: u64,
     pub stopped: StopReason,
     pub elapsed_seconds: f64,
 }
@@ -209,6 +213,7 @@ impl Summary {
             bad_ratio: run.bad_ratio,
             events: run.events,
             seed_writes: run.seed_writes,
+            connection_losses: run.connection_losses,
             stopped: run.stopped,
             elapsed_seconds: run.elapsed_seconds,
             tables,
@@ -245,6 +250,13 @@ impl Summary {
             self.events,
             self.elapsed_seconds
         );
+        if self.connection_losses > 0 {
+            let _ = writeln!(
+                out,
+                "the connection to the database was lost {} time(s) and made again; every count below is exact",
+                self.connection_losses
+            );
+        }
         let width = self
             .tables
             .iter()
@@ -421,6 +433,7 @@ mod tests {
             bad_ratio: 0.1,
             events: 9,
             seed_writes: 0,
+            connection_losses: 0,
             stopped: StopReason::Budget,
             elapsed_seconds: 0.0,
         };

@@ -4,12 +4,17 @@
 //!   affects exactly one row, or the run stops with the table, the operation and the reason;
 //! - writes run in small transactions; the ledger records a write only once its transaction
 //!   has committed, so the summary says exactly what the database holds;
+//! - a lost connection (a server restart or crash) is not the end of the run: the writer
+//!   reconnects with backoff and logs it. A transaction lost before COMMIT is written again
+//!   from its journal (same keys, same values); after a COMMIT whose reply was lost, the
+//!   server is asked whether that transaction committed (`pg_xact_status`), so no write is
+//!   lost, doubled or misreported;
 //! - unique values are never repeated and rows referenced by others are never deleted;
 //! - the pace (`--rate`), the budget (`--duration`) and Ctrl-C are checked before each write.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
 use indicatif::ProgressBar;
@@ -17,12 +22,13 @@ use rand::Rng;
 use rand::rngs::SmallRng;
 use tokio::sync::watch;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{SimpleQueryMessage, Statement};
 
 use crate::config::spec::{ColumnType, RuleKind, Severity};
 
 use super::catalog;
 use super::check;
+use super::connection::{self, Backoff, Connection, RECONNECT_PATIENCE, is_connection_loss};
 use super::error::{DbRejection, GenerateError};
 use super::ledger::{Ledger, LedgerEvent, Operation, RuleRef, TableLedger};
 use super::plan::Plan;
@@ -33,6 +39,9 @@ use super::values::SampleContext;
 
 /// Writes per transaction at most; the traffic also commits at the end of every step.
 const TRANSACTION_WRITES: usize = 10;
+/// How long a transaction whose COMMIT reply was lost may stay "in progress" (its session not
+/// yet ended on the server) before that session is terminated to settle it.
+const SETTLE_GRACE: Duration = Duration::from_secs(10);
 
 /// Why the traffic stops.
 #[derive(Debug)]
@@ -87,6 +96,66 @@ struct Staged {
     traffic: bool,
 }
 
+/// A statement of the open transaction, kept so that the transaction can be written again on a
+/// new connection when the old one was lost before COMMIT.
+struct Journaled {
+    table: usize,
+    operation: &'static str,
+    sql: String,
+    values: Vec<Option<String>>,
+    /// For inserts, the key the statement must return; else it must affect exactly one row.
+    returns: Option<String>,
+    /// An insert's key that the database took from a sequence; written again explicitly, it
+    /// must not be handed out by that sequence later.
+    sequence_key: Option<i64>,
+}
+
+/// What a statement returned.
+enum Reply {
+    Key(String),
+    Affected(u64),
+}
+
+/// How a statement failed.
+enum Failure {
+    /// The connection is gone, and with it the open transaction.
+    Lost(tokio_postgres::Error),
+    /// The database refused the statement.
+    Rejected(tokio_postgres::Error),
+    /// The database refused to open a transaction.
+    BeginRejected(tokio_postgres::Error),
+}
+
+impl Failure {
+    fn of(error: tokio_postgres::Error) -> Failure {
+        if is_connection_loss(&error) {
+            Failure::Lost(error)
+        } else {
+            Failure::Rejected(error)
+        }
+    }
+}
+
+/// Why writing the journal again failed.
+enum ReplayFailure {
+    Lost(tokio_postgres::Error),
+    BeginRejected(tokio_postgres::Error),
+    /// Journal entry `entry` did not do what it did the first time.
+    Diverged {
+        entry: usize,
+        reason: String,
+    },
+}
+
+/// Why the database could not be reached again.
+enum Gone {
+    Stopped,
+    GaveUp {
+        waited: Duration,
+        rejection: Box<DbRejection>,
+    },
+}
+
 /// Pace, budget and interruption.
 struct Gate {
     limiter: Option<TokenBucket>,
@@ -102,7 +171,8 @@ struct Gate {
 }
 
 pub(crate) struct Writer {
-    client: Client,
+    source: crate::pg::PgConfig,
+    connection: Connection,
     plan: Arc<Plan>,
     statements: HashMap<String, Statement>,
     /// Per table: whether updates and deletes may follow (then row images are kept).
@@ -117,6 +187,12 @@ pub(crate) struct Writer {
     ledger: Ledger,
     /// Writes of the open transaction, recorded in the ledger at COMMIT.
     staged: Vec<Staged>,
+    /// Statements of the open transaction, in order.
+    journal: Vec<Journaled>,
+    /// The open transaction's id (`pg_current_xact_id`), to ask after a lost COMMIT reply.
+    xid: Option<String>,
+    /// Times the connection was lost during the run.
+    connection_losses: u64,
     in_transaction: bool,
     transaction_writes: usize,
     gate: Gate,
@@ -134,11 +210,13 @@ pub(crate) struct Pace {
 impl Writer {
     /// Reads what the database already holds (row counts, used unique values) and opens the ledger.
     pub(crate) async fn new(
-        client: Client,
+        connection: Connection,
+        source: crate::pg::PgConfig,
         plan: Arc<Plan>,
         retained: Vec<bool>,
         pace: Pace,
     ) -> Result<Writer, GenerateError> {
+        let client = &connection.client;
         let mut taken = HashMap::new();
         let mut ledger_tables = Vec::with_capacity(plan.tables.len());
         for (t, table) in plan.tables.iter().enumerate() {
@@ -148,7 +226,7 @@ impl Writer {
                     .rules_on(c)
                     .any(|r| matches!(table.rules[r].kind, RuleKind::Unique));
                 if (col.unique || unique_rule) && !col.generated {
-                    taken.insert((t, c), catalog::used_values(&client, table, c).await?);
+                    taken.insert((t, c), catalog::used_values(client, table, c).await?);
                 }
             }
             let rules = table
@@ -163,12 +241,13 @@ impl Writer {
             ledger_tables.push(TableLedger::new(
                 table.name.clone(),
                 rules,
-                catalog::row_count(&client, table).await?,
+                catalog::row_count(client, table).await?,
             ));
         }
         let tables = plan.tables.len();
         Ok(Writer {
-            client,
+            source,
+            connection,
             plan,
             statements: HashMap::new(),
             retained,
@@ -178,6 +257,9 @@ impl Writer {
             referenced_values: HashMap::new(),
             ledger: Ledger::new(ledger_tables),
             staged: Vec::new(),
+            journal: Vec::new(),
+            xid: None,
+            connection_losses: 0,
             in_transaction: false,
             transaction_writes: 0,
             gate: Gate {
@@ -205,6 +287,10 @@ impl Writer {
 
     pub(crate) fn seed_writes(&self) -> u64 {
         self.gate.seed_writes
+    }
+
+    pub(crate) fn connection_losses(&self) -> u64 {
+        self.connection_losses
     }
 
     pub(crate) fn ledger(&self) -> &Ledger {
@@ -362,14 +448,44 @@ impl Writer {
         );
         let values: Vec<Option<String>> =
             columns.iter().map(|&c| row.get(c).sql_literal()).collect();
-        let statement = self.statement(&sql, shape, "insert").await?;
-        self.begin().await?;
-        let returned = self
-            .client
-            .query_one(&statement, &as_params(&values))
-            .await
-            .map_err(|e| rejected(shape, "insert", &e))?;
-        let key_text: String = returned.get(0);
+        let key_text = match self.write(shape, "insert", &sql, &values, true).await? {
+            Reply::Key(key) => key,
+            Reply::Affected(affected) => return Err(row_count(shape, "insert", affected)),
+        };
+        self.journal.push(if key_col.generated {
+            // Written again, the row must get the key it got the first time (the traffic and
+            // the rows referencing it know it by that key), so the key is then given explicitly.
+            let mut values = values;
+            values.insert(0, Some(key_text.clone()));
+            Journaled {
+                table,
+                operation: "insert",
+                sql: format!(
+                    "INSERT INTO {} ({}, {}) OVERRIDING SYSTEM VALUE VALUES ($1::text::{}, {}) RETURNING {}::text",
+                    shape.sql_name,
+                    key_col.sql_name,
+                    names.join(", "),
+                    key_col.cast,
+                    (0..columns.len())
+                        .map(|i| format!("${}::text::{}", i + 2, shape.columns[columns[i]].cast))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    key_col.sql_name
+                ),
+                values,
+                returns: Some(key_text.clone()),
+                sequence_key: key_text.parse().ok(),
+            }
+        } else {
+            Journaled {
+                table,
+                operation: "insert",
+                sql,
+                values,
+                returns: Some(key_text.clone()),
+                sequence_key: None,
+            }
+        });
         let key = match key_col.column_type {
             ColumnType::Int | ColumnType::Long => key_text
                 .parse()
@@ -449,16 +565,7 @@ impl Writer {
         let mut values: Vec<Option<String>> =
             columns.iter().map(|&c| new.get(c).sql_literal()).collect();
         values.push(key.to_value().sql_literal());
-        let statement = self.statement(&sql, shape, "update").await?;
-        self.begin().await?;
-        let affected = self
-            .client
-            .execute(&statement, &as_params(&values))
-            .await
-            .map_err(|e| rejected(shape, "update", &e))?;
-        if affected != 1 {
-            return Err(row_count(shape, "update", affected));
-        }
+        self.write_one_row(table, "update", sql, values).await?;
         self.note_values(table, key, Some(&old), &new);
         let event = written(shape, Operation::Update, &new);
         self.pools[table].images.insert(key.clone(), new);
@@ -483,16 +590,7 @@ impl Writer {
             shape.sql_name, key_col.sql_name, key_col.cast
         );
         let values = vec![key.to_value().sql_literal()];
-        let statement = self.statement(&sql, shape, "delete").await?;
-        self.begin().await?;
-        let affected = self
-            .client
-            .execute(&statement, &as_params(&values))
-            .await
-            .map_err(|e| rejected(shape, "delete", &e))?;
-        if affected != 1 {
-            return Err(row_count(shape, "delete", affected));
-        }
+        self.write_one_row(table, "delete", sql, values).await?;
         if let Some(old) = self.pools[table].remove(key) {
             self.forget_links(table, &old);
         }
@@ -508,20 +606,45 @@ impl Writer {
         self.after_write().await
     }
 
-    /// Commits the open transaction and records its writes in the ledger.
+    /// Commits the open transaction and records its writes in the ledger. When the reply to
+    /// COMMIT is lost with the connection, the server is asked whether the transaction
+    /// committed; if it did not, it is written again and committed on the new connection.
     pub(crate) async fn commit(&mut self) -> Step {
         if !self.in_transaction {
             return Ok(());
         }
+        loop {
+            match self.connection.client.batch_execute("COMMIT").await {
+                Ok(()) => break,
+                Err(e) if is_connection_loss(&e) => {
+                    self.connection_losses += 1;
+                    tracing::warn!(
+                        error = %DbRejection::from_error(&e), writes = self.staged.len(),
+                        "lost the connection to the source database during COMMIT; asking it whether the transaction committed"
+                    );
+                    if self.committed_after_loss().await? {
+                        tracing::info!(writes = self.staged.len(), "the transaction had committed");
+                        break;
+                    }
+                    tracing::info!(
+                        writes = self.journal.len(),
+                        "the transaction had not committed; writing it again"
+                    );
+                    self.rewrite().await?;
+                }
+                Err(e) => {
+                    self.abandon();
+                    return Err(Halt::Failed(GenerateError::Transaction {
+                        statement: "COMMIT",
+                        rejection: DbRejection::from_error(&e),
+                    }));
+                }
+            }
+        }
         self.in_transaction = false;
         self.transaction_writes = 0;
-        if let Err(e) = self.client.batch_execute("COMMIT").await {
-            self.staged.clear();
-            return Err(Halt::Failed(GenerateError::Transaction {
-                statement: "COMMIT",
-                rejection: DbRejection::from_error(&e),
-            }));
-        }
+        self.journal.clear();
+        self.xid = None;
         for Staged {
             table,
             key,
@@ -542,11 +665,10 @@ impl Writer {
     /// Abandons the open transaction after a failure: its writes never happened.
     pub(crate) async fn roll_back(&mut self) {
         if self.in_transaction {
-            self.in_transaction = false;
             // The failure being reported matters more than a failed ROLLBACK on a broken connection.
-            let _ = self.client.batch_execute("ROLLBACK").await;
+            let _ = self.connection.client.batch_execute("ROLLBACK").await;
         }
-        self.staged.clear();
+        self.abandon();
     }
 
     // ----- internals -----
@@ -583,16 +705,25 @@ impl Writer {
         });
     }
 
-    async fn begin(&mut self) -> Step {
-        if !self.in_transaction {
-            self.client.batch_execute("BEGIN").await.map_err(|e| {
-                Halt::Failed(GenerateError::Transaction {
-                    statement: "BEGIN",
-                    rejection: DbRejection::from_error(&e),
-                })
-            })?;
-            self.in_transaction = true;
+    /// Opens a transaction unless one is open, and notes its id.
+    async fn begin(&mut self) -> Result<(), Failure> {
+        if self.in_transaction {
+            return Ok(());
         }
+        let messages = self
+            .connection
+            .client
+            .simple_query("BEGIN; SELECT pg_current_xact_id()::text")
+            .await
+            .map_err(|e| match Failure::of(e) {
+                Failure::Rejected(e) => Failure::BeginRejected(e),
+                other => other,
+            })?;
+        self.xid = messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        });
+        self.in_transaction = true;
         Ok(())
     }
 
@@ -604,22 +735,403 @@ impl Writer {
         Ok(())
     }
 
-    async fn statement(
-        &mut self,
-        sql: &str,
-        shape: &TableShape,
-        operation: &'static str,
-    ) -> Step<Statement> {
+    /// The statement prepared on the current connection.
+    async fn prepared(&mut self, sql: &str) -> Result<Statement, Failure> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
         let statement = self
+            .connection
             .client
             .prepare(sql)
             .await
-            .map_err(|e| rejected(shape, operation, &e))?;
+            .map_err(Failure::of)?;
         self.statements.insert(sql.to_string(), statement.clone());
         Ok(statement)
+    }
+
+    /// Runs one write in the open transaction (opening one if needed). A lost connection is
+    /// recovered and the write tried again; a refusal ends the run.
+    async fn write(
+        &mut self,
+        shape: &TableShape,
+        operation: &'static str,
+        sql: &str,
+        values: &[Option<String>],
+        returns_key: bool,
+    ) -> Step<Reply> {
+        loop {
+            match self.try_write(sql, values, returns_key).await {
+                Ok(reply) => return Ok(reply),
+                Err(Failure::Lost(e)) => self.recover(&e).await?,
+                Err(Failure::Rejected(e)) => return Err(rejected(shape, operation, &e)),
+                Err(Failure::BeginRejected(e)) => return Err(begin_rejected(&e)),
+            }
+        }
+    }
+
+    /// An update or delete that must affect exactly one row, journaled once it did.
+    async fn write_one_row(
+        &mut self,
+        table: usize,
+        operation: &'static str,
+        sql: String,
+        values: Vec<Option<String>>,
+    ) -> Step {
+        let plan = Arc::clone(&self.plan);
+        let shape = &plan.tables[table];
+        match self.write(shape, operation, &sql, &values, false).await? {
+            Reply::Affected(1) => {}
+            Reply::Affected(affected) => return Err(row_count(shape, operation, affected)),
+            Reply::Key(_) => return Err(row_count(shape, operation, 0)),
+        }
+        self.journal.push(Journaled {
+            table,
+            operation,
+            sql,
+            values,
+            returns: None,
+            sequence_key: None,
+        });
+        Ok(())
+    }
+
+    async fn try_write(
+        &mut self,
+        sql: &str,
+        values: &[Option<String>],
+        returns_key: bool,
+    ) -> Result<Reply, Failure> {
+        let statement = self.prepared(sql).await?;
+        self.begin().await?;
+        let params = as_params(values);
+        let client = &self.connection.client;
+        if returns_key {
+            let row = client
+                .query_one(&statement, &params)
+                .await
+                .map_err(Failure::of)?;
+            Ok(Reply::Key(row.try_get(0).map_err(Failure::Rejected)?))
+        } else {
+            let affected = client
+                .execute(&statement, &params)
+                .await
+                .map_err(Failure::of)?;
+            Ok(Reply::Affected(affected))
+        }
+    }
+
+    /// After the connection was lost before COMMIT: the open transaction died with it (the
+    /// server rolls back the transaction of a session that ends), so reconnect and write it
+    /// again.
+    async fn recover(&mut self, error: &tokio_postgres::Error) -> Step {
+        self.connection_losses += 1;
+        tracing::warn!(
+            error = %DbRejection::from_error(error), writes = self.journal.len(),
+            "lost the connection to the source database; reconnecting to write the open transaction again"
+        );
+        self.reconnect_or_halt().await?;
+        self.rewrite().await
+    }
+
+    /// Writes the journal again in a new transaction, reconnecting as often as the connection
+    /// is lost meanwhile.
+    async fn rewrite(&mut self) -> Step {
+        loop {
+            match self.replay().await {
+                Ok(()) => return Ok(()),
+                Err(ReplayFailure::Lost(e)) => {
+                    self.connection_losses += 1;
+                    tracing::warn!(
+                        error = %DbRejection::from_error(&e),
+                        "lost the connection to the source database again; reconnecting"
+                    );
+                    self.reconnect_or_halt().await?;
+                }
+                Err(ReplayFailure::BeginRejected(e)) => {
+                    self.abandon();
+                    return Err(begin_rejected(&e));
+                }
+                Err(ReplayFailure::Diverged { entry, reason }) => {
+                    return Err(self.replay_failed(entry, reason));
+                }
+            }
+        }
+    }
+
+    /// Reconnects for a transaction known not to have committed: a stop request abandons it
+    /// (its writes never happened), running out of patience fails the run.
+    async fn reconnect_or_halt(&mut self) -> Step {
+        match self.reconnect().await {
+            Ok(()) => Ok(()),
+            Err(Gone::Stopped) => {
+                self.abandon();
+                Err(Halt::Interrupted)
+            }
+            Err(Gone::GaveUp { waited, rejection }) => {
+                self.abandon();
+                Err(Halt::Failed(GenerateError::ConnectionLost {
+                    waited,
+                    rejection,
+                }))
+            }
+        }
+    }
+
+    /// Runs the journal in a new transaction; each statement must do what it did before.
+    async fn replay(&mut self) -> Result<(), ReplayFailure> {
+        self.in_transaction = false;
+        self.xid = None;
+        if self.journal.is_empty() {
+            return Ok(());
+        }
+        self.begin().await.map_err(|failure| match failure {
+            Failure::Lost(e) => ReplayFailure::Lost(e),
+            Failure::Rejected(e) | Failure::BeginRejected(e) => ReplayFailure::BeginRejected(e),
+        })?;
+        let journal = std::mem::take(&mut self.journal);
+        let result = self.replay_statements(&journal).await;
+        self.journal = journal;
+        if let Ok(()) = &result {
+            tracing::info!(
+                writes = self.journal.len(),
+                "wrote the interrupted transaction again"
+            );
+        }
+        result
+    }
+
+    async fn replay_statements(&mut self, journal: &[Journaled]) -> Result<(), ReplayFailure> {
+        for (entry, journaled) in journal.iter().enumerate() {
+            let failed = |failure: Failure| match failure {
+                Failure::Lost(e) => ReplayFailure::Lost(e),
+                Failure::Rejected(e) | Failure::BeginRejected(e) => ReplayFailure::Diverged {
+                    entry,
+                    reason: DbRejection::from_error(&e).to_string(),
+                },
+            };
+            let statement = self.prepared(&journaled.sql).await.map_err(failed)?;
+            let params = as_params(&journaled.values);
+            let client = &self.connection.client;
+            let same = match &journaled.returns {
+                Some(key) => {
+                    let row = client
+                        .query_one(&statement, &params)
+                        .await
+                        .map_err(|e| failed(Failure::of(e)))?;
+                    row.try_get::<_, String>(0).ok().as_ref() == Some(key)
+                }
+                None => {
+                    client
+                        .execute(&statement, &params)
+                        .await
+                        .map_err(|e| failed(Failure::of(e)))?
+                        == 1
+                }
+            };
+            if !same {
+                return Err(ReplayFailure::Diverged {
+                    entry,
+                    reason: "it did not change the row it changed the first time (someone else wrote to the table meanwhile)".into(),
+                });
+            }
+        }
+        self.advance_sequences(journal)
+            .await
+            .map_err(|failure| match failure {
+                Failure::Lost(e) => ReplayFailure::Lost(e),
+                Failure::Rejected(e) | Failure::BeginRejected(e) => ReplayFailure::Diverged {
+                    entry: 0,
+                    reason: format!(
+                        "cannot move the key sequence past the keys written again: {}",
+                        DbRejection::from_error(&e)
+                    ),
+                },
+            })
+    }
+
+    /// Keys given explicitly on replay were first taken from a sequence by the lost
+    /// transaction; after a crash the sequence may not remember handing them out, so it is
+    /// moved past them.
+    async fn advance_sequences(&mut self, journal: &[Journaled]) -> Result<(), Failure> {
+        let mut highest: HashMap<usize, i64> = HashMap::new();
+        for entry in journal {
+            if let Some(key) = entry.sequence_key {
+                let max = highest.entry(entry.table).or_insert(key);
+                *max = (*max).max(key);
+            }
+        }
+        let plan = Arc::clone(&self.plan);
+        for (table, key) in highest {
+            let shape = &plan.tables[table];
+            let values = vec![
+                Some(key.to_string()),
+                Some(shape.sql_name.clone()),
+                Some(shape.columns[shape.key].name.clone()),
+            ];
+            self.connection
+                .client
+                .execute(
+                    "SELECT setval(s::regclass, $1::text::bigint) \
+                     FROM pg_get_serial_sequence($2::text, $3::text) AS s \
+                     WHERE s IS NOT NULL \
+                       AND coalesce(pg_sequence_last_value(s::regclass), 0) < $1::text::bigint",
+                    &as_params(&values),
+                )
+                .await
+                .map_err(Failure::of)?;
+        }
+        Ok(())
+    }
+
+    /// After a COMMIT whose reply was lost: reconnects and asks the server whether the
+    /// transaction committed. A session still holding it open past [`SETTLE_GRACE`] is
+    /// terminated, which settles it.
+    async fn committed_after_loss(&mut self) -> Step<bool> {
+        let Some(xid) = self.xid.clone() else {
+            return Err(self.commit_unknown("its transaction id is unknown".into()));
+        };
+        loop {
+            match self.reconnect().await {
+                Ok(()) => {}
+                Err(Gone::Stopped) => {
+                    return Err(self.commit_unknown("stopped before the database came back".into()));
+                }
+                Err(Gone::GaveUp { waited, rejection }) => {
+                    return Err(self
+                        .commit_unknown(format!("no connection within {waited:?}: {rejection}")));
+                }
+            }
+            let asked = Instant::now();
+            loop {
+                let status = self
+                    .connection
+                    .client
+                    .query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid])
+                    .await;
+                let status = match status {
+                    Ok(row) => row.try_get::<_, Option<String>>(0),
+                    Err(e) if is_connection_loss(&e) => {
+                        self.connection_losses += 1;
+                        break;
+                    }
+                    Err(e) => Err(e),
+                };
+                match status {
+                    Ok(Some(s)) if s == "committed" => return Ok(true),
+                    Ok(Some(s)) if s == "aborted" => return Ok(false),
+                    Ok(Some(_in_progress)) => {
+                        if asked.elapsed() >= RECONNECT_PATIENCE {
+                            return Err(self.commit_unknown(format!(
+                                "still in progress after {:?}",
+                                asked.elapsed()
+                            )));
+                        }
+                        if asked.elapsed() >= SETTLE_GRACE {
+                            self.terminate_session_of(&xid).await;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Ok(None) => {
+                        return Err(self
+                            .commit_unknown("the server no longer knows the transaction".into()));
+                    }
+                    Err(e) => {
+                        return Err(self.commit_unknown(DbRejection::from_error(&e).to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the old session of transaction `xid` (an open transaction of a session whose client
+    /// is gone ends only when the server notices).
+    async fn terminate_session_of(&mut self, xid: &str) {
+        // pg_stat_activity shows the 32-bit xid: the full id's low half.
+        let Ok(full) = xid.parse::<u64>() else {
+            return;
+        };
+        let short = (full & 0xffff_ffff).to_string();
+        let result = self
+            .connection
+            .client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE backend_xid::text = $1::text AND pid <> pg_backend_pid()",
+                &[&short],
+            )
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %DbRejection::from_error(&e), "cannot end the session of the unsettled transaction");
+        }
+    }
+
+    /// Replaces the lost connection, trying with backoff until [`RECONNECT_PATIENCE`] runs out
+    /// or a stop is requested (after a failed attempt). The open transaction, if any, is gone
+    /// with the old connection.
+    async fn reconnect(&mut self) -> Result<(), Gone> {
+        let started = Instant::now();
+        let mut backoff = Backoff::new();
+        loop {
+            // One attempt even when a stop was requested: a reachable database settles the
+            // open transaction at once.
+            match connection::connect(&self.source).await {
+                Ok(connection) => {
+                    self.connection = connection;
+                    self.statements.clear();
+                    self.in_transaction = false;
+                    tracing::info!(after = ?started.elapsed(), "reconnected to the source database");
+                    return Ok(());
+                }
+                Err(e) => {
+                    let rejection = e.rejection();
+                    if *self.gate.stop.borrow() {
+                        return Err(Gone::Stopped);
+                    }
+                    if started.elapsed() >= RECONNECT_PATIENCE {
+                        return Err(Gone::GaveUp {
+                            waited: started.elapsed(),
+                            rejection,
+                        });
+                    }
+                    let wait = backoff.next_wait();
+                    tracing::warn!(error = %rejection, retry_in = ?wait, "cannot reach the source database yet");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = stopped(&mut self.gate.stop) => return Err(Gone::Stopped),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets the open transaction: it did not commit, or cannot be known to have.
+    fn abandon(&mut self) {
+        self.in_transaction = false;
+        self.transaction_writes = 0;
+        self.staged.clear();
+        self.journal.clear();
+        self.xid = None;
+    }
+
+    fn commit_unknown(&mut self, reason: String) -> Halt {
+        let writes = self.staged.len();
+        self.abandon();
+        Halt::Failed(GenerateError::CommitUnknown { writes, reason })
+    }
+
+    fn replay_failed(&mut self, entry: usize, reason: String) -> Halt {
+        let (table, operation) = self
+            .journal
+            .get(entry)
+            .map(|j| (self.plan.tables[j.table].name.clone(), j.operation))
+            .unwrap_or_default();
+        self.abandon();
+        Halt::Failed(GenerateError::Replay {
+            table,
+            operation,
+            reason,
+        })
     }
 
     fn conformed(&self, shape: &TableShape, column: usize, value: Value) -> Step<Value> {
@@ -710,6 +1222,13 @@ fn rejected(shape: &TableShape, operation: &'static str, error: &tokio_postgres:
     Halt::Failed(GenerateError::Rejected {
         table: shape.name.clone(),
         operation,
+        rejection: DbRejection::from_error(error),
+    })
+}
+
+fn begin_rejected(error: &tokio_postgres::Error) -> Halt {
+    Halt::Failed(GenerateError::Transaction {
+        statement: "BEGIN",
         rejection: DbRejection::from_error(error),
     })
 }

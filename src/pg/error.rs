@@ -74,3 +74,16 @@ pub enum PgError {
         source: tokio_postgres::Error,
     },
 }
+
+impl PgError {
+    /// The client library's error underneath, when there is one (to tell a lost connection or a
+    /// server's refusal apart).
+    pub fn postgres_error(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            PgError::InvalidConnectionString { source, .. }
+            | PgError::CertificateNotVerified { source, .. }
+            | PgError::Connect { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
-use super::options::{KafkaConnection, ProcessOptions};
+use super::options::{KafkaConnection, Partitions, ProcessOptions};
 use super::processor::Processor;
 use crate::cdc::decode::{RawMessage, decode};
 use crate::cdc::encode::encode;
@@ -521,6 +521,7 @@ fn process_options(
         group: group.to_string(),
         tables: Vec::new(),
         once,
+        partitions: Partitions::Group,
         trigger_interval,
         max_batch_records: spec.settings.max_batch_records as usize,
         max_batch_bytes: spec.settings.max_batch_bytes as usize,

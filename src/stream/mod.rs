@@ -12,10 +12,10 @@
 //!   its own mark lags; the blob lifts it. So after a crash between two commits of a batch, each
 //!   destination is re-planned from the records it lacks, and the metric state from the records
 //!   the blob lacks.
-//! - Partitions are read from those marks, never from Kafka's committed offsets: `--once` assigns
-//!   them at the marks; a group member re-assigns in the rebalance callback and re-reads the marks
-//!   from the lake before applying anything, dropping records of partitions it lost. Kafka offset
-//!   commits are advisory: they only save re-reading.
+//! - Partitions are read from those marks, never from Kafka's committed offsets: `--once` and
+//!   `--all-partitions` assign them at the marks; a group member re-assigns in the rebalance
+//!   callback and re-reads the marks from the lake before applying anything, dropping records of
+//!   partitions it lost. Kafka offset commits are advisory: they only save re-reading.
 //!
 //! Several processors may share a group (one partition is applied by one member at a time: a
 //! batch applies between two polls, and a rebalance waits for the poll). Data and quarantine stay
@@ -43,5 +43,5 @@ mod watermarks;
 
 pub use consumer::client_config;
 pub use latency::LatencySummary;
-pub use options::{KafkaConnection, ProcessOptions};
+pub use options::{KafkaConnection, Partitions, ProcessOptions};
 pub use processor::{ProcessSummary, Processor, TableTotals};

@@ -12,6 +12,19 @@ pub struct KafkaConnection {
     pub sasl_username: Option<String>,
 }
 
+/// How the processor gets its partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Partitions {
+    /// Shared with the other members of the consumer group (several processors).
+    #[default]
+    Group,
+    /// Every partition, read by this processor alone without joining the group (offsets are
+    /// still committed to it). For a processor that runs alone, as on the local target: a
+    /// restart after a crash reads at once, instead of waiting for the dead member's session to
+    /// time out (and for the broker to notice).
+    All,
+}
+
 #[derive(Debug, Clone)]
 pub struct ProcessOptions {
     pub kafka: KafkaConnection,
@@ -19,8 +32,9 @@ pub struct ProcessOptions {
     pub group: String,
     /// Only these tables (all source tables when empty).
     pub tables: Vec<String>,
-    /// Drain what is in the topics now, then exit.
+    /// Drain what is in the topics now, then exit (every partition, as with [`Partitions::All`]).
     pub once: bool,
+    pub partitions: Partitions,
     pub trigger_interval: Duration,
     pub max_batch_records: usize,
     pub max_batch_bytes: usize,

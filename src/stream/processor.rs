@@ -19,7 +19,7 @@ use super::apply::{Applied, TableRun};
 use super::batcher::{self, Bounds, Drain, stop_requested};
 use super::consumer::{self, Consumer, Starts};
 use super::latency::{Histogram, LatencySummary};
-use super::options::ProcessOptions;
+use super::options::{Partitions, ProcessOptions};
 use crate::config::spec::ConfigSpec;
 use crate::pipeline::plan::BatchStats;
 use crate::sink::Lake;
@@ -165,7 +165,7 @@ impl Processor {
             self.reload(index).await?;
         }
         let starts = self.starts().await;
-        let mut drain = if self.opts.once {
+        let mut drain = if self.opts.once || self.opts.partitions == Partitions::All {
             let mut tpl = TopicPartitionList::new();
             for key @ (topic, partition) in high.keys() {
                 let start = starts
@@ -175,7 +175,7 @@ impl Processor {
                     .context("building the assignment")?;
             }
             consumer.assign(&tpl).context("assigning partitions")?;
-            Some(Drain::new(&high))
+            self.opts.once.then(|| Drain::new(&high))
         } else {
             consumer.context().set_starts(starts);
             let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -189,7 +189,10 @@ impl Processor {
             max_records: self.opts.max_batch_records.max(1),
             max_bytes: self.opts.max_batch_bytes.max(1),
         };
-        tracing::info!(tables = self.tables.len(), group = %self.opts.group, once = self.opts.once, "processor started");
+        tracing::info!(
+            tables = self.tables.len(), group = %self.opts.group, once = self.opts.once,
+            partitions = ?self.opts.partitions, "processor started"
+        );
         loop {
             if let Some(drain) = drain.as_mut() {
                 drain.next = self.starts().await;

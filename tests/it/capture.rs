@@ -1,6 +1,6 @@
 //! `dqetl capture` against a real PostgreSQL (wal_level=logical) and a real broker: snapshot and
-//! stream meet without gap or double, a restart loses nothing, large unchanged values survive
-//! updates, and deletes carry the key.
+//! stream meet without gap or double, a restart loses nothing and doubles nothing, large
+//! unchanged values survive updates, and deletes carry the key.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use dqetl::target::local::{Broker, BrokerOptions, SpawnOptions, Storage, create_
 use nix::sys::signal::Signal;
 use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers as _;
 use serde_json::Value;
 use std::path::PathBuf;
 use tokio::task::JoinHandle;
@@ -198,13 +199,15 @@ async fn a_restart_mid_stream_loses_no_change_and_does_not_snapshot_again() {
     writer.await.unwrap();
     insert_events(&pg, 121..=150).await;
 
-    // Second run: resumes, then is killed without any chance to flush or confirm.
-    let capture = Running::start(config.clone(), opts.clone());
+    // Second run: resumes, delivers every change but confirms none of them to PostgreSQL (its
+    // status updates are too far apart), then is killed: PostgreSQL resends all it streamed.
+    let mut unconfirmed = opts.clone();
+    unconfirmed.status_interval = Duration::from_secs(600);
+    let capture = Running::start(config.clone(), unconfirmed);
     read_until(&topic, 2, |m| ids_of(m).len() == 150).await;
-    let writer = spawn_inserts(db.clone(), 151..=200);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    insert_events(&pg, 151..=200).await;
+    read_until(&topic, 2, |m| ids_of(m).len() == 200).await;
     capture.kill().await;
-    writer.await.unwrap();
 
     // Third run: picks up whatever the killed run had not confirmed.
     let capture = Running::start(config, opts);
@@ -223,14 +226,37 @@ async fn a_restart_mid_stream_loses_no_change_and_does_not_snapshot_again() {
         "the snapshot is taken once, not on restart"
     );
     assert_eq!(report.snapshot_rows, 0, "the resumed runs take no snapshot");
-    let inserts: Vec<i64> = messages
+    // What PostgreSQL resent after the kill and the topic already held was not sent again.
+    let mut inserts: Vec<i64> = messages
         .iter()
         .filter(|m| m.op() == "insert")
         .map(|m| m.id())
         .collect();
+    inserts.sort_unstable();
+    assert_eq!(inserts, (11..=200).collect::<Vec<_>>(), "each insert once");
+    // Keys land where librdkafka's default partitioner puts them, as before capture chose
+    // partitions itself.
+    for m in &messages {
+        let key = m.key.as_deref().expect("keyed");
+        assert_eq!(
+            m.partition,
+            capture::partition_for(key.as_bytes(), 2),
+            "{key}"
+        );
+    }
     assert!(
-        inserts.len() >= 190,
-        "inserts 11..=200 all present (duplicates allowed)"
+        messages
+            .iter()
+            .filter(|m| m.op() == "insert")
+            .all(|m| m.position.is_some()),
+        "streamed changes carry their position"
+    );
+    assert!(
+        messages
+            .iter()
+            .filter(|m| m.op() == "load")
+            .all(|m| m.position.is_none()),
+        "snapshot rows carry none"
     );
 }
 
@@ -764,6 +790,9 @@ fn options(db_url: &str, name: &str, state_dir: &std::path::Path) -> CaptureOpti
 struct Msg {
     key: Option<String>,
     value: Value,
+    partition: i32,
+    /// The `dqetl-position` header.
+    position: Option<String>,
 }
 
 impl Msg {
@@ -841,10 +870,22 @@ fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Msg> {
             .key()
             .map(|k| String::from_utf8(k.to_vec()).unwrap());
         let value: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
-        by_partition
-            .entry(message.partition())
-            .or_default()
-            .push((message.offset(), Msg { key, value }));
+        let position = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == capture::POSITION_HEADER)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+        by_partition.entry(message.partition()).or_default().push((
+            message.offset(),
+            Msg {
+                key,
+                value,
+                partition: message.partition(),
+                position,
+            },
+        ));
     }
     by_partition
         .into_values()

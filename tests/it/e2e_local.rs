@@ -134,12 +134,6 @@ fn table_exists(stack: &LocalStack, table: &str) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_generated_row_is_accounted_for_in_the_lake() {
     let stack = LocalStack::new("e2e");
-    let config: Config = serde_yaml_ng::from_str(
-        &std::fs::read_to_string(LocalStack::config()).expect("read config"),
-    )
-    .expect("parse config");
-    let tables = source_tables(&config);
-
     stack.ok(&["deploy"]);
     let post = stack.ok(&[
         "post-deploy",
@@ -159,6 +153,27 @@ async fn every_generated_row_is_accounted_for_in_the_lake() {
         );
     }
 
+    assert_lake_accounts_for_every_generated_row(&stack).await;
+
+    let pids: Vec<u32> = service_pids(&stack).into_values().collect();
+    assert!(
+        pids.len() >= 4,
+        "postgres, broker, capture and process run: {pids:?}"
+    );
+    stack.teardown_leaves_nothing(&pids);
+}
+
+/// Waits until capture and the processor caught up with the source, then checks the lake
+/// against the sum of every generator summary of the stack: current and quarantine rows per
+/// table and quarantine rows per rule exactly, versions within their bounds, the SCD2
+/// invariants, and a `dq_metrics` row for every configured check.
+pub async fn assert_lake_accounts_for_every_generated_row(stack: &LocalStack) {
+    let config: Config = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(LocalStack::config()).expect("read config"),
+    )
+    .expect("parse config");
+    let tables = source_tables(&config);
+
     let state = stack.state();
     let group = consumer_group(
         config
@@ -177,14 +192,14 @@ async fn every_generated_row_is_accounted_for_in_the_lake() {
         .await
         .unwrap_or_else(|e| panic!("the pipeline did not catch up: {e}"));
 
-    let expected = expected_from_summaries(&stack);
+    let expected = expected_from_summaries(stack);
     assert!(expected.rows_written > 0, "the generator wrote nothing");
 
     // Current rows, versions and the SCD2 invariants of every data table, in one query.
     let mut parts = Vec::new();
     for t in &tables {
         assert!(
-            table_exists(&stack, &t.name),
+            table_exists(stack, &t.name),
             "data table {} was never created",
             t.name
         );
@@ -213,7 +228,7 @@ async fn every_generated_row_is_accounted_for_in_the_lake() {
                 OR (NOT \"_is_current\" AND (\"_effective_to\" IS NULL OR \"_effective_to\" < \"_effective_from\"))"
         ));
     }
-    let measures: BTreeMap<(String, String), u64> = query(&stack, &parts.join(" UNION ALL "))
+    let measures: BTreeMap<(String, String), u64> = query(stack, &parts.join(" UNION ALL "))
         .iter()
         .map(|row| {
             (
@@ -263,7 +278,7 @@ async fn every_generated_row_is_accounted_for_in_the_lake() {
     // Quarantine rows per table and per rule.
     let quarantined: Vec<&SourceTable> = tables
         .iter()
-        .filter(|t| table_exists(&stack, &format!("{}_quarantine", t.name)))
+        .filter(|t| table_exists(stack, &format!("{}_quarantine", t.name)))
         .collect();
     let mut actual_rules: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut actual_tables: BTreeMap<String, u64> = BTreeMap::new();
@@ -278,7 +293,7 @@ async fn every_generated_row_is_accounted_for_in_the_lake() {
                 )
             })
             .collect();
-        for row in query(&stack, &totals.join(" UNION ALL ")) {
+        for row in query(stack, &totals.join(" UNION ALL ")) {
             actual_tables.insert(
                 row["table_name"].as_str().expect("t").into(),
                 number(&row, "n"),
@@ -298,7 +313,7 @@ async fn every_generated_row_is_accounted_for_in_the_lake() {
             "SELECT table_name, rule, count(*) AS n FROM ({}) failed GROUP BY table_name, rule",
             per_rule.join(" UNION ALL ")
         );
-        for row in query(&stack, &sql) {
+        for row in query(stack, &sql) {
             actual_rules.insert(
                 (
                     row["table_name"].as_str().expect("t").into(),
@@ -337,11 +352,11 @@ async fn every_generated_row_is_accounted_for_in_the_lake() {
 
     // A metric row for every configured check.
     assert!(
-        table_exists(&stack, "dq_metrics"),
+        table_exists(stack, "dq_metrics"),
         "dq_metrics was never created"
     );
     let metrics: BTreeSet<(String, String, Option<String>)> = query(
-        &stack,
+        stack,
         "SELECT DISTINCT table_name, metric_name, column_name FROM dq_metrics",
     )
     .iter()
@@ -367,21 +382,24 @@ async fn every_generated_row_is_accounted_for_in_the_lake() {
             );
         }
     }
+}
 
-    let (status, _) = {
-        let output = stack.run(&["status", "--json"]);
-        let json: Value = serde_json::from_slice(&output.stdout).expect("status json");
-        (json, output.status.code())
-    };
-    let pids: Vec<u32> = status["services"]
+/// The pid of every service of the stack that runs now, by service name (`status --json`).
+pub fn service_pids(stack: &LocalStack) -> BTreeMap<String, u32> {
+    let output = stack.run(&["status", "--json"]);
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status --json printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    status["services"]
         .as_array()
         .expect("services")
         .iter()
-        .filter_map(|s| s["pid"].as_u64().map(|p| p as u32))
-        .collect();
-    assert!(
-        pids.len() >= 4,
-        "postgres, broker, capture and process run: {status:#}"
-    );
-    stack.teardown_leaves_nothing(&pids);
+        .filter_map(|s| {
+            let pid = u32::try_from(s["pid"].as_u64()?).ok()?;
+            Some((s["name"].as_str()?.to_string(), pid))
+        })
+        .collect()
 }

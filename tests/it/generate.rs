@@ -1,10 +1,13 @@
 //! `dqetl generate-data` against a real PostgreSQL: the source tables end up holding exactly
 //! what the summary says, every violation written is in the database and fails its rule (as
-//! PostgreSQL itself evaluates it), nothing the DDL refuses is attempted, and a refused write
-//! stops the run with the table and the reason.
+//! PostgreSQL itself evaluates it), nothing the DDL refuses is attempted, a refused write
+//! stops the run with the table and the reason, and a lost connection does not: the run
+//! carries on and its summary stays exact.
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use dqetl::config::compile::ddl;
@@ -15,6 +18,8 @@ use dqetl::config::spec::{
 use dqetl::config::{LoadContext, load_spec};
 use dqetl::generate::{self, GenerateError, GenerateOptions, Key, Mode, Report, StopReason};
 use dqetl::pg::{PgConfig, TlsSettings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
@@ -725,5 +730,149 @@ async fn the_original_projects_vehicle_config_runs_unchanged() {
 
     assert!(report.failure.is_none(), "{:?}", report.failure);
     assert_eq!(report.summary.mode, "vehicle");
+    assert_source_matches(&client, &spec, &report).await;
+}
+
+// ----- lost connections -----
+
+/// The simple-protocol COMMIT the generator sends, as it appears on the wire.
+const COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+
+/// Where the proxy cuts a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// The COMMIT reaches the server (the transaction commits), its reply never comes back.
+    AfterCommit,
+    /// The COMMIT never reaches the server (the transaction does not commit).
+    BeforeCommit,
+    /// A statement in the middle of a transaction never reaches the server.
+    MidTransaction,
+}
+
+/// A TCP proxy in front of the test cluster that cuts client connections at those moments,
+/// once the first transaction has committed (so the generator's start-up is left alone).
+#[derive(Default)]
+struct CuttingProxy {
+    commits: AtomicU32,
+    statements: AtomicU32,
+    cuts: [AtomicU32; 3],
+}
+
+impl CuttingProxy {
+    /// Every 5th COMMIT is cut, alternately after and before it reaches the server; every
+    /// 97th statement (a Bind message) after the first commit is cut before it does.
+    fn decide(&self, chunk: &[u8]) -> Option<Cut> {
+        let cut = if chunk == COMMIT {
+            let n = self.commits.fetch_add(1, Ordering::SeqCst);
+            match (n % 5, (n / 5) % 2) {
+                (4, 0) => Some(Cut::AfterCommit),
+                (4, _) => Some(Cut::BeforeCommit),
+                _ => None,
+            }
+        } else if chunk.first() == Some(&b'B') && self.commits.load(Ordering::SeqCst) > 0 {
+            let n = self.statements.fetch_add(1, Ordering::SeqCst);
+            (n % 97 == 50).then_some(Cut::MidTransaction)
+        } else {
+            None
+        };
+        if let Some(cut) = cut {
+            self.cuts[cut as usize].fetch_add(1, Ordering::SeqCst);
+        }
+        cut
+    }
+
+    fn cuts(&self, cut: Cut) -> u32 {
+        self.cuts[cut as usize].load(Ordering::SeqCst)
+    }
+
+    /// Listens on a free port and relays every connection to `upstream`.
+    async fn start(self: &Arc<Self>, upstream: u16) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let proxy = Arc::clone(self);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                tokio::spawn(Arc::clone(&proxy).relay(client, server));
+            }
+        });
+        port
+    }
+
+    async fn relay(self: Arc<Self>, client: TcpStream, server: TcpStream) {
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        let cut = Arc::new(AtomicBool::new(false));
+        let replies_cut = Arc::clone(&cut);
+        let replies = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = from_server.read(&mut buf).await {
+                if replies_cut.load(Ordering::SeqCst)
+                    || to_client.write_all(&buf[..n]).await.is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+            let chunk = &buf[..n];
+            match self.decide(chunk) {
+                None => {
+                    if to_server.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Cut::AfterCommit) => {
+                    cut.store(true, Ordering::SeqCst);
+                    let _ = to_server.write_all(chunk).await;
+                    // Let the server commit before the connection goes.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
+                Some(Cut::BeforeCommit | Cut::MidTransaction) => break,
+            }
+        }
+        cut.store(true, Ordering::SeqCst);
+        replies.abort();
+        // Dropping the halves closes both connections.
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_connections_lose_double_and_misreport_no_write() {
+    let spec = vehicle_config();
+    let (url, client) = source_database("gen_cut", &spec).await;
+    let proxy = Arc::new(CuttingProxy::default());
+    let pg_port = support::postgres().port();
+    let proxy_port = proxy.start(pg_port).await;
+    let through_proxy = url.replace(&format!(":{pg_port}/"), &format!(":{proxy_port}/"));
+    assert_ne!(
+        through_proxy, url,
+        "the URL names the cluster's port: {url}"
+    );
+
+    let report = generate(&spec, &options(&through_proxy, Mode::Auto, 1200, 21, 0.3)).await;
+
+    assert!(report.failure.is_none(), "{:?}", report.failure);
+    assert_eq!(
+        (report.summary.stopped, report.summary.events),
+        (StopReason::Budget, 1200)
+    );
+    let cuts = [Cut::AfterCommit, Cut::BeforeCommit, Cut::MidTransaction].map(|c| proxy.cuts(c));
+    eprintln!("cuts {cuts:?}, losses {}", report.summary.connection_losses);
+    assert!(
+        cuts.iter().all(|&n| n >= 1),
+        "every kind of cut happened: {cuts:?}"
+    );
+    assert_eq!(
+        report.summary.connection_losses,
+        u64::from(cuts.iter().sum::<u32>()),
+        "every cut was seen as a lost connection"
+    );
+    // Transactions that committed without their reply are counted once, those that did not
+    // were written again: the database holds exactly what the summary says.
     assert_source_matches(&client, &spec, &report).await;
 }

@@ -122,9 +122,26 @@ impl LocalStack {
 
 impl Drop for LocalStack {
     fn drop(&mut self) {
-        if self.dir().root().exists() {
-            let _ = self.run(&["teardown", "--force"]);
+        if !self.dir().root().exists() {
+            return;
         }
+        if std::thread::panicking() {
+            // Teardown removes the logs that explain the failure: show their ends first.
+            let logs = self.dir().logs_dir();
+            for name in [
+                "capture.log",
+                "process.log",
+                "generator.log",
+                "postgres.log",
+                "tansu.log",
+            ] {
+                let tail = dqetl::target::local::process::log_tail(&logs.join(name), 40);
+                if !tail.is_empty() {
+                    eprintln!("--- end of {name} ---\n{tail}");
+                }
+            }
+        }
+        let _ = self.run(&["teardown", "--force"]);
     }
 }
 

@@ -16,6 +16,7 @@ mod capture;
 mod compile_ddl_postgres;
 mod compile_golden;
 mod config_validate;
+mod e2e_faults;
 mod e2e_local;
 mod generate;
 mod harness;

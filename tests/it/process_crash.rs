@@ -140,7 +140,9 @@ fn config_file(dir: &Path, flow: &Flow) -> PathBuf {
     path
 }
 
-/// Starts `dqetl process` on `lake` with the flow's group, logging to `log`.
+/// Starts `dqetl process` on `lake` with the flow's group, logging to `log`, with `extra`
+/// arguments.
+#[allow(clippy::too_many_arguments)]
 fn spawn(
     bootstrap: &str,
     config: &Path,
@@ -149,6 +151,7 @@ fn spawn(
     log: &Path,
     once: bool,
     trigger_interval: &str,
+    extra: &[&str],
 ) -> Child {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
@@ -173,6 +176,7 @@ fn spawn(
     if once {
         command.arg("--once");
     }
+    command.args(extra);
     command
         .spawn()
         .unwrap_or_else(|e| panic!("starting dqetl process: {e}"))
@@ -275,6 +279,7 @@ async fn killing_the_processor_at_random_moments_loses_and_repeats_nothing() {
             &log,
             cycles > 0,
             "300ms",
+            &[],
         );
         cycles += 1;
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..3_000))).await;
@@ -307,6 +312,7 @@ async fn killing_the_processor_at_random_moments_loses_and_repeats_nothing() {
             &log,
             true,
             "300ms",
+            &[],
         ),
         DRAIN_LIMIT,
         &log,
@@ -324,6 +330,7 @@ async fn killing_the_processor_at_random_moments_loses_and_repeats_nothing() {
             &reference_log,
             true,
             "300ms",
+            &[],
         ),
         DRAIN_LIMIT,
         &reference_log,
@@ -411,6 +418,7 @@ async fn sigterm_applies_the_batch_in_flight_before_exiting() {
         &log,
         false,
         "120s",
+        &[],
     );
     wait_for_log(&log, "partitions assigned", Duration::from_secs(90));
     let mut rng = SmallRng::seed_from_u64(11);
@@ -634,4 +642,105 @@ async fn a_processor_started_before_its_broker_waits_for_it() {
         .cloned()
         .unwrap_or_default();
     assert_eq!((t.events, t.quarantined), (300, bad as u64), "{summary:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_reading_every_partition_resumes_at_once_after_sigkill() {
+    let broker = SqliteBroker::start();
+    let flow = Flow::on(&broker.bootstrap(), TELEMETRY, 3).await;
+    let dir = Kept::new(tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}")));
+    let config = config_file(dir.path(), &flow);
+    let (lake, log) = (dir.path().join("lake"), dir.path().join("process.log"));
+    let mut rng = SmallRng::seed_from_u64(31);
+    let (messages, bad) = workload(&flow, &mut rng, 2_000);
+    let (first, second) = messages.split_at(1_000);
+    produce(&flow.bootstrap, &flow.topic, first).await;
+    let start = || {
+        spawn(
+            &flow.bootstrap,
+            &config,
+            &lake,
+            &flow.group,
+            &log,
+            false,
+            "300ms",
+            &["--all-partitions"],
+        )
+    };
+
+    let mut child = Running(Some(start()));
+    wait_for_log(&log, "batch applied", Duration::from_secs(90));
+    child.kill();
+    produce(&flow.bootstrap, &flow.topic, second).await;
+
+    // A group member killed this way would keep its partitions until its session timed out
+    // (30 s) and its restart would wait for that; reading every partition itself, it does not.
+    let restarted = Instant::now();
+    let mut child = Running(Some(start()));
+    let layout = dqetl::config::layout::LakeLayout::local(&lake);
+    let quarantine = dqetl::sink::LakeTable::Quarantine("telemetry".into());
+    loop {
+        let exists = dqetl::sink::Lake::new(layout.clone(), Default::default())
+            .table_version(&quarantine)
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        let quarantined = if exists {
+            rows(
+                &layout,
+                &flow.config,
+                "SELECT count(*) AS n FROM telemetry_quarantine",
+            )
+            .await[0]["n"]
+                .as_u64()
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        if quarantined >= bad as u64 {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(20),
+            "{quarantined} of {bad} bad messages quarantined {:?} after the restart:\n{}",
+            restarted.elapsed(),
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let child = child
+        .0
+        .take()
+        .unwrap_or_else(|| panic!("the processor runs"));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+        .unwrap_or_else(|e| panic!("SIGTERM: {e}"));
+    wait_success(child, Duration::from_secs(60), &log);
+    let (_, quarantine) = lake_content(&flow, &lake).await;
+    assert_eq!(quarantine.len(), bad, "every bad message quarantined once");
+    assert!(
+        !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("partitions assigned"),
+        "no group membership, no assignment by the group"
+    );
+}
+
+/// A processor that is killed with SIGKILL when dropped, so a failing test leaves none behind.
+struct Running(Option<Child>);
+
+impl Running {
+    fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

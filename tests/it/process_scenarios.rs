@@ -20,7 +20,7 @@ use dqetl::pipeline::plan::Operation;
 use dqetl::query::local::LocalQuery;
 use dqetl::query::render::render_json;
 use dqetl::sink::{Lake, LakeTable};
-use dqetl::stream::{KafkaConnection, ProcessOptions, ProcessSummary, Processor};
+use dqetl::stream::{KafkaConnection, Partitions, ProcessOptions, ProcessSummary, Processor};
 use dqetl::target::local::ports::free_port;
 use dqetl::target::local::process::SpawnOptions;
 use dqetl::target::local::{Broker, BrokerOptions, Storage, create_topics};
@@ -194,6 +194,7 @@ impl Flow {
             group: self.group.clone(),
             tables: Vec::new(),
             once: true,
+            partitions: Partitions::Group,
             // `--once` ends a batch when the backlog is read, so a long interval only keeps a
             // slow first fetch from splitting it.
             trigger_interval: Duration::from_secs(10),
@@ -1427,6 +1428,7 @@ async fn the_tables_of_one_batch_are_applied_together_and_tables_limits_them() {
             group: group.clone(),
             tables: tables.iter().map(|t| t.to_string()).collect(),
             once: true,
+            partitions: Partitions::Group,
             trigger_interval: Duration::from_secs(10),
             max_batch_records: 10_000,
             max_batch_bytes: 64 << 20,

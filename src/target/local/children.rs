@@ -95,7 +95,8 @@ impl Dqetl {
         ]
     }
 
-    /// `process --bootstrap B --lake <stack>/lake --group G`.
+    /// `process --bootstrap B --lake <stack>/lake --group G --all-partitions`: a stack runs one
+    /// processor, which needs no group membership (a restart after a crash then reads at once).
     pub fn process_args(&self, state: &LocalState, dir: &StackDir, group: &str) -> Vec<OsString> {
         vec![
             "process".into(),
@@ -105,6 +106,7 @@ impl Dqetl {
             dir.lake_dir().into(),
             "--group".into(),
             group.into(),
+            "--all-partitions".into(),
         ]
     }
 
@@ -450,7 +452,7 @@ mod tests {
         assert_eq!(
             text(dqetl.process_args(&state, &dir, "dqetl-demo-1")),
             format!(
-                "process --bootstrap 127.0.0.1:9999 --lake {}/lake --group dqetl-demo-1",
+                "process --bootstrap 127.0.0.1:9999 --lake {}/lake --group dqetl-demo-1 --all-partitions",
                 dir.root().display()
             )
         );
