@@ -85,13 +85,9 @@ async fn wait_for_capture(
             source,
         }
     };
-    let (client, connection) =
-        crate::pg::connect_url(&url)
-            .await
-            .map_err(|source| LocalError::Connect {
-                url: url.clone(),
-                source,
-            })?;
+    let (client, connection) = crate::pg::connect_url(&url)
+        .await
+        .map_err(LocalError::connect(&url))?;
     let connection = tokio::spawn(connection);
     let result = async {
         let wal_end: String = client

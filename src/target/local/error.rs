@@ -130,6 +130,14 @@ pub enum LocalError {
     },
 }
 
+impl LocalError {
+    /// Maps a failed connection to `url` (local URLs hold no password).
+    pub(crate) fn connect(url: &str) -> impl FnOnce(crate::pg::PgError) -> LocalError {
+        let url = url.to_string();
+        move |source| LocalError::Connect { url, source }
+    }
+}
+
 impl From<BrokerError> for LocalError {
     fn from(error: BrokerError) -> Self {
         LocalError::Broker(Box::new(error))

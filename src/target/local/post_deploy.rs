@@ -207,13 +207,9 @@ async fn create_tables(
         let what = what.to_string();
         move |source| LocalError::Sql { url, what, source }
     };
-    let (mut client, connection) =
-        crate::pg::connect_url(&url)
-            .await
-            .map_err(|source| LocalError::Connect {
-                url: url.clone(),
-                source,
-            })?;
+    let (mut client, connection) = crate::pg::connect_url(&url)
+        .await
+        .map_err(LocalError::connect(&url))?;
     let connection = tokio::spawn(connection);
     let wanted: Vec<String> = config.source_tables().map(|t| t.name.clone()).collect();
     let existing_before = existing_tables(&client, &config.schema_name, &wanted)

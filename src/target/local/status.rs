@@ -223,13 +223,9 @@ pub async fn slot_status(state: &LocalState, slot: &str) -> Result<SlotStatus, L
             source,
         }
     };
-    let (client, connection) =
-        crate::pg::connect_url(&url)
-            .await
-            .map_err(|source| LocalError::Connect {
-                url: url.clone(),
-                source,
-            })?;
+    let (client, connection) = crate::pg::connect_url(&url)
+        .await
+        .map_err(LocalError::connect(&url))?;
     let connection = tokio::spawn(connection);
     let row = client
         .query_opt(
