@@ -4,40 +4,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use dqetl::target::aws::outputs::REQUIRED_OUTPUTS;
 use dqetl::target::aws::template::{TEMPLATE, interface, parse_template};
 use regex::Regex;
 use serde_yaml_ng::{Mapping, Value};
 
 const TEMPLATE_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates/streaming-etl.yaml");
-
-/// Outputs that deploy, post-deploy, status, query and teardown read back.
-const REQUIRED_OUTPUTS: &[&str] = &[
-    "VpcId",
-    "PrivateSubnetIds",
-    "ProcessorSecurityGroupId",
-    "JobsSecurityGroupId",
-    "RDSEndpoint",
-    "RDSSecretArn",
-    "MSKClusterArn",
-    "MSKBootstrapServers",
-    "MSKScramSecretArn",
-    "DeltaBucket",
-    "QuarantineBucket",
-    "AssetsBucket",
-    "GlueDatabase",
-    "AthenaWorkGroup",
-    "EcrRepositoryUri",
-    "EcsClusterName",
-    "ProcessorServiceName",
-    "ProcessorTaskDefinitionArn",
-    "JobsTaskDefinitionArn",
-    "DMSTaskArn",
-    "DMSSourceEndpointArn",
-    "DMSTargetEndpointArn",
-    "DMSReplicationInstanceArn",
-    "KmsKeyArn",
-    "LogGroupName",
-];
 
 /// cfn-lint from the project venv (scripts/setup.sh installs it there), else from PATH.
 fn cfn_lint() -> PathBuf {

@@ -145,7 +145,19 @@ fn range(
 ) -> Option<RuleKind> {
     let min = number_param(c, params_path, params, "min");
     let max = number_param(c, params_path, params, "max");
-    let (min, max) = (min?, max?);
+    let (min, max) = bounds(c, params_path, "range", min?, max?)?;
+    Some(RuleKind::Range { min, max })
+}
+
+/// Checks a rule's optional `min`/`max` pair: min ≤ max (an error), and at least one of them
+/// (a warning: the rule would then only reject NULL).
+fn bounds<T: PartialOrd + std::fmt::Display + Copy>(
+    c: &mut Checker,
+    params_path: &str,
+    rule_type: &str,
+    min: Option<T>,
+    max: Option<T>,
+) -> Option<(Option<T>, Option<T>)> {
     if let (Some(lo), Some(hi)) = (min, max)
         && lo > hi
     {
@@ -158,10 +170,10 @@ fn range(
     if min.is_none() && max.is_none() {
         c.warn(
             params_path,
-            "a range rule without min or max only rejects NULL",
+            format!("a {rule_type} rule without min or max only rejects NULL"),
         );
     }
-    Some(RuleKind::Range { min, max })
+    Some((min, max))
 }
 
 /// Some(None) when absent, Some(Some(x)) for a number, None (reported) otherwise.
@@ -211,22 +223,7 @@ fn length(
 ) -> Option<RuleKind> {
     let min = count_param(c, params_path, params, "min");
     let max = count_param(c, params_path, params, "max");
-    let (min, max) = (min?, max?);
-    if let (Some(lo), Some(hi)) = (min, max)
-        && lo > hi
-    {
-        c.error(
-            &format!("{params_path}.min"),
-            format!("min ({lo}) is greater than max ({hi})"),
-        );
-        return None;
-    }
-    if min.is_none() && max.is_none() {
-        c.warn(
-            params_path,
-            "a length rule without min or max only rejects NULL",
-        );
-    }
+    let (min, max) = bounds(c, params_path, "length", min?, max?)?;
     Some(RuleKind::Length { min, max })
 }
 

@@ -39,6 +39,35 @@ pub struct StackOutputs {
     pub dms_slot_name: Option<String>,
 }
 
+/// The outputs [`StackOutputs::from_map`] requires: the template must declare each of them.
+pub const REQUIRED_OUTPUTS: &[&str] = &[
+    "VpcId",
+    "PrivateSubnetIds",
+    "ProcessorSecurityGroupId",
+    "JobsSecurityGroupId",
+    "RDSEndpoint",
+    "RDSSecretArn",
+    "MSKClusterArn",
+    "MSKBootstrapServers",
+    "MSKScramSecretArn",
+    "DeltaBucket",
+    "QuarantineBucket",
+    "AssetsBucket",
+    "GlueDatabase",
+    "AthenaWorkGroup",
+    "EcrRepositoryUri",
+    "EcsClusterName",
+    "ProcessorServiceName",
+    "ProcessorTaskDefinitionArn",
+    "JobsTaskDefinitionArn",
+    "DMSTaskArn",
+    "DMSSourceEndpointArn",
+    "DMSTargetEndpointArn",
+    "DMSReplicationInstanceArn",
+    "KmsKeyArn",
+    "LogGroupName",
+];
+
 impl StackOutputs {
     /// Reads the typed outputs from a stack's output map; every missing output is named.
     pub fn from_map(stack: &str, outputs: &BTreeMap<String, String>) -> Result<Self, AwsError> {
@@ -119,39 +148,25 @@ mod tests {
     use super::*;
 
     fn all_outputs() -> BTreeMap<String, String> {
-        [
-            "VpcId",
-            "ProcessorSecurityGroupId",
-            "JobsSecurityGroupId",
-            "RDSEndpoint",
-            "RDSSecretArn",
-            "MSKClusterArn",
-            "MSKBootstrapServers",
-            "MSKScramSecretArn",
-            "DeltaBucket",
-            "QuarantineBucket",
-            "AssetsBucket",
-            "GlueDatabase",
-            "AthenaWorkGroup",
-            "EcrRepositoryUri",
-            "EcsClusterName",
-            "ProcessorServiceName",
-            "ProcessorTaskDefinitionArn",
-            "JobsTaskDefinitionArn",
-            "DMSTaskArn",
-            "DMSSourceEndpointArn",
-            "DMSTargetEndpointArn",
-            "DMSReplicationInstanceArn",
-            "KmsKeyArn",
-            "LogGroupName",
-        ]
-        .into_iter()
-        .map(|k| (k.to_string(), format!("value-of-{k}")))
-        .chain([(
-            "PrivateSubnetIds".to_string(),
-            "subnet-a, subnet-b".to_string(),
-        )])
-        .collect()
+        REQUIRED_OUTPUTS
+            .iter()
+            .map(|k| match *k {
+                "PrivateSubnetIds" => (k.to_string(), "subnet-a, subnet-b".to_string()),
+                _ => (k.to_string(), format!("value-of-{k}")),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_required_output_is_needed() {
+        for name in REQUIRED_OUTPUTS {
+            let mut map = all_outputs();
+            map.remove(*name);
+            match StackOutputs::from_map("s", &map) {
+                Err(AwsError::MissingOutputs { names, .. }) => assert_eq!(names, vec![*name]),
+                other => panic!("without {name}: {other:?}"),
+            }
+        }
     }
 
     #[test]

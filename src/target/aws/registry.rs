@@ -17,6 +17,16 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// The manifest kinds asked for, by tag or digest.
+fn manifest_accept() -> String {
+    [
+        OCI_MANIFEST,
+        OCI_INDEX,
+        DOCKER_MANIFEST,
+        DOCKER_MANIFEST_LIST,
+    ]
+    .join(", ")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -218,16 +228,9 @@ impl RegistryClient {
         reference: &str,
     ) -> Result<FetchedManifest, RegistryError> {
         let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
-        let accept = [
-            OCI_MANIFEST,
-            OCI_INDEX,
-            DOCKER_MANIFEST,
-            DOCKER_MANIFEST_LIST,
-        ]
-        .join(", ");
         let resp = self
             .send("get manifest", repository, Method::GET, &url, |r| {
-                r.header(ACCEPT, accept.as_str())
+                r.header(ACCEPT, manifest_accept())
             })
             .await?;
         let resp = expect_status(resp, "get manifest", &url, &[StatusCode::OK]).await?;
@@ -279,16 +282,9 @@ impl RegistryClient {
         reference: &str,
     ) -> Result<bool, RegistryError> {
         let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
-        let accept = [
-            OCI_MANIFEST,
-            OCI_INDEX,
-            DOCKER_MANIFEST,
-            DOCKER_MANIFEST_LIST,
-        ]
-        .join(", ");
         let resp = self
             .send("head manifest", repository, Method::HEAD, &url, |r| {
-                r.header(ACCEPT, accept.as_str())
+                r.header(ACCEPT, manifest_accept())
             })
             .await?;
         match resp.status() {
