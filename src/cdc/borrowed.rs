@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Number;
 
+use super::coerce::JsonRef;
 use crate::config::spec::TableSpec;
 
 /// A non-null scalar value of `data`, borrowed unless the JSON string had escapes.
@@ -21,6 +22,17 @@ pub enum Scalar<'a> {
     Bool(bool),
     Number(Number),
     Text(Cow<'a, str>),
+}
+
+impl Scalar<'_> {
+    /// The value as the coercion takes it.
+    pub fn as_json(&self) -> JsonRef<'_> {
+        match self {
+            Scalar::Bool(b) => JsonRef::Bool(*b),
+            Scalar::Number(n) => JsonRef::Number(n),
+            Scalar::Text(s) => JsonRef::Text(s),
+        }
+    }
 }
 
 /// The metadata fields the decoder reads, each a string without escapes.

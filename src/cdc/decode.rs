@@ -15,8 +15,8 @@ use crate::pipeline::pii::PiiMasks;
 use crate::pipeline::plan::{DecodedBatch, MalformedRecord, Operation, SourcePosition};
 use crate::pipeline::schema::decoded_schema;
 
-use super::borrowed::{self, Scalar};
-use super::coerce::{Cell, CoerceError, JsonRef, coerce, coerce_ref, parse_timestamp_micros};
+use super::borrowed;
+use super::coerce::{Cell, CoerceError, coerce, coerce_ref, parse_timestamp_micros};
 
 /// One Kafka message as the consumer hands it over.
 #[derive(Debug, Clone)]
@@ -260,11 +260,7 @@ fn decode_common(table: &TableSpec, text: &str, cells: &mut Vec<Option<Cell>>) -
     for (column, value) in table.columns.iter().zip(record.values?) {
         let cell = match &value {
             None => None,
-            Some(Scalar::Bool(b)) => Some(coerce_ref(JsonRef::Bool(*b), column.column_type).ok()?),
-            Some(Scalar::Number(n)) => {
-                Some(coerce_ref(JsonRef::Number(n), column.column_type).ok()?)
-            }
-            Some(Scalar::Text(s)) => Some(coerce_ref(JsonRef::Text(s), column.column_type).ok()?),
+            Some(scalar) => Some(coerce_ref(scalar.as_json(), column.column_type).ok()?),
         };
         cells.push(cell);
     }
