@@ -211,7 +211,9 @@ impl Batch<'_> {
                 },
             ));
         }
+        let started = std::time::Instant::now();
         let state = read_state(&target, table, shape, changes).await?;
+        let state_read = started.elapsed();
         let mut plan = plan_versions(table, shape, changes, groups, &state)?;
         plan.unchanged += already;
         if plan.closes.is_empty() && plan.versions.is_empty() {
@@ -223,11 +225,14 @@ impl Batch<'_> {
             ));
         }
         let staged = stage(table, shape, changes, &self.schema, &plan, self.now)?;
+        let merging = std::time::Instant::now();
         let committed = merge(target, table, shape, staged, txns).await?;
         let version = committed.version().unwrap_or_default();
         tracing::debug!(
             table = %table.name,
             version,
+            state_read_ms = state_read.as_millis() as u64,
+            merge_ms = merging.elapsed().as_millis() as u64,
             inserted = plan.versions.len(),
             closed = plan.closes.len(),
             unchanged = plan.unchanged,

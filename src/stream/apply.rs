@@ -209,6 +209,7 @@ impl TableRun {
         if fresh.is_empty() {
             return Ok(applied);
         }
+        let started = std::time::Instant::now();
         let decoded = decode(&self.spec, &fresh);
         let plans = self.plan(&decoded, now)?;
         let positions: Vec<SourcePosition> = applied
@@ -221,6 +222,7 @@ impl TableRun {
             })
             .collect();
 
+        let planned = started.elapsed();
         // Three different Delta tables: committed concurrently, each with its own marks.
         let spec = &self.spec;
         let quarantine = async {
@@ -250,7 +252,9 @@ impl TableRun {
             }
             anyhow::Ok(())
         };
+        let committing = std::time::Instant::now();
         let (quarantine, metrics, data) = tokio::join!(quarantine, metrics, data);
+        let committed = committing.elapsed();
         quarantine?;
         metrics?;
         data?;
@@ -281,6 +285,8 @@ impl TableRun {
             table = %name, batch_id, events = stats.events, loaded = stats.loaded,
             quarantined = stats.quarantined, deletes = stats.deletes, malformed = stats.malformed,
             control = stats.control_records, skipped = applied.skipped, redelivered = applied.redelivered,
+            plan_ms = planned.as_millis() as u64, commit_ms = committed.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
             "batch applied"
         );
         applied.stats = Some(stats);

@@ -3,8 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use rdkafka::consumer::Consumer as _;
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::{Message, Offset};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -77,23 +78,61 @@ const ERROR_PAUSE: Duration = Duration::from_millis(500);
 /// How often a draining batch checks whether the ends are reached while no record arrives.
 const DRAIN_CHECK: Duration = Duration::from_millis(50);
 
+/// When micro-batches close: one trigger interval after the previous one closed, like a
+/// processing-time trigger in Spark. A batch that took longer than the interval to apply makes
+/// the next one due at once, with what the consumer has fetched meanwhile, so a record waits for
+/// at most one batch in flight instead of that batch plus a full interval.
+#[derive(Debug, Default)]
+pub(super) struct Cadence {
+    /// When the previous batch closed (its deadline).
+    last: Option<Instant>,
+}
+
+impl Cadence {
+    /// The deadline of the batch starting at `now`, recorded as the latest one.
+    fn next_deadline(&mut self, now: Instant, interval: Duration) -> Instant {
+        // An overdue batch is due now, and the cadence restarts from it: a long stall is not
+        // followed by a run of triggers that were missed.
+        let due = self
+            .last
+            .map_or(now + interval, |last| (last + interval).max(now));
+        self.last = Some(due);
+        due
+    }
+}
+
 /// Collects one micro-batch. Returns early (possibly empty) when a stop is requested, so the
 /// batch in flight is still applied before the processor exits. When draining, it also returns
 /// as soon as every partition is read to its end, so `--once` never waits out the interval and a
-/// backlog within the bounds is one batch.
+/// backlog within the bounds is one batch. An overdue batch (see [`Cadence`]) takes the records
+/// already fetched without waiting; when there are none, it waits one interval for new ones.
 pub(super) async fn collect(
     consumer: &Consumer,
     bounds: &Bounds,
+    cadence: &mut Cadence,
     mut drain: Option<&mut Drain>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> MicroBatch {
-    let deadline = Instant::now() + bounds.interval;
+    let mut deadline = cadence.next_deadline(Instant::now(), bounds.interval);
+    let overdue = deadline <= Instant::now();
     let mut batch = MicroBatch {
         messages: Vec::new(),
         bytes: 0,
     };
     let mut errors = 0_u64;
     let mut last_logged: Option<Instant> = None;
+    if overdue {
+        while batch.messages.len() < bounds.max_records && batch.bytes < bounds.max_bytes {
+            match consumer.recv().now_or_never() {
+                Some(Ok(message)) => take(&mut batch, message, drain.as_deref_mut()),
+                Some(Err(_)) | None => break,
+            }
+        }
+        if !batch.messages.is_empty() {
+            return batch;
+        }
+        deadline = cadence.next_deadline(Instant::now(), bounds.interval);
+    }
     while batch.messages.len() < bounds.max_records
         && batch.bytes < bounds.max_bytes
         && Instant::now() < deadline
@@ -108,18 +147,11 @@ pub(super) async fn collect(
             _ = stop_requested(shutdown) => break,
             received = consumer.recv() => match received {
                 Ok(message) => {
-                    batch.bytes += message.payload_len() + message.key().map_or(0, <[u8]>::len);
-                    let message = message.detach();
                     if errors > 0 {
                         tracing::info!(failures = errors, "receiving from Kafka again");
                         errors = 0;
                     }
-                    if let Some(drain) = drain.as_mut() {
-                        let key = (message.topic().to_string(), message.partition());
-                        let next = drain.next.entry(key).or_insert(0);
-                        *next = (*next).max(message.offset() + 1);
-                    }
-                    batch.messages.push(message);
+                    take(&mut batch, message, drain.as_deref_mut());
                 }
                 Err(error) => {
                     // Broker down or restarting: librdkafka reconnects with its own backoff and
@@ -142,9 +174,66 @@ pub(super) async fn collect(
     batch
 }
 
+/// Adds a received record to the batch (and to the drain's read positions).
+fn take(batch: &mut MicroBatch, message: BorrowedMessage<'_>, drain: Option<&mut Drain>) {
+    batch.bytes += message.payload_len() + message.key().map_or(0, <[u8]>::len);
+    let message = message.detach();
+    if let Some(drain) = drain {
+        let key = (message.topic().to_string(), message.partition());
+        let next = drain.next.entry(key).or_insert(0);
+        *next = (*next).max(message.offset() + 1);
+    }
+    batch.messages.push(message);
+}
+
 /// Resolves once a stop is requested; never, when nobody can request one any more.
 pub(super) async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
     if shutdown.wait_for(|stop| *stop).await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTERVAL: Duration = Duration::from_millis(250);
+
+    #[test]
+    fn the_first_batch_waits_one_interval() {
+        let start = Instant::now();
+        assert_eq!(
+            Cadence::default().next_deadline(start, INTERVAL),
+            start + INTERVAL
+        );
+    }
+
+    #[test]
+    fn a_batch_applied_within_the_interval_keeps_the_cadence() {
+        let start = Instant::now();
+        let mut cadence = Cadence::default();
+        cadence.next_deadline(start, INTERVAL);
+        // Collected until start + 250 ms, applied in 100 ms: the next trigger is start + 500 ms.
+        let next = cadence.next_deadline(start + Duration::from_millis(350), INTERVAL);
+        assert_eq!(next, start + 2 * INTERVAL);
+        let after = cadence.next_deadline(start + Duration::from_millis(520), INTERVAL);
+        assert_eq!(after, start + 3 * INTERVAL);
+    }
+
+    #[test]
+    fn an_overdue_batch_is_due_at_once_and_the_cadence_restarts_from_it() {
+        let start = Instant::now();
+        let mut cadence = Cadence::default();
+        cadence.next_deadline(start, INTERVAL);
+        // The first batch took 900 ms to apply after its 250 ms window.
+        let late = start + Duration::from_millis(1_150);
+        assert_eq!(cadence.next_deadline(late, INTERVAL), late);
+        // Nothing was fetched meanwhile: the batch waits one interval from then, not a run of
+        // triggers that were missed.
+        assert_eq!(cadence.next_deadline(late, INTERVAL), late + INTERVAL);
+        assert_eq!(
+            cadence.next_deadline(late + Duration::from_millis(300), INTERVAL),
+            late + 2 * INTERVAL
+        );
     }
 }

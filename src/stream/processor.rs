@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::{Mutex, watch};
 
 use super::apply::{Applied, TableRun};
-use super::batcher::{self, Bounds, Drain, stop_requested};
+use super::batcher::{self, Bounds, Cadence, Drain, stop_requested};
 use super::consumer::{self, Consumer, Starts};
 use super::latency::{Histogram, LatencySummary};
 use super::options::{Partitions, ProcessOptions};
@@ -193,13 +193,20 @@ impl Processor {
             tables = self.tables.len(), group = %self.opts.group, once = self.opts.once,
             partitions = ?self.opts.partitions, "processor started"
         );
+        let mut cadence = Cadence::default();
         loop {
             if let Some(drain) = drain.as_mut() {
                 drain.next = self.starts().await;
             }
-            let mut messages = batcher::collect(&consumer, &bounds, drain.as_mut(), &mut shutdown)
-                .await
-                .messages;
+            let mut messages = batcher::collect(
+                &consumer,
+                &bounds,
+                &mut cadence,
+                drain.as_mut(),
+                &mut shutdown,
+            )
+            .await
+            .messages;
             if consumer.context().take_assignment_change() {
                 // Records of partitions this processor no longer owns belong to their new owner;
                 // the marks of newly assigned ones may have moved (another processor of the group).
