@@ -98,6 +98,17 @@ pub enum SinkError {
 
     #[error("state name `{name}` is not a plain file name (letters, digits, `-`, `_`, `.`)")]
     StateName { name: String },
+
+    #[error("table `{table}`: reading data file {path} failed: {detail}")]
+    DataFile {
+        table: String,
+        path: String,
+        detail: String,
+    },
+
+    /// The files of a snapshot do not hold what the state read of the same snapshot found.
+    #[error("table `{table}`: the data files disagree with the table's state: {detail}")]
+    StateMismatch { table: String, detail: String },
 }
 
 impl SinkError {

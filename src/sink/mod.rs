@@ -10,6 +10,7 @@ mod lake;
 mod maintain;
 mod metrics;
 mod quarantine;
+mod rewrite;
 mod scd2;
 mod state;
 mod table;

@@ -27,7 +27,8 @@ use deltalake::kernel::transaction::CommitProperties;
 
 use super::error::{Result, SinkError};
 use super::lake::{Lake, LakeTable};
-use super::table::delta_error;
+use super::rewrite::{self, Rewrite};
+use super::table::{delta_error, writer_properties};
 use super::watermarks::{
     TxnPlan, last_offsets, partitions, plan_transactions, recorded, row_partitions,
     rows_after_watermarks,
@@ -46,6 +47,7 @@ const CLOSE_AT: &str = "__dqetl_close_at";
 const STATE_CURRENT: &str = "__dqetl_current";
 const STATE_LAST: &str = "__dqetl_last";
 const STATE_RANK: &str = "__dqetl_rank";
+const STATE_FILE: &str = "__dqetl_file";
 
 /// What a commit did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,11 +228,19 @@ impl Batch<'_> {
         }
         let staged = stage(table, shape, changes, &self.schema, &plan, self.now)?;
         let merging = std::time::Instant::now();
-        let committed = merge(target, table, shape, staged, txns).await?;
+        let direct = rewrite::supported(&target);
+        let committed = if direct {
+            self.rewrite(&plan, &state, staged)?
+                .commit(target, txns)
+                .await?
+        } else {
+            merge(target, table, shape, staged, txns).await?
+        };
         let version = committed.version().unwrap_or_default();
         tracing::debug!(
             table = %table.name,
             version,
+            direct,
             state_read_ms = state_read.as_millis() as u64,
             merge_ms = merging.elapsed().as_millis() as u64,
             inserted = plan.versions.len(),
@@ -245,6 +255,47 @@ impl Batch<'_> {
             rows_unchanged: plan.unchanged,
         };
         Ok((Some(committed), outcome))
+    }
+}
+
+impl<'a> Batch<'a> {
+    /// The planned versions as a direct copy-on-write (see [`rewrite`]): the staged insert rows
+    /// are the new versions; the closes are looked up by key in the files the state read found.
+    fn rewrite(
+        &self,
+        plan: &VersionPlan,
+        state: &KeyState,
+        staged: RecordBatch,
+    ) -> Result<Rewrite<'a>> {
+        let table = self.table;
+        let closes = plan.closes.len();
+        let inserts = staged.slice(closes, staged.num_rows() - closes);
+        let versions = RecordBatch::try_new(self.schema.clone(), inserts.columns()[2..].to_vec())
+            .map_err(|source| SinkError::Arrow {
+            table: table.name.clone(),
+            operation: "staging the new versions",
+            source,
+        })?;
+        let keys = key_rows(
+            table,
+            std::slice::from_ref(self.changes.column(self.shape.key)),
+        )?;
+        Ok(Rewrite {
+            table,
+            schema: self.schema.clone(),
+            key: self.shape.key,
+            closes: plan
+                .closes
+                .iter()
+                .map(|(row, at)| (Box::from(keys.row(*row).as_ref()), *at))
+                .collect(),
+            files: plan
+                .closed_versions
+                .iter()
+                .map(|v| state.current_files[*v].clone())
+                .collect(),
+            versions,
+        })
     }
 }
 
@@ -402,7 +453,7 @@ fn group_by_key(
     })
 }
 
-fn key_rows(table: &TableSpec, key: &[ArrayRef]) -> Result<Rows> {
+pub(super) fn key_rows(table: &TableSpec, key: &[ArrayRef]) -> Result<Rows> {
     comparable_rows(table, key, "key comparison")
 }
 
@@ -431,6 +482,8 @@ fn comparable_rows(
 struct KeyState {
     /// Data columns of the current versions, typed like the changes.
     current: RecordBatch,
+    /// The data file holding each current version (as the scan names it).
+    current_files: Vec<String>,
     by_key: HashMap<OwnedRow, Known>,
 }
 
@@ -453,6 +506,7 @@ async fn read_state(
     let data_schema = Arc::new(Schema::new(data_fields.clone()));
     let empty = KeyState {
         current: RecordBatch::new_empty(data_schema.clone()),
+        current_files: Vec::new(),
         by_key: HashMap::new(),
     };
     let has_files = target
@@ -468,7 +522,11 @@ async fn read_state(
     target
         .update_datafusion_session(&ctx.state())
         .map_err(delta)?;
-    let provider = target.table_provider().await.map_err(query)?;
+    let provider = target
+        .table_provider()
+        .with_file_column(STATE_FILE)
+        .await
+        .map_err(query)?;
     ctx.register_table("target", provider).map_err(query)?;
     let keys = RecordBatch::try_new(
         Arc::new(Schema::new(vec![Field::new(
@@ -491,7 +549,7 @@ async fn read_state(
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "SELECT {data_list}, {current} AS {state_current}, {state_last} FROM (\
+        "SELECT {data_list}, {current} AS {state_current}, {state_last}, {file} FROM (\
            SELECT t.*, \
              MAX(COALESCE(t.{to}, t.{from})) OVER (PARTITION BY t.{pk}) AS {state_last}, \
              ROW_NUMBER() OVER (PARTITION BY t.{pk} ORDER BY t.{current} DESC, t.{from} DESC) AS {state_rank} \
@@ -503,6 +561,7 @@ async fn read_state(
         state_current = quote(STATE_CURRENT),
         state_last = quote(STATE_LAST),
         state_rank = quote(STATE_RANK),
+        file = quote(STATE_FILE),
     );
     let batches = ctx
         .sql(&sql)
@@ -540,6 +599,9 @@ async fn read_state(
     )
     .map_err(arrow)?;
     let latest = latest.as_primitive::<TimestampMicrosecondType>();
+    let files = cast(found.column(shape.data_columns + 2), &DataType::Utf8).map_err(arrow)?;
+    let files = files.as_string::<i32>();
+    let mut current_files = Vec::new();
     let keys = key_rows(table, std::slice::from_ref(&data[shape.key]))?;
     let mut current_rows = Vec::new();
     let mut by_key = HashMap::new();
@@ -547,6 +609,7 @@ async fn read_state(
         let is_current = current_flags.is_valid(row) && current_flags.value(row);
         let current_row = is_current.then(|| {
             current_rows.push(row as u32);
+            current_files.push(files.value(row).to_string());
             current_rows.len() - 1
         });
         let latest = latest.is_valid(row).then(|| latest.value(row));
@@ -565,7 +628,11 @@ async fn read_state(
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(arrow)?;
     let current = RecordBatch::try_new(data_schema, current).map_err(arrow)?;
-    Ok(KeyState { current, by_key })
+    Ok(KeyState {
+        current,
+        current_files,
+        by_key,
+    })
 }
 
 /// One version to insert: the change row it comes from and its interval.
@@ -583,6 +650,8 @@ struct NewVersion {
 struct VersionPlan {
     /// Current versions to close: a change row of the key (for its key value) and the close time.
     closes: Vec<(usize, i64)>,
+    /// For each close, the stored current version (row of `KeyState::current`).
+    closed_versions: Vec<usize>,
     versions: Vec<NewVersion>,
     unchanged: usize,
 }
@@ -631,6 +700,7 @@ fn plan_versions(
         };
         let mut latest = known.and_then(|k| k.latest);
         let mut close_stored = None;
+        let stored = known.and_then(|k| k.current_row);
         for &row in rows {
             let at = latest.map_or(groups.effective_from[row], |l| {
                 groups.effective_from[row].max(l)
@@ -677,8 +747,9 @@ fn plan_versions(
             }
             latest = Some(at);
         }
-        if let Some(at) = close_stored {
+        if let (Some(at), Some(stored)) = (close_stored, stored) {
             plan.closes.push((rows[0], at));
+            plan.closed_versions.push(stored);
         }
     }
     Ok(plan)
@@ -810,6 +881,7 @@ async fn merge(
         .with_source_alias("s")
         .with_target_alias("t")
         .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
+        .with_writer_properties(writer_properties(&data_table_schema(table)))
         .when_matched_update(|update| {
             update
                 .update(Column::new_unqualified(EFFECTIVE_TO), source(CLOSE_AT))

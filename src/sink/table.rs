@@ -8,6 +8,9 @@ use deltalake::arrow::datatypes::Schema;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::{StructField, StructType};
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 
@@ -219,4 +222,26 @@ pub(crate) fn check_batch_schema(
             describe(&actual)
         ),
     })
+}
+
+/// Parquet settings for every data file this sink writes. Dictionary encoding pays off for
+/// strings and flags (few distinct values per file) but not for measurements, ids and
+/// timestamps, where the writer builds a dictionary only to abandon it; statistics per column
+/// chunk are what Delta and DataFusion prune with (page-level ones cost more and are not read).
+pub(crate) fn writer_properties(schema: &Schema) -> WriterProperties {
+    use deltalake::arrow::datatypes::DataType;
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_dictionary_enabled(false);
+    for field in schema.fields() {
+        if matches!(
+            field.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean
+        ) {
+            builder = builder
+                .set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), true);
+        }
+    }
+    builder.build()
 }

@@ -1,0 +1,262 @@
+//! The SCD2 commit as a direct copy-on-write, without a join: the state read already knows which
+//! data files hold the current versions a batch closes, so those files are read, their closed
+//! rows get `_effective_to` and `_is_current = false`, and the rewritten files plus the new
+//! versions are committed in one Delta commit (remove the old files, add the new ones, the txn
+//! actions). A general MERGE would scan the table again and join every row with the batch; this
+//! costs one read and one write of the files involved.
+//!
+//! Only for tables whose files are plain Parquet: no deletion vectors, no column mapping, no
+//! partitions. Any other table goes through the MERGE (see [`supported`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use deltalake::DeltaTable;
+use deltalake::ObjectStore;
+use deltalake::arrow::array::{
+    Array, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray,
+};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Transaction};
+use deltalake::logstore::object_store::GetOptions;
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::protocol::{DeltaOperation, MergePredicate};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+
+use super::error::{Result, SinkError};
+use super::scd2::key_rows;
+use super::table::{delta_error, writer_properties};
+use crate::config::spec::TableSpec;
+use crate::pipeline::schema::{EFFECTIVE_TO, IS_CURRENT};
+
+/// Whether a table's files can be rewritten directly.
+pub(super) fn supported(target: &DeltaTable) -> bool {
+    let Ok(snapshot) = target.snapshot() else {
+        return false;
+    };
+    let mapped = snapshot
+        .metadata()
+        .configuration()
+        .get("delta.columnMapping.mode")
+        .is_some_and(|mode| !mode.eq_ignore_ascii_case("none"));
+    let partitioned = !snapshot.metadata().partition_columns().is_empty();
+    let with_deletion_vectors = snapshot
+        .log_data()
+        .iter()
+        .any(|f| f.deletion_vector_descriptor().is_some());
+    !mapped && !partitioned && !with_deletion_vectors
+}
+
+/// What to write in one commit.
+pub(super) struct Rewrite<'a> {
+    pub table: &'a TableSpec,
+    /// The data table's schema.
+    pub schema: SchemaRef,
+    /// Index of the primary key in `schema`.
+    pub key: usize,
+    /// Current versions to close: key (the bytes of its `key_rows` form) → close time.
+    pub closes: HashMap<Box<[u8]>, i64>,
+    /// The files (as the scan's file column names them) holding those current versions.
+    pub files: BTreeSet<String>,
+    /// New versions, in `schema`.
+    pub versions: RecordBatch,
+}
+
+impl Rewrite<'_> {
+    pub async fn commit(self, target: DeltaTable, txns: Vec<Transaction>) -> Result<DeltaTable> {
+        let name = &self.table.name;
+        let location = target.table_url().to_string();
+        let delta = |operation, source| delta_error(name, &location, operation, source);
+        let snapshot = target.snapshot().map_err(|e| delta("read", e))?;
+        let table_url = target
+            .table_url()
+            .as_str()
+            .trim_end_matches('/')
+            .to_string();
+        // The scan names a file by its URL; the log by its path relative to the table.
+        let views: Vec<_> = snapshot
+            .log_data()
+            .iter()
+            .filter(|v| {
+                let path = v.path();
+                self.files.contains(path.as_ref())
+                    || self.files.contains(&format!("{table_url}/{path}"))
+            })
+            .collect();
+        if views.len() != self.files.len() {
+            return Err(SinkError::StateMismatch {
+                table: name.clone(),
+                detail: format!(
+                    "{} of the {} files holding current versions are not in the table's log",
+                    self.files.len() - views.len(),
+                    self.files.len()
+                ),
+            });
+        }
+        let store = target.object_store();
+        let mut writer = RecordBatchWriter::for_table(&target)
+            .map_err(|e| delta("write", e))?
+            .with_writer_properties(writer_properties(&self.schema));
+        let mut closed = 0;
+        for view in &views {
+            for batch in self.read(store.as_ref(), &view.object_store_path()).await? {
+                let (batch, n) = self.close(batch)?;
+                closed += n;
+                writer.write(batch).await.map_err(|e| delta("write", e))?;
+            }
+        }
+        if closed != self.closes.len() {
+            return Err(SinkError::StateMismatch {
+                table: name.clone(),
+                detail: format!(
+                    "{} current versions to close, {closed} found in the files that hold them",
+                    self.closes.len()
+                ),
+            });
+        }
+        if self.versions.num_rows() > 0 {
+            writer
+                .write(self.versions.clone())
+                .await
+                .map_err(|e| delta("write", e))?;
+        }
+        let adds = writer.flush().await.map_err(|e| delta("write", e))?;
+        let actions: Vec<Action> = views
+            .iter()
+            .map(|v| Action::Remove(v.remove_action(true)))
+            .chain(adds.into_iter().map(Action::Add))
+            .collect();
+        let operation = DeltaOperation::Merge {
+            predicate: None,
+            merge_predicate: Some(format!(
+                "target.{key} = source.{key} AND target.{IS_CURRENT}",
+                key = self.schema.field(self.key).name()
+            )),
+            matched_predicates: vec![MergePredicate {
+                action_type: "update".into(),
+                predicate: None,
+            }],
+            not_matched_predicates: vec![MergePredicate {
+                action_type: "insert".into(),
+                predicate: None,
+            }],
+            not_matched_by_source_predicates: Vec::new(),
+        };
+        CommitBuilder::from(CommitProperties::default().with_application_transactions(txns))
+            .with_actions(actions)
+            .build(Some(snapshot), target.log_store(), operation)
+            .await
+            .map_err(|e| delta("merge", e))?;
+        // The committed table, read forward from the snapshot the commit was built on.
+        let mut committed = target;
+        committed
+            .update_state()
+            .await
+            .map_err(|e| delta("read", e))?;
+        Ok(committed)
+    }
+
+    /// One data file's rows, with the data table's column types.
+    async fn read(
+        &self,
+        store: &dyn ObjectStore,
+        path: &deltalake::Path,
+    ) -> Result<Vec<RecordBatch>> {
+        let name = &self.table.name;
+        let io = |detail: String| SinkError::DataFile {
+            table: name.clone(),
+            path: path.to_string(),
+            detail,
+        };
+        let bytes = store
+            .get_opts(path, GetOptions::default())
+            .await
+            .map_err(|e| io(e.to_string()))?
+            .bytes()
+            .await
+            .map_err(|e| io(e.to_string()))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.with_batch_size(64 * 1024).build())
+            .map_err(|e| io(e.to_string()))?;
+        let mut batches = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| io(e.to_string()))?;
+            let columns = self
+                .schema
+                .fields()
+                .iter()
+                .map(|field| {
+                    let column = batch
+                        .column_by_name(field.name())
+                        .ok_or_else(|| io(format!("no column {}", field.name())))?;
+                    cast(column, field.data_type()).map_err(|e| io(e.to_string()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            batches.push(
+                RecordBatch::try_new(self.schema.clone(), columns)
+                    .map_err(|e| io(e.to_string()))?,
+            );
+        }
+        Ok(batches)
+    }
+
+    /// Closes the current versions of the batch's keys in `batch`; returns how many it closed.
+    fn close(&self, batch: RecordBatch) -> Result<(RecordBatch, usize)> {
+        let index = |name: &str| {
+            self.schema
+                .index_of(name)
+                .map_err(|source| SinkError::Arrow {
+                    table: self.table.name.clone(),
+                    operation: "closing current versions",
+                    source,
+                })
+        };
+        let to_index = index(EFFECTIVE_TO)?;
+        let current_index = index(IS_CURRENT)?;
+        let keys = key_rows(self.table, std::slice::from_ref(batch.column(self.key)))?;
+        let current = batch.column(current_index).as_boolean();
+        let to = batch
+            .column(to_index)
+            .as_primitive::<TimestampMicrosecondType>();
+        let mut closed = 0;
+        let mut new_to = Vec::with_capacity(batch.num_rows());
+        let mut new_current = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let is_current = current.is_valid(row) && current.value(row);
+            let close_at = if is_current {
+                self.closes.get(keys.row(row).as_ref())
+            } else {
+                None
+            };
+            match close_at {
+                Some(at) => {
+                    closed += 1;
+                    new_to.push(Some(*at));
+                    new_current.push(Some(false));
+                }
+                None => {
+                    new_to.push(to.is_valid(row).then(|| to.value(row)));
+                    new_current.push(current.is_valid(row).then(|| current.value(row)));
+                }
+            }
+        }
+        if closed == 0 {
+            return Ok((batch, 0));
+        }
+        let mut columns = batch.columns().to_vec();
+        columns[to_index] = Arc::new(
+            TimestampMicrosecondArray::from(new_to)
+                .with_timezone_opt(to.timezone().map(str::to_string)),
+        );
+        columns[current_index] = Arc::new(BooleanArray::from(new_current));
+        let batch =
+            RecordBatch::try_new(batch.schema(), columns).map_err(|source| SinkError::Arrow {
+                table: self.table.name.clone(),
+                operation: "closing current versions",
+                source,
+            })?;
+        Ok((batch, closed))
+    }
+}
