@@ -2,6 +2,28 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc: the processor allocates and frees column buffers from several threads on every
+/// batch; glibc's per-thread arenas fragment under that and keep the memory, jemalloc is faster
+/// and gives pages back.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options (read once at start-up, as its `malloc_conf`): freed pages go back to the
+/// OS after 300 ms instead of 10 s, from a background thread, so the resident set follows what
+/// a batch really holds rather than the last seconds of rewrites.
+#[repr(transparent)]
+pub struct MallocConf(*const u8);
+
+// SAFETY: a pointer to a static, immutable C string.
+unsafe impl Sync for MallocConf {}
+
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: MallocConf = MallocConf(
+    c"background_thread:true,dirty_decay_ms:300,muzzy_decay_ms:0"
+        .as_ptr()
+        .cast(),
+);
+
 fn main() -> ExitCode {
     let cli = dqetl::cli::Cli::parse();
     init_logging();

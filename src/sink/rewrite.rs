@@ -21,7 +21,9 @@ use deltalake::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Transaction};
 use deltalake::logstore::object_store::GetOptions;
-use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::parquet::arrow::arrow_reader::{
+    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
 use deltalake::protocol::{DeltaOperation, MergePredicate};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 
@@ -30,6 +32,11 @@ use super::scd2::key_rows;
 use super::table::{delta_error, writer_properties};
 use crate::config::spec::TableSpec;
 use crate::pipeline::schema::{EFFECTIVE_TO, IS_CURRENT};
+
+/// Where the rewritten output rolls over to a new file.
+const REWRITE_FILE_BYTES: u64 = 32 * 1024 * 1024;
+/// Rows per batch read from a data file.
+const READ_BATCH_ROWS: usize = 32 * 1024;
 
 /// Whether a table's files can be rewritten directly.
 pub(super) fn supported(target: &DeltaTable) -> bool {
@@ -96,12 +103,17 @@ impl Rewrite<'_> {
             });
         }
         let store = target.object_store();
+        // Files are streamed row group by row group and the output rolls over at a bounded size,
+        // so memory follows the row group and file sizes, not the size of the table.
         let mut writer = RecordBatchWriter::for_table(&target)
             .map_err(|e| delta("write", e))?
-            .with_writer_properties(writer_properties(&self.schema));
+            .with_writer_properties(writer_properties(&self.schema))
+            .with_target_file_size(REWRITE_FILE_BYTES);
         let mut closed = 0;
         for view in &views {
-            for batch in self.read(store.as_ref(), &view.object_store_path()).await? {
+            let path = view.object_store_path();
+            for batch in self.read(store.as_ref(), &path).await? {
+                let batch = self.conform(batch.map_err(|e| self.file_error(&path, e))?, &path)?;
                 let (batch, n) = self.close(batch)?;
                 closed += n;
                 writer.write(batch).await.map_err(|e| delta("write", e))?;
@@ -158,48 +170,47 @@ impl Rewrite<'_> {
         Ok(committed)
     }
 
-    /// One data file's rows, with the data table's column types.
+    /// One data file's rows: the file is fetched whole (it is compressed, and bounded by the
+    /// writers' target size) and decoded a batch at a time.
     async fn read(
         &self,
         store: &dyn ObjectStore,
         path: &deltalake::Path,
-    ) -> Result<Vec<RecordBatch>> {
-        let name = &self.table.name;
-        let io = |detail: String| SinkError::DataFile {
-            table: name.clone(),
-            path: path.to_string(),
-            detail,
-        };
+    ) -> Result<ParquetRecordBatchReader> {
         let bytes = store
             .get_opts(path, GetOptions::default())
             .await
-            .map_err(|e| io(e.to_string()))?
+            .map_err(|e| self.file_error(path, e))?
             .bytes()
             .await
-            .map_err(|e| io(e.to_string()))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .and_then(|b| b.with_batch_size(64 * 1024).build())
-            .map_err(|e| io(e.to_string()))?;
-        let mut batches = Vec::new();
-        for batch in reader {
-            let batch = batch.map_err(|e| io(e.to_string()))?;
-            let columns = self
-                .schema
-                .fields()
-                .iter()
-                .map(|field| {
-                    let column = batch
-                        .column_by_name(field.name())
-                        .ok_or_else(|| io(format!("no column {}", field.name())))?;
-                    cast(column, field.data_type()).map_err(|e| io(e.to_string()))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            batches.push(
-                RecordBatch::try_new(self.schema.clone(), columns)
-                    .map_err(|e| io(e.to_string()))?,
-            );
+            .map_err(|e| self.file_error(path, e))?;
+        ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.with_batch_size(READ_BATCH_ROWS).build())
+            .map_err(|e| self.file_error(path, e))
+    }
+
+    /// A batch of a data file with the data table's columns and types.
+    fn conform(&self, batch: RecordBatch, path: &deltalake::Path) -> Result<RecordBatch> {
+        let columns = self
+            .schema
+            .fields()
+            .iter()
+            .map(|field| {
+                let column = batch.column_by_name(field.name()).ok_or_else(|| {
+                    self.file_error(path, format!("no column `{}`", field.name()))
+                })?;
+                cast(column, field.data_type()).map_err(|e| self.file_error(path, e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| self.file_error(path, e))
+    }
+
+    fn file_error(&self, path: &deltalake::Path, detail: impl std::fmt::Display) -> SinkError {
+        SinkError::DataFile {
+            table: self.table.name.clone(),
+            path: path.to_string(),
+            detail: detail.to_string(),
         }
-        Ok(batches)
     }
 
     /// Closes the current versions of the batch's keys in `batch`; returns how many it closed.

@@ -224,6 +224,10 @@ pub(crate) fn check_batch_schema(
     })
 }
 
+/// Rows per Parquet row group: readers fetch a row group at a time, so this bounds the memory a
+/// scan or a rewrite of a file needs (Parquet's default is a million rows).
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
 /// Parquet settings for every data file this sink writes. Dictionary encoding pays off for
 /// strings and flags (few distinct values per file) but not for measurements, ids and
 /// timestamps, where the writer builds a dictionary only to abandon it; statistics per column
@@ -233,6 +237,7 @@ pub(crate) fn writer_properties(schema: &Schema) -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_dictionary_enabled(false);
     for field in schema.fields() {
         if matches!(
