@@ -612,17 +612,15 @@ async fn delivered(
 
 /// Reads `count` records of the topic with rdkafka alone; returns the seconds it took.
 async fn raw_consume(bootstrap: &str, topic: &str, count: usize) -> anyhow::Result<f64> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap)
         .set(
             "group.id",
             format!("bench-raw-{:08x}", rand::random::<u32>()),
         )
-        .set("enable.auto.commit", "false")
-        .set("fetch.max.bytes", "52428800")
-        .set("max.partition.fetch.bytes", "10485760")
-        .create()
-        .context("creating the consumer")?;
+        .set("enable.auto.commit", "false");
+    super::consumer::fetch_settings(&mut cfg);
+    let consumer: StreamConsumer = cfg.create().context("creating the consumer")?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;

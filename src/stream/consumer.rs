@@ -142,8 +142,14 @@ pub(super) fn create(opts: &ProcessOptions) -> KafkaResult<Consumer> {
         // A batch applies between two polls; a slow lake must not cost the assignment.
         .set("max.poll.interval.ms", "600000")
         .set("reconnect.backoff.ms", "200")
-        .set("reconnect.backoff.max.ms", "10000")
-        .set("fetch.max.bytes", "52428800")
+        .set("reconnect.backoff.max.ms", "10000");
+    fetch_settings(&mut cfg);
+    cfg.create_with_context(ProcessorContext::default())
+}
+
+/// How the processor fetches (the benchmark's bare consumer uses the same).
+pub(crate) fn fetch_settings(cfg: &mut ClientConfig) {
+    cfg.set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "10485760")
         // librdkafka prefetches up to 64 MiB per partition by default, which alone would exceed
         // the processor's memory budget with a few partitions; 16 MiB keeps fetches flowing.
@@ -151,7 +157,6 @@ pub(super) fn create(opts: &ProcessOptions) -> KafkaResult<Consumer> {
         // A fetch with nothing new returns after 100 ms instead of librdkafka's 500: records that
         // arrive meanwhile are not held back that long before their micro-batch sees them.
         .set("fetch.wait.max.ms", "100");
-    cfg.create_with_context(ProcessorContext::default())
 }
 
 /// The partition's end as the broker reported it in its latest fetch response to this consumer;

@@ -876,3 +876,79 @@ async fn an_existing_table_of_another_schema_is_reported_not_overwritten() {
         "{message}"
     );
 }
+
+/// A data table another writer created partitioned (which the direct rewrite does not handle)
+/// is kept through a MERGE: same versions, and the new files stay in partition folders.
+#[tokio::test]
+async fn a_table_partitioned_by_another_writer_gets_the_same_versions_through_merge() {
+    use deltalake::kernel::StructField;
+    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+
+    let t = TestLake::new();
+    let table = vehicles(HardDeletes::Close, false);
+    let location = t.layout().data_table(&table.name);
+    let columns: Vec<StructField> = dqetl::pipeline::schema::data_table_schema(&table)
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().try_into_kernel().expect("kernel field"))
+        .collect();
+    std::fs::create_dir_all(&location).expect("table folder");
+    deltalake::DeltaTableBuilder::from_url(
+        deltalake::ensure_table_uri(&location).expect("table URL"),
+    )
+    .expect("builder")
+    .build()
+    .expect("table")
+    .create()
+    .with_columns(columns)
+    .with_partition_columns(["driver_name"])
+    .await
+    .expect("create the partitioned table");
+
+    let first = changes(
+        &table,
+        &[
+            insert(1, "ana", 10.0, "2026-03-01T09:00:00Z"),
+            insert(2, "bo", 20.0, "2026-03-01T09:00:00Z"),
+        ],
+    );
+    t.lake
+        .commit_changes(&table, &first, &ends(&[(0, 1)]), GROUP, Utc::now())
+        .await
+        .expect("first");
+    let batch = changes(
+        &table,
+        &[
+            update(1, "ana", 11.0, "2026-03-01T10:00:00Z"),
+            delete(2, "2026-03-01T10:00:00Z"),
+        ],
+    );
+    let outcome = t
+        .lake
+        .commit_changes(&table, &batch, &ends(&[(0, 3)]), GROUP, Utc::now())
+        .await
+        .expect("second");
+    assert_eq!(committed(&outcome), (1, 2, 0));
+
+    let rows = versions(&t).await;
+    assert_invariants(&rows);
+    let summary: Vec<(i64, Option<f64>, bool, Option<i64>)> = rows
+        .iter()
+        .map(|v| (v.id, v.speed, v.current, v.to))
+        .collect();
+    let ten = Some(ts("2026-03-01T10:00:00Z"));
+    assert_eq!(
+        summary,
+        vec![
+            (1, Some(10.0), false, ten),
+            (1, Some(11.0), true, None),
+            (2, Some(20.0), false, ten),
+        ]
+    );
+    let partitioned = std::fs::read_dir(&location)
+        .expect("table folder")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("driver_name="))
+        .count();
+    assert_eq!(partitioned, 2, "files stay in one folder per driver_name");
+}
