@@ -223,34 +223,31 @@ impl TableRun {
             .collect();
 
         let planned = started.elapsed();
-        // Three different Delta tables: committed concurrently, each with its own marks.
+        // Three different Delta tables: committed concurrently, each with its own marks. Each is
+        // called even with nothing to write, so that it records its progress through the batch
+        // (a note instead of an empty commit) and the lake's resume offsets keep up.
         let spec = &self.spec;
         let quarantine = async {
-            let rows = &plans.for_quarantine().quarantine;
-            if rows.num_rows() > 0 {
-                lake.append_quarantine(spec, rows, &positions, group)
-                    .await
-                    .with_context(|| format!("writing the quarantine of table '{name}'"))?;
-            }
-            anyhow::Ok(())
+            lake.append_quarantine(spec, &plans.for_quarantine().quarantine, &positions, group)
+                .await
+                .with_context(|| format!("writing the quarantine of table '{name}'"))
         };
         let metrics = async {
-            let rows = plans.metric_rows();
-            if !rows.is_empty() {
-                lake.append_metrics(&name, batch_id, &rows, &positions, group, now)
-                    .await
-                    .with_context(|| format!("writing the metrics of table '{name}'"))?;
-            }
-            anyhow::Ok(())
+            lake.append_metrics(
+                &name,
+                batch_id,
+                &plans.metric_rows(),
+                &positions,
+                group,
+                now,
+            )
+            .await
+            .with_context(|| format!("writing the metrics of table '{name}'"))
         };
         let data = async {
-            let changes = &plans.for_data().changes;
-            if changes.num_rows() > 0 {
-                lake.commit_changes(spec, changes, &positions, group, now)
-                    .await
-                    .with_context(|| format!("committing the changes of table '{name}'"))?;
-            }
-            anyhow::Ok(())
+            lake.commit_changes(spec, &plans.for_data().changes, &positions, group, now)
+                .await
+                .with_context(|| format!("committing the changes of table '{name}'"))
         };
         let committing = std::time::Instant::now();
         let (quarantine, metrics, data) = tokio::join!(quarantine, metrics, data);
