@@ -17,6 +17,10 @@ use dqetl::pipeline::plan::{Operation, SourcePosition};
 use dqetl::pipeline::{TableMetricState, plan};
 use serde_json::{Map, Value, json};
 
+/// The allocator of the `dqetl` binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn column(name: &str, column_type: ColumnType) -> ColumnSpec {
     ColumnSpec {
         name: name.into(),
