@@ -253,9 +253,10 @@ async fn killing_the_processor_at_random_moments_loses_and_repeats_nothing() {
     let crashed_lake = dir.path().join("crashed");
 
     // The messages arrive over several seconds while the processor is killed again and again:
-    // first a group member (a fresh group is assigned at once), then `--once` runs (a SIGKILLed
-    // member keeps its partitions until its session times out, 30 s, which would only add
-    // waiting; the recovery path is the same: positions come from the lake).
+    // first a group member (a fresh group is assigned at once), then `--all-partitions` runs (a
+    // SIGKILLed member keeps its partitions until its session times out, 30 s, which would only
+    // add waiting; the recovery path is the same: positions come from the lake). They never exit
+    // on their own, so every cycle ends in a kill, wherever the run is.
     let producing = {
         let (bootstrap, topic) = (flow.bootstrap.clone(), flow.topic.clone());
         tokio::spawn(async move {
@@ -271,23 +272,26 @@ async fn killing_the_processor_at_random_moments_loses_and_repeats_nothing() {
     let (mut kills, mut cycles) = (0, 0);
     while kills < KILLS || !producing.is_finished() {
         assert!(cycles < 80, "too many cycles: {kills} kills in {cycles}");
+        let restart: &[&str] = if cycles > 0 {
+            &["--all-partitions"]
+        } else {
+            &[]
+        };
         let mut child = spawn(
             &flow.bootstrap,
             &config,
             &crashed_lake,
             &flow.group,
             &log,
-            cycles > 0,
+            false,
             "300ms",
-            &[],
+            restart,
         );
         cycles += 1;
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..3_000))).await;
         match child.try_wait() {
-            // A `--once` run may finish before its kill: a clean restart point, also fine.
-            Ok(Some(status)) => assert!(
-                status.success(),
-                "dqetl process failed ({status}):\n{}",
+            Ok(Some(status)) => panic!(
+                "dqetl process exited on its own ({status}):\n{}",
                 tail(&log)
             ),
             _ => {
