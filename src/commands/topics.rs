@@ -2,16 +2,11 @@
 //! the config's partition count. Existing topics are kept. On aws it runs as a one-off job and
 //! talks SASL/SCRAM over TLS; the password comes from `DQETL_KAFKA_PASSWORD`.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::types::RDKafkaErrorCode;
 
 use crate::cli::{GlobalArgs, Target};
-use crate::stream::{KafkaConnection, client_config};
+use crate::stream::{KafkaConnection, TopicOutcome, client_config, create_topics};
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
@@ -50,32 +45,19 @@ pub async fn run(global: &GlobalArgs, command: TopicsCommand) -> anyhow::Result<
             .filter(|_| aws),
     };
     let partitions = args.partitions.unwrap_or(spec.kafka.partitions);
-    let admin: AdminClient<DefaultClientContext> = client_config(&kafka)
-        .create()
-        .with_context(|| format!("connecting to Kafka at {bootstrap}"))?;
-    let topics: Vec<NewTopic> = spec
+    let names: Vec<(&str, i32)> = spec
         .source_tables()
-        .map(|t| {
-            NewTopic::new(
-                &t.topic,
-                partitions,
-                TopicReplication::Fixed(args.replication_factor),
-            )
-        })
+        .map(|t| (t.topic.as_str(), partitions))
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics(&topics, &options)
+    let outcomes = create_topics(&client_config(&kafka), &names, args.replication_factor)
         .await
-        .context("creating topics")?;
+        .with_context(|| format!("creating topics on Kafka at {bootstrap}"))?;
     let mut failed = Vec::new();
-    for result in results {
-        match result {
-            Ok(topic) => println!("topic {topic}: created ({partitions} partitions)"),
-            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                println!("topic {topic}: already there")
-            }
-            Err((topic, code)) => {
+    for (topic, outcome) in outcomes {
+        match outcome {
+            TopicOutcome::Created => println!("topic {topic}: created ({partitions} partitions)"),
+            TopicOutcome::AlreadyThere => println!("topic {topic}: already there"),
+            TopicOutcome::Failed(code) => {
                 println!("topic {topic}: FAILED ({code})");
                 failed.push(topic);
             }

@@ -8,8 +8,8 @@
 //!   (transaction actions, app id `<group>:<topic>:<partition>`). A record at or below a
 //!   destination's mark is never applied to that destination again.
 //! - After the three commits, a progress blob per table and group is saved: the cumulative metric
-//!   state and the marks it covers. A destination that had nothing to write makes no commit, so
-//!   its own mark lags; the blob lifts it. So after a crash between two commits of a batch, each
+//!   state and the marks it covers. A destination that had nothing to write makes no commit but
+//!   a progress note; should that note be missing (a crash in between), the blob lifts its mark. So after a crash between two commits of a batch, each
 //!   destination is re-planned from the records it lacks, and the metric state from the records
 //!   the blob lacks.
 //! - Partitions are read from those marks, never from Kafka's committed offsets: `--once` and
@@ -39,9 +39,11 @@ mod consumer;
 mod latency;
 mod options;
 mod processor;
+mod topics;
 mod watermarks;
 
 pub use consumer::client_config;
 pub use latency::LatencySummary;
 pub use options::{KafkaConnection, Partitions, ProcessOptions};
 pub use processor::{ProcessSummary, Processor, TableTotals};
+pub use topics::{TopicOutcome, create_topics};

@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::ports;
 use super::process::{self, ProcessError, SpawnOptions, StopOutcome};
+use crate::stream::{KafkaConnection, TopicOutcome};
 
 /// The broker program.
 pub const BINARY: &str = "tansu";
@@ -328,38 +327,31 @@ impl Broker {
 /// Creates topics with the given partition counts (replication 1). Topics that already exist
 /// are left as they are.
 pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<(), BrokerError> {
-    if topics.is_empty() {
-        return Ok(());
-    }
-    let client_error = |source| BrokerError::Client {
-        bootstrap: bootstrap.to_string(),
-        source,
-    };
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(bootstrap).create().map_err(client_error)?;
-    let new_topics: Vec<NewTopic> = topics
-        .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics(&new_topics, &options)
+    let outcomes = crate::stream::create_topics(&client_config(bootstrap), topics, 1)
         .await
-        .map_err(client_error)?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(BrokerError::CreateTopic { topic, code }),
-        }
+        .map_err(|source| BrokerError::Client {
+            bootstrap: bootstrap.to_string(),
+            source,
+        })?;
+    match outcomes
+        .into_iter()
+        .find_map(|(topic, outcome)| match outcome {
+            TopicOutcome::Failed(code) => Some((topic, code)),
+            TopicOutcome::Created | TopicOutcome::AlreadyThere => None,
+        }) {
+        Some((topic, code)) => Err(BrokerError::CreateTopic { topic, code }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
+/// The shared client settings, with a shorter socket timeout: the local broker answers at once
+/// or not at all.
 fn client_config(bootstrap: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("socket.timeout.ms", "10000");
+    let mut config = crate::stream::client_config(&KafkaConnection {
+        bootstrap_servers: bootstrap.to_string(),
+        ..KafkaConnection::default()
+    });
+    config.set("socket.timeout.ms", "10000");
     config
 }
 
