@@ -548,12 +548,14 @@ async fn read_state(
         .map(|f| quote(f.name()))
         .collect::<Vec<_>>()
         .join(", ");
+    // The batch's keys are the join's left (build) side whatever the table's statistics say:
+    // building the hash table from the data table would hold all of it in memory.
     let sql = format!(
         "SELECT {data_list}, {current} AS {state_current}, {state_last}, {file} FROM (\
            SELECT t.*, \
              MAX(COALESCE(t.{to}, t.{from})) OVER (PARTITION BY t.{pk}) AS {state_last}, \
              ROW_NUMBER() OVER (PARTITION BY t.{pk} ORDER BY t.{current} DESC, t.{from} DESC) AS {state_rank} \
-           FROM target t WHERE t.{pk} IN (SELECT {pk} FROM batch_keys)\
+           FROM (SELECT DISTINCT {pk} FROM batch_keys) k JOIN target t ON t.{pk} = k.{pk}\
          ) WHERE {state_rank} = 1",
         current = quote(IS_CURRENT),
         from = quote(EFFECTIVE_FROM),
