@@ -5,11 +5,10 @@
 
 use std::path::PathBuf;
 
-use chrono::Utc;
 use dqetl::config::spec::HardDeletes;
 
 use crate::sink_exactly_once::{metric, quarantined};
-use crate::sink_scd2::{GROUP, TestLake, at, changes, delete, ends, insert, update, vehicles};
+use crate::sink_scd2::{GROUP, TestLake, at, ends, insert_two_then_update_and_delete, vehicles};
 
 fn python() -> PathBuf {
     let venv = std::env::var("DQETL_VENV").unwrap_or_else(|_| "/var/cache/dqetl/venv".into());
@@ -49,28 +48,7 @@ os._exit(0)
 async fn the_python_deltalake_package_reads_every_table_dqetl_wrote() {
     let t = TestLake::new();
     let table = vehicles(HardDeletes::Tombstone, false);
-    let first = changes(
-        &table,
-        &[
-            insert(1, "ana", 10.0, "2026-03-01T09:00:00Z"),
-            insert(2, "bo", 20.0, "2026-03-01T09:00:00Z"),
-        ],
-    );
-    t.lake
-        .commit_changes(&table, &first, &ends(&[(0, 1)]), GROUP, Utc::now())
-        .await
-        .expect("first");
-    let second = changes(
-        &table,
-        &[
-            update(1, "ana", 12.5, "2026-03-01T10:00:00Z"),
-            delete(2, "2026-03-01T10:30:00Z"),
-        ],
-    );
-    t.lake
-        .commit_changes(&table, &second, &ends(&[(0, 3)]), GROUP, Utc::now())
-        .await
-        .expect("second");
+    insert_two_then_update_and_delete(&t, &table).await;
     t.lake
         .append_quarantine(
             &table,

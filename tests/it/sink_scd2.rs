@@ -294,6 +294,33 @@ fn current_of(rows: &[Version], id: i64) -> Option<&Version> {
     rows.iter().find(|v| v.id == id && v.current)
 }
 
+/// Two keys inserted at 09:00, then key 1 updated (speed 12.5) at 10:00 and key 2 deleted at
+/// 10:30, in two commits; the outcome of the second.
+pub async fn insert_two_then_update_and_delete(t: &TestLake, table: &TableSpec) -> CommitOutcome {
+    let first = changes(
+        table,
+        &[
+            insert(1, "ana", 10.0, "2026-03-01T09:00:00Z"),
+            insert(2, "bo", 20.0, "2026-03-01T09:00:00Z"),
+        ],
+    );
+    t.lake
+        .commit_changes(table, &first, &ends(&[(0, 1)]), GROUP, Utc::now())
+        .await
+        .expect("first");
+    let second = changes(
+        table,
+        &[
+            update(1, "ana", 12.5, "2026-03-01T10:00:00Z"),
+            delete(2, "2026-03-01T10:30:00Z"),
+        ],
+    );
+    t.lake
+        .commit_changes(table, &second, &ends(&[(0, 3)]), GROUP, Utc::now())
+        .await
+        .expect("second")
+}
+
 fn committed(outcome: &CommitOutcome) -> (usize, usize, usize) {
     match outcome {
         CommitOutcome::Committed {
@@ -905,29 +932,7 @@ async fn a_table_partitioned_by_another_writer_gets_the_same_versions_through_me
     .await
     .expect("create the partitioned table");
 
-    let first = changes(
-        &table,
-        &[
-            insert(1, "ana", 10.0, "2026-03-01T09:00:00Z"),
-            insert(2, "bo", 20.0, "2026-03-01T09:00:00Z"),
-        ],
-    );
-    t.lake
-        .commit_changes(&table, &first, &ends(&[(0, 1)]), GROUP, Utc::now())
-        .await
-        .expect("first");
-    let batch = changes(
-        &table,
-        &[
-            update(1, "ana", 11.0, "2026-03-01T10:00:00Z"),
-            delete(2, "2026-03-01T10:00:00Z"),
-        ],
-    );
-    let outcome = t
-        .lake
-        .commit_changes(&table, &batch, &ends(&[(0, 3)]), GROUP, Utc::now())
-        .await
-        .expect("second");
+    let outcome = insert_two_then_update_and_delete(&t, &table).await;
     assert_eq!(committed(&outcome), (1, 2, 0));
 
     let rows = versions(&t).await;
@@ -936,13 +941,12 @@ async fn a_table_partitioned_by_another_writer_gets_the_same_versions_through_me
         .iter()
         .map(|v| (v.id, v.speed, v.current, v.to))
         .collect();
-    let ten = Some(ts("2026-03-01T10:00:00Z"));
     assert_eq!(
         summary,
         vec![
-            (1, Some(10.0), false, ten),
-            (1, Some(11.0), true, None),
-            (2, Some(20.0), false, ten),
+            (1, Some(10.0), false, Some(ts("2026-03-01T10:00:00Z"))),
+            (1, Some(12.5), true, None),
+            (2, Some(20.0), false, Some(ts("2026-03-01T10:30:00Z"))),
         ]
     );
     let partitioned = std::fs::read_dir(&location)
