@@ -161,7 +161,7 @@ struct Batch<'a> {
     schema: SchemaRef,
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
     /// Reads the table state, decides the versions and commits them in one MERGE.
     async fn apply(&self, target: DeltaTable) -> Result<(Option<DeltaTable>, CommitOutcome)> {
         let Batch {
@@ -227,7 +227,7 @@ impl Batch<'_> {
             ));
         }
         let staged = stage(table, shape, changes, &self.schema, &plan, self.now)?;
-        let merging = std::time::Instant::now();
+        let writing = std::time::Instant::now();
         let direct = rewrite::supported(&target);
         let committed = if direct {
             self.rewrite(&plan, &state, staged)?
@@ -242,7 +242,7 @@ impl Batch<'_> {
             version,
             direct,
             state_read_ms = state_read.as_millis() as u64,
-            merge_ms = merging.elapsed().as_millis() as u64,
+            write_ms = writing.elapsed().as_millis() as u64,
             inserted = plan.versions.len(),
             closed = plan.closes.len(),
             unchanged = plan.unchanged,
@@ -256,9 +256,7 @@ impl Batch<'_> {
         };
         Ok((Some(committed), outcome))
     }
-}
 
-impl<'a> Batch<'a> {
     /// The planned versions as a direct copy-on-write (see [`rewrite`]): the staged insert rows
     /// are the new versions; the closes are looked up by key in the files the state read found.
     fn rewrite(
@@ -276,10 +274,6 @@ impl<'a> Batch<'a> {
             operation: "staging the new versions",
             source,
         })?;
-        let keys = key_rows(
-            table,
-            std::slice::from_ref(self.changes.column(self.shape.key)),
-        )?;
         Ok(Rewrite {
             table,
             schema: self.schema.clone(),
@@ -287,12 +281,12 @@ impl<'a> Batch<'a> {
             closes: plan
                 .closes
                 .iter()
-                .map(|(row, at)| (Box::from(keys.row(*row).as_ref()), *at))
+                .map(|c| (Box::from(c.key.as_ref()), c.at))
                 .collect(),
             files: plan
-                .closed_versions
+                .closes
                 .iter()
-                .map(|v| state.current_files[*v].clone())
+                .map(|c| state.current_files[c.stored].clone())
                 .collect(),
             versions,
         })
@@ -650,12 +644,21 @@ struct NewVersion {
 /// The rows to stage for one batch.
 #[derive(Debug, Default)]
 struct VersionPlan {
-    /// Current versions to close: a change row of the key (for its key value) and the close time.
-    closes: Vec<(usize, i64)>,
-    /// For each close, the stored current version (row of `KeyState::current`).
-    closed_versions: Vec<usize>,
+    closes: Vec<Close>,
     versions: Vec<NewVersion>,
     unchanged: usize,
+}
+
+/// A stored current version to close.
+#[derive(Debug)]
+struct Close {
+    /// A change row of the key (the MERGE takes the key value from it).
+    row: usize,
+    /// The key, as `key_rows` encodes it.
+    key: OwnedRow,
+    /// The version's row in `KeyState::current`.
+    stored: usize,
+    at: i64,
 }
 
 /// The version at the head of a key's history while its changes are applied.
@@ -750,8 +753,12 @@ fn plan_versions(
             latest = Some(at);
         }
         if let (Some(at), Some(stored)) = (close_stored, stored) {
-            plan.closes.push((rows[0], at));
-            plan.closed_versions.push(stored);
+            plan.closes.push(Close {
+                row: rows[0],
+                key: key.clone(),
+                stored,
+                at,
+            });
         }
     }
     Ok(plan)
@@ -774,7 +781,7 @@ fn stage(
     let closes = plan.closes.len();
     let versions = plan.versions.iter();
     let key_rows: UInt32Array = staged_column(
-        plan.closes.iter().map(|(row, _)| Some(*row as u32)),
+        plan.closes.iter().map(|c| Some(c.row as u32)),
         versions.clone().map(|_| None),
     );
     let data_rows: UInt32Array = staged_column(
@@ -785,7 +792,7 @@ fn stage(
         Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
     };
     let close_at = timestamps(staged_column(
-        plan.closes.iter().map(|(_, at)| Some(*at)),
+        plan.closes.iter().map(|c| Some(c.at)),
         versions.clone().map(|_| None),
     ));
     let operation: ArrayRef = Arc::new(staged_column::<_, StringArray>(

@@ -932,3 +932,46 @@ async fn positioned_changes_overlapping_the_watermark_are_filtered_row_by_row() 
         ]
     );
 }
+
+/// The rows left after the watermark filter close the versions of their own keys, not of the
+/// keys at the same row numbers in the batch as it came.
+#[tokio::test]
+async fn a_filtered_replay_closes_the_versions_of_the_keys_it_kept() {
+    let t = TestLake::new();
+    let table = vehicles(HardDeletes::Close, false);
+    let first = positioned(
+        &table,
+        &[
+            (insert(1, "ana", 10.0, "2026-03-01T09:00:00Z"), 0, 0),
+            (insert(2, "bo", 5.0, "2026-03-01T09:00:00Z"), 1, 0),
+        ],
+    );
+    t.lake
+        .commit_changes(&table, &first, &ends(&[(0, 0), (1, 0)]), GROUP, Utc::now())
+        .await
+        .expect("first");
+    // Key 1's insert is at the watermark and left out; key 2's update is new.
+    let replay = positioned(
+        &table,
+        &[
+            (insert(1, "ana", 10.0, "2026-03-01T09:00:00Z"), 0, 0),
+            (update(2, "bo", 6.0, "2026-03-01T09:30:00Z"), 1, 1),
+        ],
+    );
+    t.lake
+        .commit_changes(&table, &replay, &ends(&[(0, 0), (1, 1)]), GROUP, Utc::now())
+        .await
+        .expect("replay");
+    let rows = versions(&t).await;
+    crate::sink_scd2::assert_invariants(&rows);
+    let history: Vec<(i64, Option<f64>, bool)> =
+        rows.iter().map(|v| (v.id, v.speed, v.current)).collect();
+    assert_eq!(
+        history,
+        vec![
+            (1, Some(10.0), true),
+            (2, Some(5.0), false),
+            (2, Some(6.0), true)
+        ]
+    );
+}
