@@ -9,9 +9,9 @@
 //!   destination's mark is never applied to that destination again.
 //! - After the three commits, a progress blob per table and group is saved: the cumulative metric
 //!   state and the marks it covers. A destination that had nothing to write makes no commit but
-//!   a progress note; should that note be missing (a crash in between), the blob lifts its mark. So after a crash between two commits of a batch, each
-//!   destination is re-planned from the records it lacks, and the metric state from the records
-//!   the blob lacks.
+//!   a progress note; should that note be missing (a crash in between), the blob lifts its mark.
+//!   So after a crash between two commits of a batch, each destination is re-planned from the
+//!   records it lacks, and the metric state from the records the blob lacks.
 //! - Partitions are read from those marks, never from Kafka's committed offsets: `--once` and
 //!   `--all-partitions` assign them at the marks; a group member re-assigns in the rebalance
 //!   callback and re-reads the marks from the lake before applying anything, dropping records of
