@@ -15,7 +15,9 @@ APT_PACKAGES=(
   build-essential pkg-config libssl-dev zlib1g-dev libsasl2-dev
   python3-venv curl ca-certificates docker-registry strace
 )
-PYTHON_PACKAGES=("moto[server]" cfn-lint deltalake pyarrow)
+# botocore is pinned: moto serves each AWS service with botocore's model of it, and botocore
+# 1.44.18 moved Athena from the JSON protocol the AWS SDK for Rust speaks to REST-JSON.
+PYTHON_PACKAGES=("moto[server]" cfn-lint deltalake pyarrow "boto3==1.44.13" "botocore==1.44.13")
 
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -79,8 +81,13 @@ fi
 py=$VENV/bin/python
 missing=()
 for requirement in "${PYTHON_PACKAGES[@]}"; do
-  name=${requirement%%[*}
+  name=${requirement%%[[=]*}
   "$py" -m pip show --quiet "$name" >/dev/null 2>&1 || { missing+=("$requirement"); continue; }
+  if [[ $requirement == *==* ]] \
+    && [[ $("$py" -c "import importlib.metadata as m; print(m.version('$name'))") != "${requirement#*==}" ]]; then
+    missing+=("$requirement")
+    continue
+  fi
   # The server extra of moto brings flask; a plain moto install lacks it.
   if [[ $requirement == "moto[server]" ]] && ! "$py" -c 'import flask, flask_cors' >/dev/null 2>&1; then
     missing+=("$requirement")
