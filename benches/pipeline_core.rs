@@ -13,7 +13,7 @@ use dqetl::config::spec::{
     ColumnSpec, ColumnType, MetricCheckSpec, MetricKind, RuleKind, RuleSpec, Scd2Spec, Severity,
     TableSpec, TransformKind, TransformSpec,
 };
-use dqetl::pipeline::plan::{Operation, SourcePosition};
+use dqetl::pipeline::plan::Operation;
 use dqetl::pipeline::{TableMetricState, plan};
 use serde_json::{Map, Value, json};
 
@@ -200,11 +200,9 @@ fn main() {
             .iter()
             .enumerate()
             .map(|(i, p)| RawMessage {
-                position: SourcePosition {
-                    topic: table.topic.clone(),
-                    partition: (i % 3) as i32,
-                    offset: (b * batch_size + i) as i64,
-                },
+                topic: &table.topic,
+                partition: (i % 3) as i32,
+                offset: (b * batch_size + i) as i64,
                 key: None,
                 payload: Some(p),
             })

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use dqetl::stream::bench::{BenchOptions, Mix, run};
+use dqetl::stream::bench::{BenchOptions, BrokerStorage, Mix, run};
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --bench` passes nothing: then a smoke run.
@@ -31,6 +31,10 @@ fn main() {
         trigger_interval: Duration::from_secs(1),
         max_batch_records: None,
         bootstrap: std::env::var("DQETL_BENCH_BOOTSTRAP").ok(),
+        broker_storage: match std::env::var("DQETL_BENCH_BROKER_STORAGE").as_deref() {
+            Ok("memory") => BrokerStorage::Memory,
+            _ => BrokerStorage::Sqlite,
+        },
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -12,6 +12,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Number;
+use smallvec::SmallVec;
 
 use super::coerce::JsonRef;
 use crate::config::spec::TableSpec;
@@ -44,28 +45,36 @@ pub struct Metadata<'a> {
     pub timestamp: Option<&'a str>,
 }
 
-/// A record as far as this path reads it: `values[i]` is configured column `i` (None: null or
-/// absent).
+/// The values of one row, one per configured column: on the stack for up to 32 columns.
+pub type Values<'a> = SmallVec<[Option<Scalar<'a>>; 32]>;
+
+/// A record as far as this path reads it; its values are in the buffer [`parse`] was given.
 #[derive(Debug)]
 pub struct Record<'a> {
     pub metadata: Metadata<'a>,
-    /// None when the record has no `data`.
-    pub values: Option<Vec<Option<Scalar<'a>>>>,
+    /// Whether the record has `data` (then `values[i]` is configured column `i`; None: null or
+    /// absent).
+    pub has_data: bool,
 }
 
 /// Parses `text` as a DMS record of `table`, or None when the general decoder must look at it.
-pub fn parse<'a>(table: &TableSpec, text: &'a str) -> Option<Record<'a>> {
+/// The row's values go to `values` (a buffer the caller keeps: moving a row's values around was
+/// a visible cost).
+pub fn parse<'a>(table: &TableSpec, text: &'a str, values: &mut Values<'a>) -> Option<Record<'a>> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let record = RecordSeed { table }.deserialize(&mut deserializer).ok()?;
+    let record = RecordSeed { table, values }
+        .deserialize(&mut deserializer)
+        .ok()?;
     deserializer.end().ok()?;
     Some(record)
 }
 
-struct RecordSeed<'t> {
+struct RecordSeed<'t, 'v, 'de> {
     table: &'t TableSpec,
+    values: &'v mut Values<'de>,
 }
 
-impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_, '_, 'de> {
     type Value = Record<'de>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
@@ -73,7 +82,7 @@ impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for RecordSeed<'_> {
+impl<'de> Visitor<'de> for RecordSeed<'_, '_, 'de> {
     type Value = Record<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -82,14 +91,18 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut metadata = None;
-        let mut values = None;
+        let mut has_data = false;
         while let Some(key) = map.next_key::<&'de str>()? {
             match key {
                 "metadata" if metadata.is_none() => {
                     metadata = Some(map.next_value_seed(MetadataSeed)?);
                 }
-                "data" if values.is_none() => {
-                    values = Some(map.next_value_seed(RowSeed { table: self.table })?);
+                "data" if !has_data => {
+                    map.next_value_seed(RowSeed {
+                        table: self.table,
+                        values: &mut *self.values,
+                    })?;
+                    has_data = true;
                 }
                 // A repeated field: the general decoder's last-one-wins rules apply.
                 "metadata" | "data" => return Err(de::Error::custom("repeated field")),
@@ -100,7 +113,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         }
         Ok(Record {
             metadata: metadata.ok_or_else(|| de::Error::custom("no metadata"))?,
-            values,
+            has_data,
         })
     }
 }
@@ -145,29 +158,30 @@ impl<'de> Visitor<'de> for MetadataSeed {
     }
 }
 
-struct RowSeed<'t> {
+struct RowSeed<'t, 'v, 'de> {
     table: &'t TableSpec,
+    values: &'v mut Values<'de>,
 }
 
-impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
-    type Value = Vec<Option<Scalar<'de>>>;
+impl<'de> DeserializeSeed<'de> for RowSeed<'_, '_, 'de> {
+    type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for RowSeed<'_> {
-    type Value = Vec<Option<Scalar<'de>>>;
+impl<'de> Visitor<'de> for RowSeed<'_, '_, 'de> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a 'data' object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut values: Vec<Option<Scalar<'de>>> = std::iter::repeat_with(|| None)
-            .take(self.table.columns.len())
-            .collect();
+        let values = self.values;
+        values.clear();
+        values.resize_with(self.table.columns.len(), || None);
         let columns = &self.table.columns;
         // DMS and local capture write the columns in table order: try the next one first.
         let mut next = 0;
@@ -187,7 +201,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                 }
             }
         }
-        Ok(values)
+        Ok(())
     }
 }
 
@@ -266,10 +280,11 @@ mod tests {
         let text = r#"{"data":{"id":7,"name":"a\"b","extra":[1,2],"speed":null},
             "metadata":{"timestamp":"2026-11-25T10:00:00Z","record-type":"data",
             "operation":"insert","table-name":"t","transaction-id":12}}"#;
-        let record = parse(&table(), text).expect("common record");
+        let mut values = Values::new();
+        let record = parse(&table(), text, &mut values).expect("common record");
         assert_eq!(record.metadata.operation, Some("insert"));
         assert_eq!(record.metadata.table_name, Some("t"));
-        let values = record.values.expect("data");
+        assert!(record.has_data);
         assert!(matches!(&values[0], Some(Scalar::Number(n)) if n.as_i64() == Some(7)));
         assert!(matches!(&values[1], Some(Scalar::Text(Cow::Owned(s))) if s == "a\"b"));
         assert!(values[2].is_none());
@@ -289,7 +304,7 @@ mod tests {
             r#"{"data":{"id":1},"metadata":["data","insert","t","2026-11-25"]}"#,
             r#"{"data":{"id":1},"metadata":{"operation":"insert","operation":"update"}}"#,
         ] {
-            assert!(parse(&t, text).is_none(), "{text}");
+            assert!(parse(&t, text, &mut Values::new()).is_none(), "{text}");
         }
     }
 }

@@ -2,16 +2,19 @@
 //! decimals as strings or numbers) coerced to the configured column types. A value that cannot be
 //! coerced is an error, never NULL: the decoder turns it into a malformed record.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use serde_json::{Number, Value};
 
 use crate::config::spec::ColumnType;
 use crate::pipeline::decimal::{Decimal, DecimalFitError};
 
-/// One coerced, non-null value in the representation of its Arrow column.
+/// One coerced, non-null value in the representation of its Arrow column. Text borrows from the
+/// payload where it can: an owned string per text cell was a large part of decoding.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
-    Text(String),
+pub enum Cell<'a> {
+    Text(Cow<'a, str>),
     Int(i32),
     Long(i64),
     Double(f64),
@@ -22,6 +25,22 @@ pub enum Cell {
     Date(i32),
     /// Unscaled value at the column's scale.
     Decimal(i128),
+}
+
+impl Cell<'_> {
+    /// The cell with its text owned, to outlive the document it was read from.
+    pub fn into_owned(self) -> Cell<'static> {
+        match self {
+            Cell::Text(text) => Cell::Text(Cow::Owned(text.into_owned())),
+            Cell::Int(v) => Cell::Int(v),
+            Cell::Long(v) => Cell::Long(v),
+            Cell::Double(v) => Cell::Double(v),
+            Cell::Boolean(v) => Cell::Boolean(v),
+            Cell::TimestampMicros(v) => Cell::TimestampMicros(v),
+            Cell::Date(v) => Cell::Date(v),
+            Cell::Decimal(v) => Cell::Decimal(v),
+        }
+    }
 }
 
 /// Why a value does not fit its column; rendered into `expected <type>, found <value>`.
@@ -99,7 +118,7 @@ fn error(column_type: ColumnType, value: JsonRef<'_>, detail: Option<&str>) -> C
 
 /// Coerces a non-null JSON value to `column_type`. (NULL handling is the caller's: JSON null and
 /// a missing field are both NULL.)
-pub fn coerce(value: &Value, column_type: ColumnType) -> Result<Cell, CoerceError> {
+pub fn coerce(value: &Value, column_type: ColumnType) -> Result<Cell<'_>, CoerceError> {
     match JsonRef::from_value(value) {
         Some(value) => coerce_ref(value, column_type),
         None => Err(error(column_type, JsonRef::Nested(value), None)),
@@ -107,15 +126,15 @@ pub fn coerce(value: &Value, column_type: ColumnType) -> Result<Cell, CoerceErro
 }
 
 /// [`coerce`] on a borrowed value.
-pub fn coerce_ref(value: JsonRef<'_>, column_type: ColumnType) -> Result<Cell, CoerceError> {
+pub fn coerce_ref(value: JsonRef<'_>, column_type: ColumnType) -> Result<Cell<'_>, CoerceError> {
     let fail = |detail: Option<&str>| error(column_type, value, detail);
     match column_type {
         ColumnType::String | ColumnType::Text => Ok(Cell::Text(match value {
-            JsonRef::Text(s) => s.to_owned(),
-            JsonRef::Number(n) => n.to_string(),
-            JsonRef::Bool(b) => b.to_string(),
+            JsonRef::Text(s) => Cow::Borrowed(s),
+            JsonRef::Number(n) => Cow::Owned(n.to_string()),
+            JsonRef::Bool(b) => Cow::Owned(b.to_string()),
             // json/jsonb and arrays arrive as nested JSON: keep their compact text.
-            JsonRef::Nested(other) => other.to_string(),
+            JsonRef::Nested(other) => Cow::Owned(other.to_string()),
         })),
         ColumnType::Int => {
             let whole = integer(value).ok_or_else(|| fail(None))?;
@@ -405,8 +424,10 @@ mod tests {
         }
     }
 
-    fn ok(value: Value, ty: ColumnType) -> Cell {
-        coerce(&value, ty).unwrap_or_else(|e| panic!("{value} as {ty}: {e}"))
+    fn ok(value: Value, ty: ColumnType) -> Cell<'static> {
+        coerce(&value, ty)
+            .map(Cell::into_owned)
+            .unwrap_or_else(|e| panic!("{value} as {ty}: {e}"))
     }
 
     fn err(value: Value, ty: ColumnType) -> String {

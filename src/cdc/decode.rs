@@ -4,28 +4,41 @@
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int32Builder,
-    Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayBuilder, ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder,
+    Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use deltalake::arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 use crate::config::spec::{ColumnType, TableSpec};
 use crate::pipeline::pii::PiiMasks;
 use crate::pipeline::plan::{DecodedBatch, MalformedRecord, Operation, SourcePosition};
 use crate::pipeline::schema::decoded_schema;
 
-use super::borrowed;
+use super::borrowed::{self, Scalar};
 use super::coerce::{Cell, CoerceError, coerce, coerce_ref, parse_timestamp_micros};
 
 /// One Kafka message as the consumer hands it over.
 #[derive(Debug, Clone)]
 pub struct RawMessage<'a> {
-    pub position: SourcePosition,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
     /// DMS keys by primary key; the row's key is read from `data`, so this is informational.
     pub key: Option<&'a [u8]>,
     /// None for a Kafka tombstone.
     pub payload: Option<&'a [u8]>,
+}
+
+impl RawMessage<'_> {
+    pub fn position(&self) -> SourcePosition {
+        SourcePosition {
+            topic: self.topic.to_owned(),
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
 }
 
 /// Payloads above this are quarantined undecoded (Kafka's default `message.max.bytes` is about
@@ -46,35 +59,110 @@ pub fn decode_with_limit(
     messages: &[RawMessage],
     max_payload_bytes: usize,
 ) -> DecodedBatch {
-    let masks = PiiMasks::for_quarantine(table);
-    let mut columns: Vec<ColumnBuilder> = table
-        .columns
-        .iter()
-        .map(|c| ColumnBuilder::new(c.column_type, messages.len()))
-        .collect();
-    let mut meta = MetaBuilders::new(messages.len());
-    let mut malformed = Vec::new();
-    let mut control_records = 0_u64;
-    let mut cells: Vec<Option<Cell>> = Vec::with_capacity(table.columns.len());
-
+    let mut decoder = Decoder::with_limit(table, messages.len(), max_payload_bytes);
     for message in messages {
-        match decode_one(table, message, max_payload_bytes, &masks, &mut cells) {
-            Outcome::Row {
-                operation,
-                source_ts_micros,
-            } => {
-                for (builder, cell) in columns.iter_mut().zip(cells.drain(..)) {
+        decoder.push(message);
+    }
+    match decoder.finish() {
+        Ok(decoded) => decoded,
+        // Unreachable in practice (the decoder checks up front that Arrow can hold the table's
+        // columns); the messages are still accounted for, as malformed.
+        Err(error) => {
+            let mut decoder = Decoder::with_limit(table, 0, max_payload_bytes);
+            decoder.unbuildable = Some(error);
+            for message in messages {
+                decoder.push(message);
+            }
+            decoder.without_rows()
+        }
+    }
+}
+
+/// Decodes a table's messages one at a time into Arrow builders, so that a micro-batch holds
+/// decoded columns (about 150 bytes a row) rather than the payloads (500 bytes and more).
+pub struct Decoder {
+    table: TableSpec,
+    max_payload_bytes: usize,
+    masks: PiiMasks,
+    columns: Vec<ColumnBuilder>,
+    meta: MetaBuilders,
+    malformed: Vec<MalformedRecord>,
+    control_records: u64,
+    /// Why Arrow cannot hold the table's columns (validation prevents it): every message is
+    /// then malformed with this reason, as it arrives.
+    unbuildable: Option<String>,
+}
+
+impl Decoder {
+    /// A decoder for about `capacity` messages of `table`.
+    pub fn new(table: &TableSpec, capacity: usize) -> Decoder {
+        Decoder::with_limit(table, capacity, MAX_PAYLOAD_BYTES)
+    }
+
+    /// [`Decoder::new`] with an explicit payload size limit.
+    pub fn with_limit(table: &TableSpec, capacity: usize, max_payload_bytes: usize) -> Decoder {
+        // An empty batch fails exactly where a full one would: the column types alone decide.
+        let unbuildable = build(table, builders(table, 0), MetaBuilders::new(0)).err();
+        Decoder {
+            table: table.clone(),
+            max_payload_bytes,
+            masks: PiiMasks::for_quarantine(table),
+            columns: builders(table, capacity),
+            meta: MetaBuilders::new(capacity),
+            malformed: Vec::new(),
+            control_records: 0,
+            unbuildable,
+        }
+    }
+
+    /// Decodes one message into a row, a control-record count or a malformed record.
+    pub fn push(&mut self, message: &RawMessage) {
+        let table = &self.table;
+        let mut cells: Cells = Cells::new();
+        let outcome = decode_one(
+            table,
+            message,
+            self.max_payload_bytes,
+            &self.masks,
+            &mut cells,
+        );
+        match (outcome, &self.unbuildable) {
+            (Outcome::Control, _) => self.control_records += 1,
+            (Outcome::Row { operation, .. }, Some(error))
+            | (
+                Outcome::Malformed {
+                    operation: Some(operation),
+                    ..
+                },
+                Some(error),
+            ) => self
+                .malformed
+                .push(unbuildable(table, message, Some(operation), error)),
+            (Outcome::Malformed { .. }, Some(error)) => {
+                self.malformed
+                    .push(unbuildable(table, message, None, error));
+            }
+            (
+                Outcome::Row {
+                    operation,
+                    source_ts_micros,
+                },
+                None,
+            ) => {
+                for (builder, cell) in self.columns.iter_mut().zip(cells.drain(..)) {
                     builder.append(cell);
                 }
-                meta.append(&message.position, operation, source_ts_micros);
+                self.meta.append(message, operation, source_ts_micros);
             }
-            Outcome::Control => control_records += 1,
-            Outcome::Malformed {
-                reason,
-                operation,
-                raw,
-            } => malformed.push(MalformedRecord {
-                position: message.position.clone(),
+            (
+                Outcome::Malformed {
+                    reason,
+                    operation,
+                    raw,
+                },
+                None,
+            ) => self.malformed.push(MalformedRecord {
+                position: message.position(),
                 raw: raw.unwrap_or_else(|| raw_text(message.payload.unwrap_or_default())),
                 reason,
                 operation,
@@ -82,68 +170,77 @@ pub fn decode_with_limit(
         }
     }
 
-    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(table.columns.len() + 5);
-    let mut build_error = None;
-    for builder in columns {
-        match builder.finish() {
-            Ok(array) => arrays.push(array),
-            Err(e) => build_error = Some(e),
-        }
+    /// Messages pushed so far: rows, malformed and control records.
+    pub fn len(&self) -> usize {
+        self.meta.offset.len() + self.malformed.len() + self.control_records as usize
     }
-    arrays.extend(meta.finish());
-    let batch = match build_error {
-        Some(e) => Err(e),
-        None => RecordBatch::try_new(decoded_schema(table), arrays).map_err(|e| e.to_string()),
-    };
-    match batch {
-        Ok(rows) => DecodedBatch {
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The decoded batch, in push order.
+    pub fn finish(self) -> Result<DecodedBatch, String> {
+        if self.unbuildable.is_some() {
+            return Ok(self.without_rows());
+        }
+        let rows = build(&self.table, self.columns, self.meta)?;
+        Ok(DecodedBatch {
             rows,
-            malformed,
-            control_records,
-        },
-        // Only reachable with a column type Arrow cannot hold (validation prevents it); the
-        // messages are still accounted for, as malformed.
-        Err(e) => all_malformed(table, messages, max_payload_bytes, &e),
+            malformed: self.malformed,
+            control_records: self.control_records,
+        })
+    }
+
+    /// The malformed and control records only (every row became malformed).
+    fn without_rows(self) -> DecodedBatch {
+        DecodedBatch {
+            rows: RecordBatch::new_empty(decoded_schema(&self.table)),
+            malformed: self.malformed,
+            control_records: self.control_records,
+        }
     }
 }
 
-fn all_malformed(
+/// The cells of one row, one per configured column: on the stack for tables of up to 32 columns.
+type Cells<'a> = SmallVec<[Option<Cell<'a>>; 32]>;
+
+fn builders(table: &TableSpec, capacity: usize) -> Vec<ColumnBuilder> {
+    table
+        .columns
+        .iter()
+        .map(|c| ColumnBuilder::new(c.column_type, capacity))
+        .collect()
+}
+
+fn build(
     table: &TableSpec,
-    messages: &[RawMessage],
-    max_payload_bytes: usize,
-    error: &str,
-) -> DecodedBatch {
-    let masks = PiiMasks::for_quarantine(table);
-    let mut cells = Vec::new();
-    let mut malformed = Vec::new();
-    let mut control_records = 0;
-    for message in messages {
-        match decode_one(table, message, max_payload_bytes, &masks, &mut cells) {
-            Outcome::Control => control_records += 1,
-            outcome => {
-                let operation = match outcome {
-                    Outcome::Row { operation, .. } => Some(operation),
-                    Outcome::Malformed { operation, .. } => operation,
-                    Outcome::Control => None,
-                };
-                malformed.push(MalformedRecord {
-                    position: message.position.clone(),
-                    raw: raw_text(message.payload.unwrap_or_default()),
-                    reason: format!(
-                        "malformed: table '{}' cannot be decoded into Arrow: {error}",
-                        table.name
-                    ),
-                    operation,
-                });
-            }
-        }
-        cells.clear();
+    columns: Vec<ColumnBuilder>,
+    meta: MetaBuilders,
+) -> Result<RecordBatch, String> {
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(table.columns.len() + 5);
+    for builder in columns {
+        arrays.push(builder.finish()?);
     }
-    let rows = RecordBatch::new_empty(decoded_schema(table));
-    DecodedBatch {
-        rows,
-        malformed,
-        control_records,
+    arrays.extend(meta.finish());
+    RecordBatch::try_new(decoded_schema(table), arrays).map_err(|e| e.to_string())
+}
+
+/// A message of a table whose columns Arrow cannot hold, accounted for as malformed.
+fn unbuildable(
+    table: &TableSpec,
+    message: &RawMessage,
+    operation: Option<Operation>,
+    error: &str,
+) -> MalformedRecord {
+    MalformedRecord {
+        position: message.position(),
+        raw: raw_text(message.payload.unwrap_or_default()),
+        reason: format!(
+            "malformed: table '{}' cannot be decoded into Arrow: {error}",
+            table.name
+        ),
+        operation,
     }
 }
 
@@ -170,12 +267,12 @@ fn malformed(reason: impl Into<String>) -> Outcome {
     }
 }
 
-fn decode_one(
+fn decode_one<'a>(
     table: &TableSpec,
-    message: &RawMessage,
+    message: &RawMessage<'a>,
     max_payload_bytes: usize,
     masks: &PiiMasks,
-    cells: &mut Vec<Option<Cell>>,
+    cells: &mut Cells<'a>,
 ) -> Outcome {
     cells.clear();
     let payload = match message.payload {
@@ -227,7 +324,7 @@ fn decode_one(
         }
         Err(e) => return malformed(format!("not JSON: {e}")),
     };
-    let outcome = decode_document(table, &message.position, &document, masks, cells);
+    let outcome = decode_document(table, message.topic, &document, masks, cells);
     match outcome {
         Outcome::Malformed {
             reason,
@@ -244,8 +341,9 @@ fn decode_one(
 
 /// A well-formed data or control record through the borrowing parser; None leaves the message
 /// to [`decode_document`], which also writes every malformed-record reason.
-fn decode_common(table: &TableSpec, text: &str, cells: &mut Vec<Option<Cell>>) -> Option<Outcome> {
-    let record = borrowed::parse(table, text)?;
+fn decode_common<'a>(table: &TableSpec, text: &'a str, cells: &mut Cells<'a>) -> Option<Outcome> {
+    let mut values = borrowed::Values::new();
+    let record = borrowed::parse(table, text, &mut values)?;
     let metadata = record.metadata;
     match metadata.record_type? {
         "data" => {}
@@ -257,10 +355,23 @@ fn decode_common(table: &TableSpec, text: &str, cells: &mut Vec<Option<Cell>>) -
         return None;
     }
     let source_ts_micros = parse_timestamp_micros(metadata.timestamp?)?;
-    for (column, value) in table.columns.iter().zip(record.values?) {
-        let cell = match &value {
+    if !record.has_data {
+        return None;
+    }
+    for (column, value) in table.columns.iter().zip(values) {
+        let cell = match value {
             None => None,
-            Some(scalar) => Some(coerce_ref(scalar.as_json(), column.column_type).ok()?),
+            // Text into a text column: the borrowed string itself, no copy.
+            Some(Scalar::Text(text))
+                if matches!(column.column_type, ColumnType::String | ColumnType::Text) =>
+            {
+                Some(Cell::Text(text))
+            }
+            Some(scalar) => Some(
+                coerce_ref(scalar.as_json(), column.column_type)
+                    .ok()?
+                    .into_owned(),
+            ),
         };
         cells.push(cell);
     }
@@ -275,10 +386,10 @@ fn decode_common(table: &TableSpec, text: &str, cells: &mut Vec<Option<Cell>>) -
 
 fn decode_document(
     table: &TableSpec,
-    position: &SourcePosition,
+    topic: &str,
     document: &Value,
     masks: &PiiMasks,
-    cells: &mut Vec<Option<Cell>>,
+    cells: &mut Cells<'_>,
 ) -> Outcome {
     let Value::Object(envelope) = document else {
         return malformed(format!(
@@ -319,7 +430,7 @@ fn decode_document(
         Ok(name) => {
             return with_operation(format!(
                 "message for table '{name}' arrived on topic '{}' of table '{}'",
-                position.topic, table.name
+                topic, table.name
             ));
         }
         Err(reason) => return with_operation(reason),
@@ -348,7 +459,7 @@ fn decode_document(
         match data.get(&column.name) {
             None | Some(Value::Null) => cells.push(None),
             Some(value) => match coerce(value, column.column_type) {
-                Ok(cell) => cells.push(Some(cell)),
+                Ok(cell) => cells.push(Some(cell.into_owned())),
                 Err(e) => {
                     problems.push(format!(
                         "column '{}': {}",
@@ -579,10 +690,10 @@ impl MetaBuilders {
         }
     }
 
-    fn append(&mut self, position: &SourcePosition, operation: Operation, source_ts_micros: i64) {
+    fn append(&mut self, position: &RawMessage, operation: Operation, source_ts_micros: i64) {
         self.operation.append_value(operation.as_dms());
         self.source_ts.append_value(source_ts_micros);
-        self.topic.append_value(&position.topic);
+        self.topic.append_value(position.topic);
         self.partition.append_value(position.partition);
         self.offset.append_value(position.offset);
     }
@@ -611,17 +722,12 @@ mod tests {
     };
 
     /// What the general decoder makes of `text`, for comparison with the borrowing path.
-    fn general(table: &TableSpec, text: &str) -> (String, Vec<Option<Cell>>) {
-        let position = SourcePosition {
-            topic: table.topic.clone(),
-            partition: 0,
-            offset: 0,
-        };
-        let mut cells = Vec::new();
+    fn general<'a>(table: &TableSpec, text: &str) -> (String, Cells<'a>) {
+        let mut cells = Cells::new();
         let outcome = match serde_json::from_str::<Value>(text) {
             Ok(document) => decode_document(
                 table,
-                &position,
+                &table.topic,
                 &document,
                 &PiiMasks::for_quarantine(table),
                 &mut cells,
@@ -689,7 +795,7 @@ mod tests {
                 }
             })
             .to_string();
-            let mut cells = Vec::new();
+            let mut cells = Cells::new();
             if let Some(outcome) = decode_common(&table, &text, &mut cells) {
                 proptest::prop_assert_eq!((outcome_label(&outcome), cells), general(&table, &text), "{}", text);
             }
@@ -719,7 +825,7 @@ mod tests {
             let data: Map<String, Value> =
                 table.columns.iter().map(|c| c.name.clone()).zip(values).collect();
             let text = String::from_utf8(dms(&table, "insert", Value::Object(data), 9)).expect("utf-8");
-            let mut cells = Vec::new();
+            let mut cells = Cells::new();
             let outcome = decode_common(&table, &text, &mut cells);
             proptest::prop_assert!(outcome.is_some(), "not taken: {}", text);
             let outcome = outcome.expect("checked");
@@ -731,7 +837,7 @@ mod tests {
     fn the_borrowing_path_takes_the_common_records() {
         let table = telemetry_table();
         let text = String::from_utf8(dms(&table, "update", good(3), 5)).expect("utf-8");
-        let mut cells = Vec::new();
+        let mut cells = Cells::new();
         let outcome = decode_common(&table, &text, &mut cells).expect("common record");
         assert_eq!((outcome_label(&outcome), cells), general(&table, &text));
     }
@@ -977,19 +1083,18 @@ mod tests {
     #[test]
     fn empty_and_absent_values_are_malformed() {
         let table = telemetry_table();
-        let position = |offset| SourcePosition {
-            topic: table.topic.clone(),
-            partition: 1,
-            offset,
-        };
         let messages = [
             RawMessage {
-                position: position(10),
+                topic: &table.topic,
+                partition: 1,
+                offset: 10,
                 key: Some(b"1"),
                 payload: None,
             },
             RawMessage {
-                position: position(11),
+                topic: &table.topic,
+                partition: 1,
+                offset: 11,
                 key: None,
                 payload: Some(b""),
             },
@@ -1036,11 +1141,9 @@ mod tests {
         let decoded = decode_with_limit(
             &table,
             &[RawMessage {
-                position: SourcePosition {
-                    topic: table.topic.clone(),
-                    partition: 0,
-                    offset: 5,
-                },
+                topic: &table.topic,
+                partition: 0,
+                offset: 5,
                 key: None,
                 payload: Some(&payload),
             }],

@@ -114,7 +114,6 @@ mod tests {
 
     use super::*;
     use crate::cdc::decode::{RawMessage, decode};
-    use crate::pipeline::plan::SourcePosition;
     use crate::pipeline::testing::{all_types_table, object};
 
     fn commit_ts() -> DateTime<Utc> {
@@ -222,11 +221,9 @@ mod tests {
         );
         let key = b"2147483647".to_vec();
         let messages = [RawMessage {
-            position: SourcePosition {
-                topic: "cdc-things".into(),
-                partition: 2,
-                offset: 99,
-            },
+            topic: "cdc-things",
+            partition: 2,
+            offset: 99,
             key: Some(&key),
             payload: Some(&bytes),
         }];
@@ -325,11 +322,9 @@ mod tests {
             Some(3),
         );
         let messages = [RawMessage {
-            position: SourcePosition {
-                topic: "cdc-things".into(),
-                partition: 0,
-                offset: 0,
-            },
+            topic: "cdc-things",
+            partition: 0,
+            offset: 0,
             key: None,
             payload: Some(&bytes),
         }];

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::cli::GlobalArgs;
-use crate::stream::bench::{self, BenchOptions, Mix};
+use crate::stream::bench::{self, BenchOptions, BrokerStorage, Mix};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -33,9 +33,19 @@ pub struct BenchProcessArgs {
     /// Records per micro-batch at most, instead of the config's `settings.max_batch_records`.
     #[arg(long)]
     pub max_batch_records: Option<u64>,
-    /// Use this broker instead of starting a temporary tansu broker (SQLite storage).
+    /// Use this broker instead of starting a temporary tansu broker.
     #[arg(long)]
     pub bootstrap: Option<String>,
+    /// Storage of the temporary tansu broker: `sqlite` (what the local target runs) or `memory`
+    /// (faster, to see more of the processor itself).
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub broker_storage: BrokerStorageArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BrokerStorageArg {
+    Sqlite,
+    Memory,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -59,6 +69,10 @@ pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<(
         trigger_interval: args.trigger_interval,
         max_batch_records: args.max_batch_records,
         bootstrap: args.bootstrap,
+        broker_storage: match args.broker_storage {
+            BrokerStorageArg::Sqlite => BrokerStorage::Sqlite,
+            BrokerStorageArg::Memory => BrokerStorage::Memory,
+        },
     };
     let report = bench::run(&options).await?;
     if global.json {

@@ -12,7 +12,7 @@ use crate::config::spec::{
     TableSpec, TransformKind, TransformSpec,
 };
 
-use super::plan::{DecodedBatch, SourcePosition};
+use super::plan::DecodedBatch;
 
 pub(crate) fn column(name: &str, column_type: ColumnType) -> ColumnSpec {
     ColumnSpec {
@@ -220,11 +220,9 @@ pub(crate) fn decode_payloads(table: &TableSpec, payloads: &[Vec<u8>]) -> Decode
         .iter()
         .enumerate()
         .map(|(i, p)| RawMessage {
-            position: SourcePosition {
-                topic: table.topic.clone(),
-                partition: 0,
-                offset: i as i64,
-            },
+            topic: &table.topic,
+            partition: 0,
+            offset: i as i64,
             key: None,
             payload: Some(p),
         })
@@ -287,11 +285,9 @@ pub(crate) fn decode_at(table: &TableSpec, messages: &[(i32, i64, Vec<u8>)]) -> 
     let raw: Vec<RawMessage> = messages
         .iter()
         .map(|(partition, offset, payload)| RawMessage {
-            position: SourcePosition {
-                topic: table.topic.clone(),
-                partition: *partition,
-                offset: *offset,
-            },
+            topic: &table.topic,
+            partition: *partition,
+            offset: *offset,
             key: None,
             payload: Some(payload),
         })

@@ -323,7 +323,7 @@ fn default_value(
 
 fn single_value_array(cell: Cell, data_type: &DataType) -> Option<ArrayRef> {
     Some(match (cell, data_type) {
-        (Cell::Text(v), DataType::Utf8) => Arc::new(StringArray::from(vec![v])),
+        (Cell::Text(v), DataType::Utf8) => Arc::new(StringArray::from(vec![v.as_ref()])),
         (Cell::Int(v), DataType::Int32) => Arc::new(Int32Array::from(vec![v])),
         (Cell::Long(v), DataType::Int64) => Arc::new(Int64Array::from(vec![v])),
         (Cell::Double(v), DataType::Float64) => Arc::new(Float64Array::from(vec![v])),

@@ -31,7 +31,7 @@ use crate::cdc::encode::encode;
 use crate::config::layout::LakeLayout;
 use crate::config::spec::{ConfigSpec, TableSpec};
 use crate::pipeline::TableMetricState;
-use crate::pipeline::plan::{Operation, SourcePosition};
+use crate::pipeline::plan::Operation;
 use crate::sink::Lake;
 use crate::target::local::process::SpawnOptions;
 use crate::target::local::{Broker, BrokerOptions, Storage, create_topics};
@@ -69,9 +69,31 @@ pub struct BenchOptions {
     pub trigger_interval: Duration,
     /// Overrides the config's `settings.max_batch_records` (batch size bounds memory).
     pub max_batch_records: Option<u64>,
-    /// An existing broker; by default a tansu broker with SQLite storage (the local target's) is
-    /// started in a temporary folder.
+    /// An existing broker; by default a tansu broker is started in a temporary folder.
     pub bootstrap: Option<String>,
+    /// The storage of the tansu broker the benchmark starts.
+    pub broker_storage: BrokerStorage,
+}
+
+/// The storage of the benchmark's own tansu broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BrokerStorage {
+    /// SQLite, as the local target runs it.
+    #[default]
+    Sqlite,
+    /// In memory: a faster broker, to see more of the processor itself. Good for the runs from
+    /// the beginning of a topic that the benchmark makes (see docs/benchmarks.md).
+    Memory,
+}
+
+impl fmt::Display for BrokerStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BrokerStorage::Sqlite => "SQLite",
+            BrokerStorage::Memory => "memory",
+        })
+    }
 }
 
 /// Everything measured, for the table and for `--json`.
@@ -79,6 +101,8 @@ pub struct BenchOptions {
 pub struct BenchReport {
     pub build: &'static str,
     pub machine: Machine,
+    /// The broker measured against: `tansu (SQLite storage)`, or the address given.
+    pub broker: String,
     pub messages: usize,
     pub partitions: i32,
     pub core: CoreResult,
@@ -137,7 +161,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let (broker, bootstrap) = match &opts.bootstrap {
         Some(b) => (None, b.clone()),
         None => {
-            let broker = start_broker(&work.path.join("broker"))?;
+            let broker = start_broker(&work.path.join("broker"), opts.broker_storage)?;
             let bootstrap = broker.bootstrap();
             (Some(broker), bootstrap)
         }
@@ -182,6 +206,10 @@ async fn measure(opts: &BenchOptions, work: &Path, bootstrap: &str) -> anyhow::R
             "release"
         },
         machine: machine(),
+        broker: match &opts.bootstrap {
+            Some(bootstrap) => format!("at {bootstrap}"),
+            None => format!("tansu ({} storage)", opts.broker_storage),
+        },
         messages: opts.messages,
         partitions: PARTITIONS,
         core,
@@ -328,11 +356,9 @@ fn core(spec: &ConfigSpec, events: usize) -> anyhow::Result<CoreResult> {
             .iter()
             .enumerate()
             .map(|(i, (key, payload))| RawMessage {
-                position: SourcePosition {
-                    topic: table.topic.clone(),
-                    partition: 0,
-                    offset: (n * CORE_BATCH + i) as i64,
-                },
+                topic: &table.topic,
+                partition: 0,
+                offset: (n * CORE_BATCH + i) as i64,
                 key: Some(key),
                 payload: Some(payload),
             })
@@ -702,7 +728,7 @@ fn machine() -> Machine {
     }
 }
 
-fn start_broker(dir: &Path) -> anyhow::Result<Broker> {
+fn start_broker(dir: &Path, storage: BrokerStorage) -> anyhow::Result<Broker> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let port = crate::target::local::ports::free_port().context("finding a free port")?;
     let options = BrokerOptions {
@@ -713,7 +739,11 @@ fn start_broker(dir: &Path) -> anyhow::Result<Broker> {
         log_file: Some(dir.join("tansu.log")),
         ready_timeout: Duration::from_secs(60),
     };
-    Broker::start_with(dir, port, Storage::Sqlite("bench.db".into()), &options)
+    let storage = match storage {
+        BrokerStorage::Sqlite => Storage::Sqlite("bench.db".into()),
+        BrokerStorage::Memory => Storage::Memory,
+    };
+    Broker::start_with(dir, port, storage, &options)
         .context("starting a tansu broker for the benchmark")
 }
 
@@ -758,8 +788,8 @@ impl fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "workload: vehicle_telemetry DMS messages, {} per mix, {} partitions, broker tansu\n",
-            self.messages, self.partitions
+            "workload: vehicle_telemetry DMS messages, {} per mix, {} partitions, broker {}\n",
+            self.messages, self.partitions, self.broker
         )?;
         writeln!(f, "| measurement | mix | result | peak RSS |")?;
         writeln!(f, "|---|---|---|---|")?;
@@ -773,7 +803,7 @@ impl fmt::Display for BenchReport {
         for m in &self.mixes {
             writeln!(
                 f,
-                "| produce (rdkafka → tansu) | {} | {} | |",
+                "| produce (rdkafka → broker) | {} | {} | |",
                 m.mix,
                 rate(m.produce_per_second)
             )?;
