@@ -58,32 +58,60 @@ impl Ratio {
     }
 }
 
+/// Digest of a value's text form → occurrences. The keys are already XXH64 digests, so a cheap
+/// multiplicative hasher spreads them well; SipHash was a visible cost per row.
+pub type DigestCounts = HashMap<u64, u64, rustc_hash::FxBuildHasher>;
+
 /// Deequ's FrequenciesAndNumRows: how often each non-null value occurred, and all rows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Frequencies {
-    /// Digest of the value's text form → occurrences.
-    pub counts: HashMap<u64, u64>,
-    pub rows: u64,
+    counts: DigestCounts,
+    rows: u64,
+    /// Values that occurred exactly once: kept up to date by merges, so Uniqueness of the
+    /// cumulative state does not walk every distinct value after each batch.
+    once: u64,
 }
 
 impl Frequencies {
+    pub fn new(counts: DigestCounts, rows: u64) -> Frequencies {
+        let once = counts.values().filter(|&&c| c == 1).count() as u64;
+        Frequencies { counts, rows, once }
+    }
+
+    pub fn counts(&self) -> &DigestCounts {
+        &self.counts
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
     fn merge(&mut self, other: Frequencies) {
-        if self.counts.len() < other.counts.len() {
+        // The smaller map is folded into the larger one.
+        let (mut base, mut once, smaller) = if self.counts.len() < other.counts.len() {
             let mine = std::mem::replace(&mut self.counts, other.counts);
-            for (value, count) in mine {
-                *self.counts.entry(value).or_default() += count;
-            }
+            (std::mem::take(&mut self.counts), other.once, mine)
         } else {
-            for (value, count) in other.counts {
-                *self.counts.entry(value).or_default() += count;
+            (std::mem::take(&mut self.counts), self.once, other.counts)
+        };
+        base.reserve(smaller.len());
+        for (value, count) in smaller {
+            let seen = base.entry(value).or_default();
+            if *seen == 1 {
+                once -= 1;
+            }
+            *seen += count;
+            if *seen == 1 {
+                once += 1;
             }
         }
+        self.counts = base;
+        self.once = once;
         self.rows += other.rows;
     }
 
     fn uniqueness(&self) -> Option<f64> {
-        let unique = self.counts.values().filter(|&&c| c == 1).count();
-        (self.rows > 0).then(|| unique as f64 / self.rows as f64)
+        (self.rows > 0).then(|| self.once as f64 / self.rows as f64)
     }
 }
 
@@ -135,17 +163,17 @@ impl<'de> Deserialize<'de> for Frequencies {
                 once.len()
             )));
         }
-        let mut counts = HashMap::with_capacity(once.len() / 8 + wire.more.len());
+        let mut counts = DigestCounts::with_capacity_and_hasher(
+            once.len() / 8 + wire.more.len(),
+            Default::default(),
+        );
         for chunk in once.chunks_exact(8) {
             let mut digest = [0_u8; 8];
             digest.copy_from_slice(chunk);
             counts.insert(u64::from_le_bytes(digest), 1);
         }
         counts.extend(wire.more);
-        Ok(Frequencies {
-            counts,
-            rows: wire.rows,
-        })
+        Ok(Frequencies::new(counts, wire.rows))
     }
 }
 
@@ -216,15 +244,18 @@ pub(crate) fn measure(
                 let column = check_column(table, rows, check)?;
                 let values =
                     ColumnValues::new(&column).ok_or_else(|| unknown_column(table, check))?;
-                let mut counts: HashMap<u64, u64> = HashMap::new();
+                let mut counts =
+                    DigestCounts::with_capacity_and_hasher(column.len(), Default::default());
+                let mut text = String::new();
                 for row in 0..column.len() {
-                    if let Some(text) = values.text(row) {
+                    text.clear();
+                    if values.write_text(row, &mut text) {
                         *counts.entry(digest(&text)).or_default() += 1;
                     }
                 }
                 state
                     .uniqueness
-                    .insert(check_column_name(check), Frequencies { counts, rows: n });
+                    .insert(check_column_name(check), Frequencies::new(counts, n));
             }
             MetricKind::Compliance { name, predicate } => {
                 let matches = match predicate {
@@ -432,12 +463,12 @@ mod tests {
 
     #[test]
     fn frequencies_survive_their_compact_form() {
-        let frequencies = Frequencies {
-            counts: (0..1000_u64)
+        let frequencies = Frequencies::new(
+            (0..1000_u64)
                 .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15), 1 + i % 3))
                 .collect(),
-            rows: 2500,
-        };
+            2500,
+        );
         let mut state = TableMetricState::default();
         state.uniqueness.insert("id".into(), frequencies);
         let text = serde_json::to_string(&state).expect("serialize");
@@ -448,6 +479,19 @@ mod tests {
             Some(334.0 / 2500.0),
             "values seen once over all rows"
         );
+    }
+
+    #[test]
+    fn merged_uniqueness_counts_the_values_seen_once_overall() {
+        let a = Frequencies::new([(1, 1), (2, 1), (3, 2)].into_iter().collect(), 4);
+        let b = Frequencies::new([(2, 1), (4, 1)].into_iter().collect(), 3);
+        // Overall 1 → 1, 2 → 2, 3 → 2, 4 → 1, and one NULL row: 2 values seen once in 7 rows.
+        for (left, right) in [(a.clone(), b.clone()), (b, a)] {
+            let mut merged = left;
+            merged.merge(right);
+            assert_eq!(merged.uniqueness(), Some(2.0 / 7.0));
+            assert_eq!(merged, Frequencies::new(merged.counts.clone(), 7));
+        }
     }
 
     #[test]

@@ -47,28 +47,32 @@ pub(crate) fn select(
     let keys = converter
         .convert_columns(&[key])
         .map_err(arrow_context(&table.name, "comparing primary keys"))?;
-    let mut last_position: HashMap<_, usize> = HashMap::with_capacity(ordered.len());
+    // The keys are Arrow's row format (a few bytes each): a fast hasher, not SipHash.
+    let mut last_position: HashMap<_, usize, rustc_hash::FxBuildHasher> =
+        HashMap::with_capacity_and_hasher(ordered.len(), Default::default());
     for (position, &row) in ordered.iter().enumerate() {
         last_position.insert(keys.row(row as usize), position);
     }
-    let is_last =
-        |position: usize, row: u32| last_position.get(&keys.row(row as usize)) == Some(&position);
+    let mut is_last = vec![false; ordered.len()];
+    for &position in last_position.values() {
+        is_last[position] = true;
+    }
 
     let changes = if table.scd2.track_intermediate {
         ordered.clone()
     } else {
         ordered
             .iter()
-            .enumerate()
-            .filter(|&(p, &row)| is_last(p, row))
-            .map(|(_, &row)| row)
+            .zip(&is_last)
+            .filter(|&(_, &last)| last)
+            .map(|(&row, _)| row)
             .collect()
     };
     let current = ordered
         .iter()
-        .enumerate()
-        .filter(|&(p, &row)| is_last(p, row) && !is_delete[row as usize])
-        .map(|(_, &row)| row)
+        .zip(&is_last)
+        .filter(|&(&row, &last)| last && !is_delete[row as usize])
+        .map(|(&row, _)| row)
         .collect();
     Ok(Selection { changes, current })
 }

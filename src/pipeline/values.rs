@@ -93,6 +93,24 @@ impl<'a> ColumnValues<'a> {
         })
     }
 
+    /// Appends the value's text form (as [`ColumnValues::text`] gives it) to `out`, without an
+    /// allocation for integers; false for NULL.
+    pub(crate) fn write_text(&self, row: usize, out: &mut String) -> bool {
+        if self.is_null(row) {
+            return false;
+        }
+        match self {
+            ColumnValues::Int32(a) => out.push_str(itoa::Buffer::new().format(a.value(row))),
+            ColumnValues::Int64(a) => out.push_str(itoa::Buffer::new().format(a.value(row))),
+            other => {
+                if let Some(text) = other.text(row) {
+                    out.push_str(&text);
+                }
+            }
+        }
+        true
+    }
+
     /// The value as a number, for numeric and decimal columns and numeric strings. The outer
     /// None is NULL; `Some(None)` is a value that is not a number.
     pub(crate) fn numeric(&self, row: usize) -> Option<Option<Numeric>> {
