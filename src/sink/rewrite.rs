@@ -20,12 +20,16 @@ use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Transaction};
-use deltalake::logstore::object_store::GetOptions;
-use deltalake::parquet::arrow::arrow_reader::{
-    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+// Deprecated in parquet 59 in favour of hand-written `AsyncFileReader`s; it is what delta-rs's
+// own data file reader still uses, and it does what is needed here (ranged reads by row group).
+#[allow(deprecated)]
+use deltalake::parquet::arrow::async_reader::ParquetObjectReader;
+use deltalake::parquet::arrow::async_reader::{
+    ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
 };
 use deltalake::protocol::{DeltaOperation, MergePredicate};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use futures::StreamExt as _;
 
 use super::error::{Result, SinkError};
 use super::scd2::key_rows;
@@ -112,7 +116,8 @@ impl Rewrite<'_> {
         let mut closed = 0;
         for view in &views {
             let path = view.object_store_path();
-            for batch in self.read(store.as_ref(), &path).await? {
+            let mut batches = self.read(store.clone(), &path, view.size()).await?;
+            while let Some(batch) = batches.next().await {
                 let batch = self.conform(batch.map_err(|e| self.file_error(&path, e))?, &path)?;
                 let (batch, n) = self.close(batch)?;
                 closed += n;
@@ -170,21 +175,21 @@ impl Rewrite<'_> {
         Ok(committed)
     }
 
-    /// One data file's rows: the file is fetched whole (it is compressed, and bounded by the
-    /// writers' target size) and decoded a batch at a time.
+    /// One data file's rows, fetched a row group at a time (ranged reads) and decoded a batch at
+    /// a time: memory follows the row group, not the file.
+    #[allow(deprecated)]
     async fn read(
         &self,
-        store: &dyn ObjectStore,
+        store: Arc<dyn ObjectStore>,
         path: &deltalake::Path,
-    ) -> Result<ParquetRecordBatchReader> {
-        let bytes = store
-            .get_opts(path, GetOptions::default())
+        size: i64,
+    ) -> Result<ParquetRecordBatchStream<ParquetObjectReader>> {
+        let mut reader = ParquetObjectReader::new(store, path.clone());
+        if let Ok(size) = u64::try_from(size) {
+            reader = reader.with_file_size(size);
+        }
+        ParquetRecordBatchStreamBuilder::new(reader)
             .await
-            .map_err(|e| self.file_error(path, e))?
-            .bytes()
-            .await
-            .map_err(|e| self.file_error(path, e))?;
-        ParquetRecordBatchReaderBuilder::try_new(bytes)
             .and_then(|b| b.with_batch_size(READ_BATCH_ROWS).build())
             .map_err(|e| self.file_error(path, e))
     }

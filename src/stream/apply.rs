@@ -1,17 +1,15 @@
-//! One table's part of a micro-batch: decode → plan → the three destination commits → the
-//! progress blob. Each destination has its own marks, so after a crash between two commits each
+//! One table's part of a micro-batch, decoded as it arrived (see `intake`): plan → the three
+//! destination commits → the progress blob. Each destination has its own marks, so after a crash between two commits each
 //! gets exactly the records it has not applied yet.
 
 use std::collections::BTreeMap;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use rdkafka::Message;
-use rdkafka::message::OwnedMessage;
 use serde::{Deserialize, Serialize};
 
+use super::intake::TableBatch;
 use super::watermarks::{self, Marks, TableMarks};
-use crate::cdc::decode::{RawMessage, decode};
 use crate::config::spec::TableSpec;
 use crate::pipeline::TableMetricState;
 use crate::pipeline::metrics::SCOPE_CUMULATIVE;
@@ -151,52 +149,54 @@ impl TableRun {
         &mut self,
         lake: &Lake,
         group: &str,
-        records: &[OwnedMessage],
+        batch: &TableBatch,
         batch_id: i64,
         now: DateTime<Utc>,
     ) -> anyhow::Result<Applied> {
         let name = self.spec.name.clone();
         let mut applied = Applied::default();
-        let mut fresh = Vec::with_capacity(records.len());
         let mut gaps = Vec::new();
-        for m in records {
+        let mut fresh = 0_usize;
+        // Decoded when received, in the lake by now (another member of the group, or an earlier
+        // attempt at this batch, applied it): taken out of the decoded part below.
+        let mut applied_since = false;
+        for r in &batch.records {
             if applied
                 .ends
-                .get(&m.partition())
-                .is_some_and(|end| m.offset() <= *end)
+                .get(&r.partition)
+                .is_some_and(|end| r.offset <= *end)
             {
                 // Consumers may deliver a record twice (a broker answering a fetch with a record
                 // batch that overlaps what it sent before); once per batch is all it counts for.
                 applied.redelivered += 1;
                 continue;
             }
-            applied.ends.insert(m.partition(), m.offset());
-            let read = self.read.entry(m.partition()).or_insert(m.offset() - 1);
-            if m.offset() > *read + 1 {
-                applied.not_delivered += (m.offset() - *read - 1) as u64;
-                gaps.push((m.partition(), *read + 1, m.offset() - 1));
+            applied.ends.insert(r.partition, r.offset);
+            let read = self.read.entry(r.partition).or_insert(r.offset - 1);
+            if r.offset > *read + 1 {
+                applied.not_delivered += (r.offset - *read - 1) as u64;
+                gaps.push((r.partition, *read + 1, r.offset - 1));
             }
-            *read = (*read).max(m.offset());
-            if self
-                .marks
-                .floor(m.partition())
-                .is_some_and(|f| m.offset() <= f)
-            {
+            *read = (*read).max(r.offset);
+            if self.marks.floor(r.partition).is_some_and(|f| r.offset <= f) {
                 applied.skipped += 1;
+                applied_since |= r.decoded;
                 continue;
             }
-            if let Some(ms) = m.timestamp().to_millis() {
+            if !r.decoded {
+                // Marks only grow, so a record below them when received is below them now.
+                anyhow::bail!(
+                    "record {}[{}]@{} was already applied when received but is above the lake's \
+                     marks now; the marks went back (the lake changed under the processor)",
+                    self.spec.topic,
+                    r.partition,
+                    r.offset
+                );
+            }
+            if let Some(ms) = r.produced_ms {
                 applied.produced_ms.push(ms);
             }
-            fresh.push(RawMessage {
-                position: SourcePosition {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                },
-                key: m.key(),
-                payload: m.payload(),
-            });
+            fresh += 1;
         }
         if !gaps.is_empty() {
             tracing::warn!(
@@ -206,12 +206,21 @@ impl TableRun {
                  transaction markers; otherwise the broker skipped records)"
             );
         }
-        if fresh.is_empty() {
+        if fresh == 0 {
             return Ok(applied);
         }
         let started = std::time::Instant::now();
-        let decoded = decode(&self.spec, &fresh);
-        let plans = self.plan(&decoded, now)?;
+        let restricted;
+        let decoded = if applied_since {
+            let marks = &self.marks;
+            restricted = batch
+                .restrict(|partition, offset| marks.floor(partition).is_none_or(|f| offset > f))
+                .context("leaving out records applied since they were received")?;
+            &restricted
+        } else {
+            &batch.decoded
+        };
+        let plans = self.plan(decoded, now)?;
         let positions: Vec<SourcePosition> = applied
             .ends
             .iter()

@@ -5,17 +5,13 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use rdkafka::consumer::Consumer as _;
-use rdkafka::message::{BorrowedMessage, OwnedMessage};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::consumer::{Consumer, fetched_end};
-
-pub(super) struct MicroBatch {
-    pub messages: Vec<OwnedMessage>,
-    pub bytes: usize,
-}
+use super::intake::Intake;
 
 pub(super) struct Bounds {
     pub interval: Duration,
@@ -101,8 +97,8 @@ impl Cadence {
     }
 }
 
-/// Collects one micro-batch. Returns early (possibly empty) when a stop is requested, so the
-/// batch in flight is still applied before the processor exits. When draining, it also returns
+/// Collects one micro-batch into `batch`. Returns early (possibly empty) when a stop is
+/// requested, so the batch in flight is still applied before the processor exits. When draining, it also returns
 /// as soon as every partition is read to its end, so `--once` never waits out the interval and a
 /// backlog within the bounds is one batch. An overdue batch (see [`Cadence`]) takes the records
 /// already fetched without waiting; when there are none, it waits one interval for new ones.
@@ -112,28 +108,25 @@ pub(super) async fn collect(
     cadence: &mut Cadence,
     mut drain: Option<&mut Drain>,
     shutdown: &mut watch::Receiver<bool>,
-) -> MicroBatch {
+    mut batch: Intake,
+) -> Intake {
     let mut deadline = cadence.next_deadline(Instant::now(), bounds.interval);
     let overdue = deadline <= Instant::now();
-    let mut batch = MicroBatch {
-        messages: Vec::new(),
-        bytes: 0,
-    };
     let mut errors = 0_u64;
     let mut last_logged: Option<Instant> = None;
     if overdue {
-        while batch.messages.len() < bounds.max_records && batch.bytes < bounds.max_bytes {
+        while batch.records < bounds.max_records && batch.bytes < bounds.max_bytes {
             match consumer.recv().now_or_never() {
                 Some(Ok(message)) => take(&mut batch, message, drain.as_deref_mut()),
                 Some(Err(_)) | None => break,
             }
         }
-        if !batch.messages.is_empty() {
+        if !batch.is_empty() {
             return batch;
         }
         deadline = cadence.next_deadline(Instant::now(), bounds.interval);
     }
-    while batch.messages.len() < bounds.max_records
+    while batch.records < bounds.max_records
         && batch.bytes < bounds.max_bytes
         && Instant::now() < deadline
         && !drain.as_mut().is_some_and(|d| d.done(consumer, false))
@@ -175,15 +168,13 @@ pub(super) async fn collect(
 }
 
 /// Adds a received record to the batch (and to the drain's read positions).
-fn take(batch: &mut MicroBatch, message: BorrowedMessage<'_>, drain: Option<&mut Drain>) {
-    batch.bytes += message.payload_len() + message.key().map_or(0, <[u8]>::len);
-    let message = message.detach();
+fn take(batch: &mut Intake, message: BorrowedMessage<'_>, drain: Option<&mut Drain>) {
     if let Some(drain) = drain {
         let key = (message.topic().to_string(), message.partition());
         let next = drain.next.entry(key).or_insert(0);
         *next = (*next).max(message.offset() + 1);
     }
-    batch.messages.push(message);
+    batch.push(&message);
 }
 
 /// Resolves once a stop is requested; never, when nobody can request one any more.

@@ -36,6 +36,7 @@ mod apply;
 mod batcher;
 pub mod bench;
 mod consumer;
+mod intake;
 mod latency;
 mod options;
 mod processor;

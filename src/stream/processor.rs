@@ -7,10 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use rdkafka::Message;
 use rdkafka::Offset;
 use rdkafka::consumer::{CommitMode, Consumer as _};
-use rdkafka::message::OwnedMessage;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use serde::Serialize;
 use tokio::sync::{Mutex, watch};
@@ -18,9 +16,10 @@ use tokio::sync::{Mutex, watch};
 use super::apply::{Applied, TableRun};
 use super::batcher::{self, Bounds, Cadence, Drain, stop_requested};
 use super::consumer::{self, Consumer, Starts};
+use super::intake::{Intake, TableBatch};
 use super::latency::{Histogram, LatencySummary};
 use super::options::{Partitions, ProcessOptions};
-use crate::config::spec::ConfigSpec;
+use crate::config::spec::{ConfigSpec, TableSpec};
 use crate::pipeline::plan::BatchStats;
 use crate::sink::Lake;
 
@@ -93,6 +92,8 @@ const ONCE_CONNECT_PATIENCE: Duration = Duration::from_secs(120);
 pub struct Processor {
     opts: ProcessOptions,
     lake: Arc<Lake>,
+    /// The tables' specs, indexed as `tables`.
+    specs: Vec<TableSpec>,
     tables: Vec<Arc<Mutex<TableRun>>>,
     by_topic: HashMap<String, usize>,
     /// Partitions of each processed topic, as found at start.
@@ -132,6 +133,7 @@ impl Processor {
         Ok(Processor {
             opts,
             lake: Arc::new(lake),
+            specs: tables.iter().map(|t| t.spec.clone()).collect(),
             tables: tables
                 .into_iter()
                 .map(|t| Arc::new(Mutex::new(t)))
@@ -198,29 +200,36 @@ impl Processor {
             if let Some(drain) = drain.as_mut() {
                 drain.next = self.starts().await;
             }
-            let mut messages = batcher::collect(
+            let intake = Intake::new(&self.specs, self.starts().await);
+            let intake = batcher::collect(
                 &consumer,
                 &bounds,
                 &mut cadence,
                 drain.as_mut(),
                 &mut shutdown,
+                intake,
             )
-            .await
-            .messages;
+            .await;
+            if let Some(topic) = &intake.unknown_topic {
+                anyhow::bail!(
+                    "received a record from topic '{topic}', which no configured table reads"
+                );
+            }
+            let mut batches = intake.finish()?;
             if consumer.context().take_assignment_change() {
                 // Records of partitions this processor no longer owns belong to their new owner;
                 // the marks of newly assigned ones may have moved (another processor of the group).
                 if !self.opts.once {
-                    messages = still_assigned(&consumer, messages);
+                    self.still_assigned(&consumer, &mut batches)?;
                 }
                 for index in 0..self.tables.len() {
                     self.reload(index).await?;
                 }
                 consumer.context().set_starts(self.starts().await);
             }
-            let idle = messages.is_empty();
+            let idle = batches.is_empty();
             if !idle {
-                self.apply(&consumer, messages, &mut shutdown).await?;
+                self.apply(&consumer, batches, &mut shutdown).await?;
                 if drain.is_none() {
                     // Where a rebalance re-assigns partitions: as close to the truth as known.
                     consumer.context().set_starts(self.starts().await);
@@ -287,6 +296,39 @@ impl Processor {
         run.reload(&self.lake, &self.opts.group, &partitions).await
     }
 
+    /// Leaves out the records of partitions no longer assigned to this consumer: they belong to
+    /// their new owner.
+    fn still_assigned(
+        &self,
+        consumer: &Consumer,
+        batches: &mut BTreeMap<usize, TableBatch>,
+    ) -> anyhow::Result<()> {
+        let assigned: BTreeSet<(String, i32)> = match consumer.assignment() {
+            Ok(tpl) => tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect(),
+            // Unknown: keep them; the sink's per-partition watermarks still refuse a double commit.
+            Err(_) => return Ok(()),
+        };
+        let mut dropped = 0;
+        for (index, batch) in batches.iter_mut() {
+            let topic = &self.specs[*index].topic;
+            dropped += batch
+                .retain_partitions(&|partition| assigned.contains(&(topic.clone(), partition)))
+                .context("leaving out the records of revoked partitions")?;
+        }
+        batches.retain(|_, batch| !batch.records.is_empty());
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "records of revoked partitions left to their new owner"
+            );
+        }
+        Ok(())
+    }
+
     /// The next offset to read per partition: after the lowest mark of the table's destinations.
     async fn starts(&self) -> Starts {
         let mut starts = Starts::new();
@@ -307,26 +349,19 @@ impl Processor {
     async fn apply(
         &mut self,
         consumer: &Consumer,
-        messages: Vec<OwnedMessage>,
+        batches: BTreeMap<usize, TableBatch>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let now = Utc::now();
         let batch_id = now.timestamp_millis();
         self.summary.batches += 1;
-        self.summary.records += messages.len() as u64;
-        let mut per_table: BTreeMap<usize, Vec<OwnedMessage>> = BTreeMap::new();
-        for m in messages {
-            match self.by_topic.get(m.topic()) {
-                Some(i) => per_table.entry(*i).or_default().push(m),
-                None => anyhow::bail!(
-                    "received a record from topic '{}', which no configured table reads",
-                    m.topic()
-                ),
-            }
-        }
-        let mut pending: BTreeMap<usize, Arc<Vec<OwnedMessage>>> = per_table
+        self.summary.records += batches
+            .values()
+            .map(|b| b.records.len() as u64)
+            .sum::<u64>();
+        let mut pending: BTreeMap<usize, Arc<TableBatch>> = batches
             .into_iter()
-            .map(|(i, records)| (i, Arc::new(records)))
+            .map(|(i, batch)| (i, Arc::new(batch)))
             .collect();
         let mut offsets = TopicPartitionList::new();
         let mut produced_ms = Vec::new();
@@ -428,31 +463,6 @@ impl Processor {
         }
         Ok(())
     }
-}
-
-/// The messages of partitions still assigned to this consumer.
-fn still_assigned(consumer: &Consumer, messages: Vec<OwnedMessage>) -> Vec<OwnedMessage> {
-    let assigned: BTreeSet<(String, i32)> = match consumer.assignment() {
-        Ok(tpl) => tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect(),
-        // Unknown: keep them; the sink's per-partition watermarks still refuse a double commit.
-        Err(_) => return messages,
-    };
-    let before = messages.len();
-    let kept: Vec<OwnedMessage> = messages
-        .into_iter()
-        .filter(|m| assigned.contains(&(m.topic().to_string(), m.partition())))
-        .collect();
-    if kept.len() < before {
-        tracing::info!(
-            dropped = before - kept.len(),
-            "records of revoked partitions left to their new owner"
-        );
-    }
-    kept
 }
 
 /// The end offset of every partition of `topics`.

@@ -58,6 +58,17 @@ pub(super) fn above(
     decoded: &DecodedBatch,
     marks: &Marks,
 ) -> Result<DecodedBatch, deltalake::arrow::error::ArrowError> {
+    retain(decoded, &|partition, offset| {
+        is_above(marks, partition, offset)
+    })
+}
+
+/// The rows and malformed records of a decoded batch whose (partition, offset) `keep` takes; the
+/// control-record count is left as it is.
+pub(super) fn retain(
+    decoded: &DecodedBatch,
+    keep: &dyn Fn(i32, i64) -> bool,
+) -> Result<DecodedBatch, deltalake::arrow::error::ArrowError> {
     let rows = &decoded.rows;
     let partitions = rows
         .column_by_name(PARTITION)
@@ -68,11 +79,14 @@ pub(super) fn above(
     let rows = match (partitions, offsets) {
         (Some(p), Some(o)) => {
             let mask: BooleanArray = (0..rows.num_rows())
-                .map(|i| {
-                    Some(p.is_null(i) || o.is_null(i) || is_above(marks, p.value(i), o.value(i)))
-                })
+                .map(|i| Some(p.is_null(i) || o.is_null(i) || keep(p.value(i), o.value(i))))
                 .collect();
-            filter_record_batch(rows, &mask)?
+            // Normally every record is above the marks: no copy then.
+            if mask.true_count() == rows.num_rows() {
+                rows.clone()
+            } else {
+                filter_record_batch(rows, &mask)?
+            }
         }
         _ => rows.clone(),
     };
@@ -81,7 +95,7 @@ pub(super) fn above(
         malformed: decoded
             .malformed
             .iter()
-            .filter(|m| is_above(marks, m.position.partition, m.position.offset))
+            .filter(|m| keep(m.position.partition, m.position.offset))
             .cloned()
             .collect(),
         control_records: decoded.control_records,
