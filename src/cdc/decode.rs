@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder,
-    Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int32Builder,
+    Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use deltalake::arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
@@ -126,57 +126,41 @@ impl Decoder {
             &self.masks,
             &mut cells,
         );
-        match (outcome, &self.unbuildable) {
-            (Outcome::Control, _) => self.control_records += 1,
-            (Outcome::Row { operation, .. }, Some(error))
-            | (
-                Outcome::Malformed {
-                    operation: Some(operation),
-                    ..
-                },
-                Some(error),
-            ) => self
-                .malformed
-                .push(unbuildable(table, message, Some(operation), error)),
-            (Outcome::Malformed { .. }, Some(error)) => {
-                self.malformed
-                    .push(unbuildable(table, message, None, error));
-            }
-            (
-                Outcome::Row {
-                    operation,
-                    source_ts_micros,
-                },
-                None,
-            ) => {
+        if let Some(error) = &self.unbuildable {
+            let operation = match outcome {
+                Outcome::Control => {
+                    self.control_records += 1;
+                    return;
+                }
+                Outcome::Row { operation, .. } => Some(operation),
+                Outcome::Malformed { operation, .. } => operation,
+            };
+            self.malformed
+                .push(unbuildable(table, message, operation, error));
+            return;
+        }
+        match outcome {
+            Outcome::Control => self.control_records += 1,
+            Outcome::Row {
+                operation,
+                source_ts_micros,
+            } => {
                 for (builder, cell) in self.columns.iter_mut().zip(cells.drain(..)) {
                     builder.append(cell);
                 }
                 self.meta.append(message, operation, source_ts_micros);
             }
-            (
-                Outcome::Malformed {
-                    reason,
-                    operation,
-                    raw,
-                },
-                None,
-            ) => self.malformed.push(MalformedRecord {
+            Outcome::Malformed {
+                reason,
+                operation,
+                raw,
+            } => self.malformed.push(MalformedRecord {
                 position: message.position(),
                 raw: raw.unwrap_or_else(|| raw_text(message.payload.unwrap_or_default())),
                 reason,
                 operation,
             }),
         }
-    }
-
-    /// Messages pushed so far: rows, malformed and control records.
-    pub fn len(&self) -> usize {
-        self.meta.offset.len() + self.malformed.len() + self.control_records as usize
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The decoded batch, in push order.
@@ -690,12 +674,12 @@ impl MetaBuilders {
         }
     }
 
-    fn append(&mut self, position: &RawMessage, operation: Operation, source_ts_micros: i64) {
+    fn append(&mut self, message: &RawMessage, operation: Operation, source_ts_micros: i64) {
         self.operation.append_value(operation.as_dms());
         self.source_ts.append_value(source_ts_micros);
-        self.topic.append_value(position.topic);
-        self.partition.append_value(position.partition);
-        self.offset.append_value(position.offset);
+        self.topic.append_value(message.topic);
+        self.partition.append_value(message.partition);
+        self.offset.append_value(message.offset);
     }
 
     fn finish(mut self) -> Vec<ArrayRef> {

@@ -78,19 +78,10 @@ impl Frequencies {
         Frequencies { counts, rows, once }
     }
 
-    pub fn counts(&self) -> &DigestCounts {
-        &self.counts
-    }
-
-    pub fn rows(&self) -> u64 {
-        self.rows
-    }
-
     fn merge(&mut self, other: Frequencies) {
         // The smaller map is folded into the larger one.
         let (mut base, mut once, smaller) = if self.counts.len() < other.counts.len() {
-            let mine = std::mem::replace(&mut self.counts, other.counts);
-            (std::mem::take(&mut self.counts), other.once, mine)
+            (other.counts, other.once, std::mem::take(&mut self.counts))
         } else {
             (std::mem::take(&mut self.counts), self.once, other.counts)
         };

@@ -1,6 +1,6 @@
 //! One table's part of a micro-batch, decoded as it arrived (see `intake`): plan → the three
-//! destination commits → the progress blob. Each destination has its own marks, so after a crash between two commits each
-//! gets exactly the records it has not applied yet.
+//! destination commits → the progress blob. Each destination has its own marks, so after a crash
+//! between two commits each gets exactly the records it has not applied yet.
 
 use std::collections::BTreeMap;
 

@@ -98,9 +98,9 @@ impl Cadence {
 }
 
 /// Collects one micro-batch into `batch`. Returns early (possibly empty) when a stop is
-/// requested, so the batch in flight is still applied before the processor exits. When draining, it also returns
-/// as soon as every partition is read to its end, so `--once` never waits out the interval and a
-/// backlog within the bounds is one batch. An overdue batch (see [`Cadence`]) takes the records
+/// requested, so the batch in flight is still applied before the processor exits. When draining,
+/// it also returns as soon as every partition is read to its end, so `--once` never waits out the
+/// interval and a backlog within the bounds is one batch. An overdue batch (see [`Cadence`]) takes the records
 /// already fetched without waiting; when there are none, it waits one interval for new ones.
 pub(super) async fn collect(
     consumer: &Consumer,
@@ -115,7 +115,7 @@ pub(super) async fn collect(
     let mut errors = 0_u64;
     let mut last_logged: Option<Instant> = None;
     if overdue {
-        while batch.records < bounds.max_records && batch.bytes < bounds.max_bytes {
+        while batch.received < bounds.max_records && batch.bytes < bounds.max_bytes {
             match consumer.recv().now_or_never() {
                 Some(Ok(message)) => take(&mut batch, message, drain.as_deref_mut()),
                 Some(Err(_)) | None => break,
@@ -126,7 +126,7 @@ pub(super) async fn collect(
         }
         deadline = cadence.next_deadline(Instant::now(), bounds.interval);
     }
-    while batch.records < bounds.max_records
+    while batch.received < bounds.max_records
         && batch.bytes < bounds.max_bytes
         && Instant::now() < deadline
         && !drain.as_mut().is_some_and(|d| d.done(consumer, false))

@@ -90,7 +90,8 @@ pub(super) struct Intake {
     by_topic: HashMap<String, usize>,
     /// A topic no table reads (the consumer only subscribes to configured topics).
     pub unknown_topic: Option<String>,
-    pub records: usize,
+    /// Records received, of every table.
+    pub received: usize,
     /// Payload and key bytes received.
     pub bytes: usize,
 }
@@ -120,19 +121,19 @@ impl Intake {
                 .map(|(i, spec)| (spec.topic.clone(), i))
                 .collect(),
             unknown_topic: None,
-            records: 0,
+            received: 0,
             bytes: 0,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records == 0
+        self.received == 0
     }
 
     /// Takes one record: decoded now unless it is already applied or a repeat within the batch.
     pub fn push(&mut self, message: &BorrowedMessage<'_>) {
         self.bytes += message.payload_len() + message.key().map_or(0, <[u8]>::len);
-        self.records += 1;
+        self.received += 1;
         let Some(&index) = self.by_topic.get(message.topic()) else {
             self.unknown_topic
                 .get_or_insert_with(|| message.topic().to_string());

@@ -1,7 +1,7 @@
 //! The consumer loop: collect a micro-batch, apply each table's part of it (tables concurrently),
 //! then commit Kafka offsets (advisory). Positions come from the lake, never from Kafka.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,7 +95,6 @@ pub struct Processor {
     /// The tables' specs, indexed as `tables`.
     specs: Vec<TableSpec>,
     tables: Vec<Arc<Mutex<TableRun>>>,
-    by_topic: HashMap<String, usize>,
     /// Partitions of each processed topic, as found at start.
     partitions: BTreeMap<String, Vec<i32>>,
     summary: ProcessSummary,
@@ -125,11 +124,6 @@ impl Processor {
         if tables.is_empty() {
             anyhow::bail!("the config has no source tables to process");
         }
-        let by_topic = tables
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.spec.topic.clone(), i))
-            .collect();
         Ok(Processor {
             opts,
             lake: Arc::new(lake),
@@ -138,7 +132,6 @@ impl Processor {
                 .into_iter()
                 .map(|t| Arc::new(Mutex::new(t)))
                 .collect(),
-            by_topic,
             partitions: BTreeMap::new(),
             summary: ProcessSummary::default(),
             latency: Histogram::default(),
@@ -152,7 +145,13 @@ impl Processor {
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<ProcessSummary> {
         let consumer = consumer::create(&self.opts).context("creating the Kafka consumer")?;
-        let topics: Vec<String> = self.by_topic.keys().cloned().collect();
+        let topics: Vec<String> = self
+            .specs
+            .iter()
+            .map(|spec| spec.topic.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let Some(high) = self.discover(&consumer, &topics, &mut shutdown).await? else {
             tracing::info!("stopped before the broker could be reached");
             return Ok(self.summary);
@@ -315,8 +314,13 @@ impl Processor {
         let mut dropped = 0;
         for (index, batch) in batches.iter_mut() {
             let topic = &self.specs[*index].topic;
+            let partitions: BTreeSet<i32> = assigned
+                .iter()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, partition)| *partition)
+                .collect();
             dropped += batch
-                .retain_partitions(&|partition| assigned.contains(&(topic.clone(), partition)))
+                .retain_partitions(&|partition| partitions.contains(&partition))
                 .context("leaving out the records of revoked partitions")?;
         }
         batches.retain(|_, batch| !batch.records.is_empty());
