@@ -211,8 +211,11 @@ fn main() {
         let decoded = decode(&table, &raw);
         decode_time += started.elapsed();
         let started = Instant::now();
-        match plan(&table, &decoded, &mut state, now) {
-            Ok(plan) => loaded += plan.stats.loaded,
+        match plan(&table, &decoded, &state, now) {
+            Ok(plan) => {
+                loaded += plan.stats.loaded;
+                state.merge(plan.metric_state);
+            }
             Err(e) => {
                 eprintln!("plan failed: {e}");
                 std::process::exit(1);

@@ -16,7 +16,9 @@ use deltalake::arrow::compute::take;
 use crate::config::spec::{MetricKind, Severity, TableSpec};
 
 use super::error::{PipelineError, Result, arrow_context};
-use super::metrics::{SCOPE_BATCH, SCOPE_CUMULATIVE, TableMetricState, measure, metric_rows};
+use super::metrics::{
+    Merged, SCOPE_BATCH, SCOPE_CUMULATIVE, TableMetricState, measure, metric_rows,
+};
 use super::pii::PiiMasks;
 use super::plan::{BatchPlan, BatchStats, DecodedBatch, Operation};
 use super::quarantine::{self, RejectedRow};
@@ -28,11 +30,13 @@ use super::transforms;
 use super::values::ColumnValues;
 
 /// Plans one decoded micro-batch of `table`: what to merge, what to quarantine, which metrics to
-/// record. `state` is the table's cumulative metric state; this batch's state is merged into it.
+/// record. `state` is the table's cumulative metric state before this batch; the plan's
+/// cumulative metrics include the batch, and its `metric_state` is the batch's own, for the
+/// caller to merge in once the batch is applied.
 pub fn plan(
     table: &TableSpec,
     decoded: &DecodedBatch,
-    state: &mut TableMetricState,
+    state: &TableMetricState,
     now: DateTime<Utc>,
 ) -> Result<BatchPlan, PipelineError> {
     let rows = &decoded.rows;
@@ -98,16 +102,19 @@ pub fn plan(
     let quarantine = quarantine::build(table, rows, &rejected, &decoded.malformed, &masks, now)?;
 
     let has_events = n > 0 || !decoded.malformed.is_empty();
-    let metrics = if has_events {
+    let (metrics, metric_state) = if has_events {
         let measured = take_source_columns(table, rows, &selection.current)?;
         let batch_state = measure(table, &measured, &outcomes)?;
         let mut metrics = metric_rows(table, &batch_state, SCOPE_BATCH);
         log_breaches(table, &metrics);
-        state.merge(batch_state);
-        metrics.extend(metric_rows(table, state, SCOPE_CUMULATIVE));
-        metrics
+        let cumulative = Merged {
+            cumulative: state,
+            batch: &batch_state,
+        };
+        metrics.extend(metric_rows(table, &cumulative, SCOPE_CUMULATIVE));
+        (metrics, batch_state)
     } else {
-        Vec::new()
+        (Vec::new(), TableMetricState::default())
     };
 
     let deletes = participants
@@ -132,6 +139,7 @@ pub fn plan(
         changes,
         quarantine,
         metrics,
+        metric_state,
         stats,
     })
 }

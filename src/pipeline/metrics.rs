@@ -17,7 +17,7 @@
 //! Uniqueness keeps a frequency per distinct value (a 64-bit digest of the value's text form, so
 //! no values are held), which grows with the number of distinct values, as Deequ's does.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::LazyLock;
 
 use base64::Engine;
@@ -62,47 +62,112 @@ impl Ratio {
 /// multiplicative hasher spreads them well; SipHash was a visible cost per row.
 pub type DigestCounts = HashMap<u64, u64, rustc_hash::FxBuildHasher>;
 
+/// Digests of values seen exactly once.
+type DigestSet = HashSet<u64, rustc_hash::FxBuildHasher>;
+
 /// Deequ's FrequenciesAndNumRows: how often each non-null value occurred, and all rows.
+///
+/// Nearly every value of a key column occurs once, so those are kept as bare digests (9 bytes a
+/// slot instead of 17 with a count): the cumulative state of a table holds one per distinct value
+/// ever seen, and is the largest thing a long-running processor keeps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Frequencies {
-    counts: DigestCounts,
+    /// Values that occurred exactly once.
+    once: DigestSet,
+    /// Values that occurred more than once, with their counts.
+    more: DigestCounts,
     rows: u64,
-    /// Values that occurred exactly once: kept up to date by merges, so Uniqueness of the
-    /// cumulative state does not walk every distinct value after each batch.
-    once: u64,
 }
 
 impl Frequencies {
     pub fn new(counts: DigestCounts, rows: u64) -> Frequencies {
-        let once = counts.values().filter(|&&c| c == 1).count() as u64;
-        Frequencies { counts, rows, once }
+        let singles = counts.values().filter(|&&c| c == 1).count();
+        let mut frequencies = Frequencies {
+            once: DigestSet::with_capacity_and_hasher(singles, Default::default()),
+            more: DigestCounts::default(),
+            rows,
+        };
+        for (value, count) in counts {
+            frequencies.add(value, count);
+        }
+        frequencies
+    }
+
+    fn distinct(&self) -> usize {
+        self.once.len() + self.more.len()
+    }
+
+    fn count(&self, value: &u64) -> u64 {
+        if self.once.contains(value) {
+            1
+        } else {
+            self.more.get(value).copied().unwrap_or(0)
+        }
+    }
+
+    /// Counts `count` more occurrences of `value`.
+    fn add(&mut self, value: u64, count: u64) {
+        if count == 0 {
+            return;
+        }
+        if self.once.remove(&value) {
+            self.more.insert(value, 1 + count);
+        } else if let Some(seen) = self.more.get_mut(&value) {
+            *seen += count;
+        } else if count == 1 {
+            self.once.insert(value);
+        } else {
+            self.more.insert(value, count);
+        }
+    }
+
+    /// Every value with its count.
+    fn entries(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.once
+            .iter()
+            .map(|&value| (value, 1))
+            .chain(self.more.iter().map(|(&value, &count)| (value, count)))
     }
 
     fn merge(&mut self, other: Frequencies) {
-        // The smaller map is folded into the larger one.
-        let (mut base, mut once, smaller) = if self.counts.len() < other.counts.len() {
-            (other.counts, other.once, std::mem::take(&mut self.counts))
+        // The smaller state is folded into the larger one.
+        let (mut base, smaller) = if self.distinct() < other.distinct() {
+            (other, std::mem::take(self))
         } else {
-            (std::mem::take(&mut self.counts), self.once, other.counts)
+            (std::mem::take(self), other)
         };
-        base.reserve(smaller.len());
-        for (value, count) in smaller {
-            let seen = base.entry(value).or_default();
-            if *seen == 1 {
-                once -= 1;
-            }
-            *seen += count;
-            if *seen == 1 {
-                once += 1;
-            }
+        for (value, count) in smaller.entries() {
+            base.add(value, count);
         }
-        self.counts = base;
-        self.once = once;
-        self.rows += other.rows;
+        base.rows += smaller.rows;
+        *self = base;
     }
 
     fn uniqueness(&self) -> Option<f64> {
-        (self.rows > 0).then(|| self.once as f64 / self.rows as f64)
+        (self.rows > 0).then(|| self.once.len() as f64 / self.rows as f64)
+    }
+
+    /// Uniqueness of `self` and `other` merged, found by looking the smaller state's values up
+    /// in the larger one: the cumulative state (a digest per distinct value ever seen) is not
+    /// copied.
+    fn merged_uniqueness(&self, other: &Frequencies) -> Option<f64> {
+        let (larger, smaller) = if self.distinct() >= other.distinct() {
+            (self, other)
+        } else {
+            (other, self)
+        };
+        let mut once = larger.once.len();
+        for (value, count) in smaller.entries() {
+            let seen = larger.count(&value);
+            if seen == 1 {
+                once -= 1;
+            }
+            if seen + count == 1 {
+                once += 1;
+            }
+        }
+        let rows = self.rows + other.rows;
+        (rows > 0).then(|| once as f64 / rows as f64)
     }
 }
 
@@ -121,19 +186,14 @@ impl Serialize for Frequencies {
         &self,
         serializer: S,
     ) -> std::result::Result<S::Ok, S::Error> {
-        let mut once = Vec::with_capacity(self.counts.len() * 8);
-        let mut more = Vec::new();
-        for (&digest, &count) in &self.counts {
-            if count == 1 {
-                once.extend_from_slice(&digest.to_le_bytes());
-            } else {
-                more.push((digest, count));
-            }
+        let mut once = Vec::with_capacity(self.once.len() * 8);
+        for digest in &self.once {
+            once.extend_from_slice(&digest.to_le_bytes());
         }
         FrequenciesWire {
             rows: self.rows,
             once: BASE64.encode(once),
-            more,
+            more: self.more.iter().map(|(&v, &c)| (v, c)).collect(),
         }
         .serialize(serializer)
     }
@@ -154,17 +214,20 @@ impl<'de> Deserialize<'de> for Frequencies {
                 once.len()
             )));
         }
-        let mut counts = DigestCounts::with_capacity_and_hasher(
-            once.len() / 8 + wire.more.len(),
-            Default::default(),
-        );
+        let mut frequencies = Frequencies {
+            once: DigestSet::with_capacity_and_hasher(once.len() / 8, Default::default()),
+            more: DigestCounts::default(),
+            rows: wire.rows,
+        };
         for chunk in once.chunks_exact(8) {
             let mut digest = [0_u8; 8];
             digest.copy_from_slice(chunk);
-            counts.insert(u64::from_le_bytes(digest), 1);
+            frequencies.add(u64::from_le_bytes(digest), 1);
         }
-        counts.extend(wire.more);
-        Ok(Frequencies::new(counts, wire.rows))
+        for (value, count) in wire.more {
+            frequencies.add(value, count);
+        }
+        Ok(frequencies)
     }
 }
 
@@ -285,35 +348,115 @@ pub(crate) fn measure(
     Ok(state)
 }
 
+/// The values the `dq_metrics` rows report, read from one state or from two as if merged.
+pub(crate) trait MetricValues {
+    fn size(&self) -> u64;
+    fn completeness(&self, column: &str) -> Option<f64>;
+    fn uniqueness(&self, column: &str) -> Option<f64>;
+    fn compliance(&self, name: &str) -> Option<f64>;
+    fn rule_failure_rate(&self, rule: &str) -> Option<f64>;
+}
+
+impl MetricValues for TableMetricState {
+    fn size(&self) -> u64 {
+        self.rows
+    }
+
+    fn completeness(&self, column: &str) -> Option<f64> {
+        self.completeness.get(column).and_then(Ratio::value)
+    }
+
+    fn uniqueness(&self, column: &str) -> Option<f64> {
+        self.uniqueness
+            .get(column)
+            .and_then(Frequencies::uniqueness)
+    }
+
+    fn compliance(&self, name: &str) -> Option<f64> {
+        self.compliance.get(name).and_then(Ratio::value)
+    }
+
+    fn rule_failure_rate(&self, rule: &str) -> Option<f64> {
+        self.rule_failures.get(rule).and_then(Ratio::value)
+    }
+}
+
+/// A cumulative state with one more batch's state, read as if merged (see
+/// [`TableMetricState::merge`]) without building the merged state.
+pub(crate) struct Merged<'a> {
+    pub cumulative: &'a TableMetricState,
+    pub batch: &'a TableMetricState,
+}
+
+impl Merged<'_> {
+    fn ratio(a: Option<&Ratio>, b: Option<&Ratio>) -> Option<f64> {
+        let mut merged = a.copied().unwrap_or_default();
+        merged.merge(b.copied().unwrap_or_default());
+        merged.value()
+    }
+}
+
+impl MetricValues for Merged<'_> {
+    fn size(&self) -> u64 {
+        self.cumulative.rows + self.batch.rows
+    }
+
+    fn completeness(&self, column: &str) -> Option<f64> {
+        Merged::ratio(
+            self.cumulative.completeness.get(column),
+            self.batch.completeness.get(column),
+        )
+    }
+
+    fn uniqueness(&self, column: &str) -> Option<f64> {
+        match (
+            self.cumulative.uniqueness.get(column),
+            self.batch.uniqueness.get(column),
+        ) {
+            (Some(a), Some(b)) => a.merged_uniqueness(b),
+            (Some(one), None) | (None, Some(one)) => one.uniqueness(),
+            (None, None) => None,
+        }
+    }
+
+    fn compliance(&self, name: &str) -> Option<f64> {
+        Merged::ratio(
+            self.cumulative.compliance.get(name),
+            self.batch.compliance.get(name),
+        )
+    }
+
+    fn rule_failure_rate(&self, rule: &str) -> Option<f64> {
+        Merged::ratio(
+            self.cumulative.rule_failures.get(rule),
+            self.batch.rule_failures.get(rule),
+        )
+    }
+}
+
 /// The `dq_metrics` rows of a state: the checks in config order, then each rule's failure rate.
 /// Ratios over zero rows have no value and are left out (Deequ reports them as failures to
 /// compute, not as numbers); Size is always there.
 pub(crate) fn metric_rows(
     table: &TableSpec,
-    state: &TableMetricState,
+    state: &impl MetricValues,
     scope: &'static str,
 ) -> Vec<MetricRow> {
     let mut out = Vec::new();
     for check in &table.checks {
         let (column_name, value) = match &check.kind {
-            MetricKind::Size => (None, Some(state.rows as f64)),
+            MetricKind::Size => (None, Some(state.size() as f64)),
             MetricKind::Completeness => {
                 let column = check_column_name(check);
-                let value = state.completeness.get(&column).and_then(Ratio::value);
+                let value = state.completeness(&column);
                 (Some(column), value)
             }
             MetricKind::Uniqueness => {
                 let column = check_column_name(check);
-                let value = state
-                    .uniqueness
-                    .get(&column)
-                    .and_then(Frequencies::uniqueness);
+                let value = state.uniqueness(&column);
                 (Some(column), value)
             }
-            MetricKind::Compliance { name, .. } => (
-                Some(name.clone()),
-                state.compliance.get(name).and_then(Ratio::value),
-            ),
+            MetricKind::Compliance { name, .. } => (Some(name.clone()), state.compliance(name)),
         };
         if let Some(value) = value {
             out.push(MetricRow {
@@ -328,7 +471,7 @@ pub(crate) fn metric_rows(
         }
     }
     for rule in &table.rules {
-        if let Some(value) = state.rule_failures.get(&rule.id).and_then(Ratio::value) {
+        if let Some(value) = state.rule_failure_rate(&rule.id) {
             out.push(MetricRow {
                 table_name: table.name.clone(),
                 metric_name: RULE_FAILURE_RATE.to_owned(),
@@ -478,10 +621,12 @@ mod tests {
         let b = Frequencies::new([(2, 1), (4, 1)].into_iter().collect(), 3);
         // Overall 1 → 1, 2 → 2, 3 → 2, 4 → 1, and one NULL row: 2 values seen once in 7 rows.
         for (left, right) in [(a.clone(), b.clone()), (b, a)] {
+            assert_eq!(left.merged_uniqueness(&right), Some(2.0 / 7.0));
             let mut merged = left;
             merged.merge(right);
             assert_eq!(merged.uniqueness(), Some(2.0 / 7.0));
-            assert_eq!(merged, Frequencies::new(merged.counts.clone(), 7));
+            let overall = [(1, 1), (2, 2), (3, 2), (4, 1)].into_iter().collect();
+            assert_eq!(merged, Frequencies::new(overall, 7));
         }
     }
 

@@ -3,6 +3,8 @@
 
 use deltalake::arrow::record_batch::RecordBatch;
 
+use super::metrics::TableMetricState;
+
 /// The change kind of one CDC event, as DMS names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
@@ -116,5 +118,8 @@ pub struct BatchPlan {
     /// Rows for `<table>_quarantine`, schema [`super::schema::quarantine_schema`].
     pub quarantine: RecordBatch,
     pub metrics: Vec<MetricRow>,
+    /// This batch's metric state: the cumulative metrics above already include it; the caller
+    /// merges it into the table's cumulative state once the batch is applied.
+    pub metric_state: TableMetricState,
     pub stats: BatchStats,
 }

@@ -22,7 +22,10 @@ fn plan_decoded(
     decoded: &DecodedBatch,
     state: &mut TableMetricState,
 ) -> BatchPlan {
-    super::plan(table, decoded, state, now()).unwrap_or_else(|e| panic!("plan failed: {e}"))
+    let plan =
+        super::plan(table, decoded, state, now()).unwrap_or_else(|e| panic!("plan failed: {e}"));
+    state.merge(plan.metric_state.clone());
+    plan
 }
 
 fn run(table: &TableSpec, payloads: &[Vec<u8>]) -> BatchPlan {
@@ -792,7 +795,7 @@ fn an_invalid_compliance_expression_is_a_clear_error() {
         None,
     )];
     let decoded = decode_payloads(&table, &metric_events(&table, 1, &[(Some(1), Some("ok"))]));
-    let error = super::plan(&table, &decoded, &mut TableMetricState::default(), now())
+    let error = super::plan(&table, &decoded, &TableMetricState::default(), now())
         .err()
         .map(|e| e.to_string());
     assert_eq!(
@@ -815,7 +818,7 @@ fn a_batch_that_does_not_match_the_table_schema_is_refused() {
     let table = telemetry_table();
     let other = drivers_table();
     let decoded = decode_payloads(&other, &[dms(&other, "insert", driver(1, "DRV00001"), 0)]);
-    let error = super::plan(&table, &decoded, &mut TableMetricState::default(), now())
+    let error = super::plan(&table, &decoded, &TableMetricState::default(), now())
         .err()
         .map(|e| e.to_string());
     assert!(error.is_some_and(|e| {
@@ -863,7 +866,7 @@ mod properties {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::pipeline::metrics::{measure, metric_rows};
+    use crate::pipeline::metrics::{Merged, measure, metric_rows};
     use crate::pipeline::schema::source_fields;
 
     fn measured_batch(
@@ -904,11 +907,15 @@ mod properties {
         fn merged_states_equal_the_state_of_the_concatenated_batches(a in rows_strategy(), b in rows_strategy()) {
             let table = metrics_table();
             let mut merged = measure(&table, &measured_batch(&table, &a, 0), &[]).unwrap_or_else(|e| panic!("{e}"));
-            merged.merge(measure(&table, &measured_batch(&table, &b, 100), &[]).unwrap_or_else(|e| panic!("{e}")));
+            let second = measure(&table, &measured_batch(&table, &b, 100), &[]).unwrap_or_else(|e| panic!("{e}"));
+            let viewed = metric_rows(&table, &Merged { cumulative: &merged, batch: &second }, SCOPE_CUMULATIVE);
+            merged.merge(second);
             let all: Vec<_> = a.iter().chain(b.iter()).cloned().collect();
             let whole = measure(&table, &measured_batch(&table, &all, 0), &[]).unwrap_or_else(|e| panic!("{e}"));
             prop_assert_eq!(&merged, &whole);
             prop_assert_eq!(metric_rows(&table, &merged, SCOPE_CUMULATIVE), metric_rows(&table, &whole, SCOPE_CUMULATIVE));
+            // The cumulative rows of a batch are read without merging: the same values.
+            prop_assert_eq!(viewed, metric_rows(&table, &whole, SCOPE_CUMULATIVE));
             let json = serde_json::to_string(&merged).unwrap_or_default();
             let restored: TableMetricState = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
             prop_assert_eq!(restored, merged);

@@ -48,7 +48,7 @@ mod futures_are_send {
         is_send(&lake.append_quarantine(table, batch, &[], "g"));
         is_send(&lake.append_metrics("t", 1, rows, &[], "g", now));
         is_send(&lake.watermarks(LakeTable::Metrics, "g", &[]));
-        is_send(&lake.save_state("s", b""));
+        is_send(&lake.save_state("s", Vec::new()));
         is_send(&lake.load_state("s"));
         is_send(&lake.table_version(&LakeTable::Metrics));
         is_send(&lake.compact(LakeTable::Metrics));

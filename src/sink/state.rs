@@ -14,14 +14,10 @@ use super::lake::Lake;
 
 impl Lake {
     /// Stores `bytes` under `name` (a plain file name), replacing what was there.
-    pub async fn save_state(&self, name: &str, bytes: &[u8]) -> Result<()> {
+    pub async fn save_state(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
         let (store, path) = self.state_object(name)?;
         store
-            .put_opts(
-                &path,
-                PutPayload::from(bytes.to_vec()),
-                PutOptions::default(),
-            )
+            .put_opts(&path, PutPayload::from(bytes), PutOptions::default())
             .await
             .map_err(|source| self.state_error(name, "write", source))?;
         Ok(())

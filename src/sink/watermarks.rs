@@ -259,7 +259,7 @@ impl Lake {
             if known.is_some_and(|noted| noted >= *end) {
                 continue;
             }
-            self.save_state(&name, end.to_string().as_bytes()).await?;
+            self.save_state(&name, end.to_string().into_bytes()).await?;
             self.notes
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -22,6 +22,9 @@ pub(super) struct TableRun {
     pub marks: TableMarks,
     /// The cumulative metric state, covering exactly the records at or below `marks.metric_state`.
     pub state: TableMetricState,
+    /// A batch was merged into `state` but the progress blob was not saved: `state` is ahead of
+    /// the marks, and only a reload puts them together again.
+    unsaved: bool,
     /// The last offset received per partition since the marks were read, to notice offsets the
     /// consumer never delivered.
     read: Marks,
@@ -66,6 +69,7 @@ impl TableRun {
             spec,
             marks: TableMarks::default(),
             state: TableMetricState::default(),
+            unsaved: false,
             read: Marks::new(),
         }
     }
@@ -112,6 +116,7 @@ impl TableRun {
             None => SavedState::default(),
         };
         self.state = saved.state;
+        self.unsaved = false;
         self.marks.metric_state = saved.marks;
         // The blob is saved after every destination of a batch, so each destination is at least
         // there. One that made no commit for its last batches (nothing to write) has an older
@@ -154,6 +159,11 @@ impl TableRun {
         now: DateTime<Utc>,
     ) -> anyhow::Result<Applied> {
         let name = self.spec.name.clone();
+        anyhow::ensure!(
+            !self.unsaved,
+            "the metric state of table '{name}' was not saved after the last batch; it must be \
+             read back from the lake first"
+        );
         let mut applied = Applied::default();
         let mut gaps = Vec::new();
         let mut fresh = 0_usize;
@@ -266,16 +276,23 @@ impl TableRun {
         data?;
 
         // Saved last: everything at or below these marks is now applied to every destination.
+        // The batch is merged in place (the cumulative Uniqueness map is the largest thing a
+        // table holds); until the save succeeds, `unsaved` keeps the next batch from using it.
         let mut marks = self.marks.metric_state.clone();
         TableMarks::advance(&mut marks, &applied.ends);
+        self.unsaved = true;
+        self.state.merge(plans.main.metric_state);
         let saved = SavedState {
-            state: plans.state,
+            state: std::mem::take(&mut self.state),
             marks,
         };
-        let bytes = serde_json::to_vec(&saved).context("serializing the metric state")?;
-        lake.save_state(&state_name(group, &name), &bytes)
+        let bytes = serde_json::to_vec(&saved);
+        self.state = saved.state;
+        let bytes = bytes.context("serializing the metric state")?;
+        lake.save_state(&state_name(group, &name), bytes)
             .await
             .with_context(|| format!("saving the progress of table '{name}'"))?;
+        self.unsaved = false;
         for m in [
             &mut self.marks.data,
             &mut self.marks.quarantine,
@@ -283,7 +300,6 @@ impl TableRun {
         ] {
             TableMarks::advance(m, &applied.ends);
         }
-        self.state = saved.state;
         self.marks.metric_state = saved.marks;
 
         let stats = plans.main.stats;
@@ -308,11 +324,10 @@ impl TableRun {
         let above = |marks: &Marks| -> anyhow::Result<DecodedBatch> {
             watermarks::above(decoded, marks).context("filtering already-applied records")
         };
-        let mut state = self.state.clone();
         let main = crate::pipeline::plan(
             &self.spec,
             &above(&self.marks.metric_state)?,
-            &mut state,
+            &self.state,
             now,
         )
         .with_context(|| format!("planning table '{name}'"))?;
@@ -320,9 +335,13 @@ impl TableRun {
             if *marks == self.marks.metric_state {
                 return Ok(None);
             }
-            let mut scratch = TableMetricState::default();
-            let plan = crate::pipeline::plan(&self.spec, &above(marks)?, &mut scratch, now)
-                .with_context(|| format!("planning table '{name}'"))?;
+            let plan = crate::pipeline::plan(
+                &self.spec,
+                &above(marks)?,
+                &TableMetricState::default(),
+                now,
+            )
+            .with_context(|| format!("planning table '{name}'"))?;
             Ok(Some(plan))
         };
         Ok(Plans {
@@ -330,15 +349,12 @@ impl TableRun {
             metric_rows: own(&self.marks.metric_rows)?,
             data: own(&self.marks.data)?,
             main,
-            state,
         })
     }
 }
 
 struct Plans {
     main: BatchPlan,
-    /// The cumulative state after `main`.
-    state: TableMetricState,
     quarantine: Option<BatchPlan>,
     metric_rows: Option<BatchPlan>,
     data: Option<BatchPlan>,

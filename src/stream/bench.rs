@@ -364,7 +364,9 @@ fn core(spec: &ConfigSpec, events: usize) -> anyhow::Result<CoreResult> {
             })
             .collect();
         let decoded = decode(table, &raw);
-        crate::pipeline::plan(table, &decoded, &mut state, now).context("planning a batch")?;
+        let plan =
+            crate::pipeline::plan(table, &decoded, &state, now).context("planning a batch")?;
+        state.merge(plan.metric_state);
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(CoreResult {

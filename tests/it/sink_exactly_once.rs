@@ -494,11 +494,11 @@ async fn state_blobs_round_trip_and_are_absent_until_saved() {
         None
     );
     t.lake
-        .save_state("metrics-vehicles.json", br#"{"size":3}"#)
+        .save_state("metrics-vehicles.json", br#"{"size":3}"#.to_vec())
         .await
         .expect("save");
     t.lake
-        .save_state("metrics-vehicles.json", br#"{"size":5}"#)
+        .save_state("metrics-vehicles.json", br#"{"size":5}"#.to_vec())
         .await
         .expect("replace");
     let loaded = t
@@ -516,7 +516,7 @@ async fn state_blobs_round_trip_and_are_absent_until_saved() {
 
     let err = t
         .lake
-        .save_state("../escape", b"x")
+        .save_state("../escape", b"x".to_vec())
         .await
         .expect_err("refused");
     assert!(matches!(err, SinkError::StateName { .. }), "{err:?}");
@@ -788,7 +788,7 @@ async fn the_lake_works_on_s3_with_concurrent_writers() {
     )
     .await
     .expect("quarantine");
-    lake.save_state("cumulative-vehicles.json", b"{}")
+    lake.save_state("cumulative-vehicles.json", b"{}".to_vec())
         .await
         .expect("state");
 
