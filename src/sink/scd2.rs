@@ -22,7 +22,7 @@ use deltalake::arrow::compute::{cast, concat_batches, take};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
 use deltalake::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use deltalake::datafusion::common::Column;
-use deltalake::datafusion::prelude::{Expr, SessionContext, lit};
+use deltalake::datafusion::prelude::{Expr, SessionConfig, SessionContext, lit};
 use deltalake::kernel::transaction::CommitProperties;
 
 use super::error::{Result, SinkError};
@@ -44,9 +44,8 @@ use crate::pipeline::schema::{
 const MERGE_KEY: &str = "__dqetl_merge_key";
 const CLOSE_AT: &str = "__dqetl_close_at";
 /// Columns of the state query.
-const STATE_CURRENT: &str = "__dqetl_current";
 const STATE_LAST: &str = "__dqetl_last";
-const STATE_RANK: &str = "__dqetl_rank";
+const STATE_FROM: &str = "__dqetl_from";
 const STATE_FILE: &str = "__dqetl_file";
 
 /// What a commit did.
@@ -214,7 +213,7 @@ impl<'a> Batch<'a> {
             ));
         }
         let started = std::time::Instant::now();
-        let state = read_state(&target, table, shape, changes).await?;
+        let state = read_state(&target, table, shape, changes, groups).await?;
         let state_read = started.elapsed();
         let mut plan = plan_versions(table, shape, changes, groups, &state)?;
         plan.unchanged += already;
@@ -495,6 +494,7 @@ async fn read_state(
     table: &TableSpec,
     shape: &ChangeShape,
     changes: &RecordBatch,
+    groups: &KeyGroups,
 ) -> Result<KeyState> {
     let data_fields: Vec<Field> = transformed_fields(table);
     let data_schema = Arc::new(Schema::new(data_fields.clone()));
@@ -512,7 +512,12 @@ async fn read_state(
     }
     let query = |source| SinkError::query(&table.name, "reading the current versions", source);
     let delta = |source| delta_error(&table.name, target.table_url().as_str(), "read", source);
-    let ctx = SessionContext::new();
+    let arrow = |source| SinkError::Arrow {
+        table: table.name.clone(),
+        operation: "state query",
+        source,
+    };
+    let ctx = SessionContext::new_with_config(state_query_config());
     target
         .update_datafusion_session(&ctx.state())
         .map_err(delta)?;
@@ -522,100 +527,124 @@ async fn read_state(
         .await
         .map_err(query)?;
     ctx.register_table("target", provider).map_err(query)?;
+    // The batch's distinct keys (the first change of each key), as the join's build side.
+    let firsts: UInt32Array = groups.keys.iter().map(|(_, rows)| rows[0] as u32).collect();
+    let distinct = take(changes.column(shape.key), &firsts, None).map_err(arrow)?;
     let keys = RecordBatch::try_new(
         Arc::new(Schema::new(vec![Field::new(
             &shape.key_name,
-            changes.column(shape.key).data_type().clone(),
+            distinct.data_type().clone(),
             true,
         )])),
-        vec![changes.column(shape.key).clone()],
+        vec![distinct],
     )
-    .map_err(|source| SinkError::Arrow {
-        table: table.name.clone(),
-        operation: "state query",
-        source,
-    })?;
+    .map_err(arrow)?;
     ctx.register_batch("batch_keys", keys).map_err(query)?;
     let pk = quote(&shape.key_name);
+    let from = quote(EFFECTIVE_FROM);
+    let join = format!("FROM batch_keys k JOIN target t ON t.{pk} = k.{pk}");
+    let run = |sql: String| {
+        let ctx = &ctx;
+        async move {
+            ctx.sql(&sql)
+                .await
+                .map_err(query)?
+                .collect()
+                .await
+                .map_err(query)
+        }
+    };
+    // Two narrow reads instead of ranking every version of the batch's keys (a sort over all
+    // of them, the whole table when a batch touches most keys): the latest time each key
+    // recorded, over the key and its two times only; then the current versions alone.
+    let latest = run(format!(
+        "SELECT t.{pk}, MAX(COALESCE(t.{to}, t.{from})) AS {state_last} {join} GROUP BY t.{pk}",
+        to = quote(EFFECTIVE_TO),
+        state_last = quote(STATE_LAST),
+    ))
+    .await?;
     let data_list = data_fields
         .iter()
-        .map(|f| quote(f.name()))
+        .map(|f| format!("t.{}", quote(f.name())))
         .collect::<Vec<_>>()
         .join(", ");
-    // The batch's keys are the join's left (build) side whatever the table's statistics say:
-    // building the hash table from the data table would hold all of it in memory.
-    let sql = format!(
-        "SELECT {data_list}, {current} AS {state_current}, {state_last}, {file} FROM (\
-           SELECT t.*, \
-             MAX(COALESCE(t.{to}, t.{from})) OVER (PARTITION BY t.{pk}) AS {state_last}, \
-             ROW_NUMBER() OVER (PARTITION BY t.{pk} ORDER BY t.{current} DESC, t.{from} DESC) AS {state_rank} \
-           FROM (SELECT DISTINCT {pk} FROM batch_keys) k JOIN target t ON t.{pk} = k.{pk}\
-         ) WHERE {state_rank} = 1",
-        current = quote(IS_CURRENT),
-        from = quote(EFFECTIVE_FROM),
-        to = quote(EFFECTIVE_TO),
-        state_current = quote(STATE_CURRENT),
-        state_last = quote(STATE_LAST),
-        state_rank = quote(STATE_RANK),
+    let current = run(format!(
+        "SELECT {data_list}, t.{from} AS {state_from}, t.{file} {join} WHERE t.{is_current}",
+        state_from = quote(STATE_FROM),
         file = quote(STATE_FILE),
-    );
-    let batches = ctx
-        .sql(&sql)
-        .await
-        .map_err(query)?
-        .collect()
-        .await
-        .map_err(query)?;
-    let Some(first) = batches.first() else {
-        return Ok(empty);
+        is_current = quote(IS_CURRENT),
+    ))
+    .await?;
+
+    let mut by_key: HashMap<OwnedRow, Known> = HashMap::new();
+    for batch in &latest {
+        // The scan may hand back other physical types (e.g. string views); compare like with like.
+        let key = cast(batch.column(0), data_fields[shape.key].data_type()).map_err(arrow)?;
+        let last =
+            cast(batch.column(1), &crate::pipeline::schema::timestamp_type()).map_err(arrow)?;
+        let last = last.as_primitive::<TimestampMicrosecondType>();
+        let keys = key_rows(table, std::slice::from_ref(&key))?;
+        for row in 0..batch.num_rows() {
+            by_key.insert(
+                keys.row(row).owned(),
+                Known {
+                    current_row: None,
+                    latest: last.is_valid(row).then(|| last.value(row)),
+                },
+            );
+        }
+    }
+    let Some(first) = current.first() else {
+        return Ok(KeyState { by_key, ..empty });
     };
-    let found = concat_batches(&first.schema(), &batches).map_err(|source| SinkError::Arrow {
-        table: table.name.clone(),
-        operation: "state query",
-        source,
-    })?;
-    // The scan may hand back other physical types (e.g. string views); compare like with like.
-    let arrow = |source| SinkError::Arrow {
-        table: table.name.clone(),
-        operation: "state query",
-        source,
-    };
+    let found = concat_batches(&first.schema(), &current).map_err(arrow)?;
+    drop(current);
     let data: Vec<ArrayRef> = data_fields
         .iter()
         .enumerate()
         .map(|(i, f)| cast(found.column(i), f.data_type()))
         .collect::<std::result::Result<_, _>>()
         .map_err(arrow)?;
-    let current_flags =
-        cast(found.column(shape.data_columns), &DataType::Boolean).map_err(arrow)?;
-    let current_flags = current_flags.as_boolean();
-    let latest = cast(
-        found.column(shape.data_columns + 1),
+    let started = cast(
+        found.column(shape.data_columns),
         &crate::pipeline::schema::timestamp_type(),
     )
     .map_err(arrow)?;
-    let latest = latest.as_primitive::<TimestampMicrosecondType>();
-    let files = cast(found.column(shape.data_columns + 2), &DataType::Utf8).map_err(arrow)?;
+    let started = started.as_primitive::<TimestampMicrosecondType>();
+    let files = cast(found.column(shape.data_columns + 1), &DataType::Utf8).map_err(arrow)?;
     let files = files.as_string::<i32>();
-    let mut current_files = Vec::new();
     let keys = key_rows(table, std::slice::from_ref(&data[shape.key]))?;
-    let mut current_rows = Vec::new();
-    let mut by_key = HashMap::new();
+    let mut current_rows: Vec<u32> = Vec::new();
+    let mut current_files = Vec::new();
     for row in 0..found.num_rows() {
-        let is_current = current_flags.is_valid(row) && current_flags.value(row);
-        let current_row = is_current.then(|| {
-            current_rows.push(row as u32);
-            current_files.push(files.value(row).to_string());
-            current_rows.len() - 1
+        let known = by_key.entry(keys.row(row).owned()).or_insert(Known {
+            current_row: None,
+            latest: started.is_valid(row).then(|| started.value(row)),
         });
-        let latest = latest.is_valid(row).then(|| latest.value(row));
-        by_key.insert(
-            keys.row(row).owned(),
-            Known {
-                current_row,
-                latest,
-            },
-        );
+        // One current version per key is the invariant; should a table hold two, the later one
+        // is the key's current version.
+        let later = match known.current_row {
+            None => true,
+            Some(index) => {
+                let held = current_rows[index] as usize;
+                started.is_valid(row)
+                    && (!started.is_valid(held) || started.value(row) > started.value(held))
+            }
+        };
+        if !later {
+            continue;
+        }
+        match known.current_row {
+            Some(index) => {
+                current_rows[index] = row as u32;
+                current_files[index] = files.value(row).to_string();
+            }
+            None => {
+                known.current_row = Some(current_rows.len());
+                current_rows.push(row as u32);
+                current_files.push(files.value(row).to_string());
+            }
+        }
     }
     let indices = UInt32Array::from(current_rows);
     let current = data
@@ -629,6 +658,17 @@ async fn read_state(
         current_files,
         by_key,
     })
+}
+
+/// The state queries join the batch's keys with the data table: the keys (at most a batch's
+/// worth) are always the collected build side, so the data table is only streamed past them,
+/// never repartitioned or held.
+fn state_query_config() -> SessionConfig {
+    let mut config = SessionConfig::new();
+    let optimizer = &mut config.options_mut().optimizer;
+    optimizer.hash_join_single_partition_threshold = usize::MAX;
+    optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
+    config
 }
 
 /// One version to insert: the change row it comes from and its interval.
