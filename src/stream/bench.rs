@@ -11,6 +11,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -122,7 +124,7 @@ pub struct CoreResult {
     pub batch: usize,
     pub seconds: f64,
     pub events_per_second: f64,
-    pub peak_rss_mib: Option<f64>,
+    pub peak: PeakMemory,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,7 +139,7 @@ pub struct MixResult {
     pub batches: u64,
     pub data_versions: usize,
     pub quarantined: u64,
-    pub peak_rss_mib: Option<f64>,
+    pub peak: PeakMemory,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -149,7 +151,7 @@ pub struct LatencyResult {
     pub p99_ms: Option<u64>,
     pub max_ms: Option<u64>,
     pub achieved_rate: f64,
-    pub peak_rss_mib: Option<f64>,
+    pub peak: PeakMemory,
 }
 
 const PARTITIONS: i32 = 3;
@@ -374,7 +376,7 @@ fn core(spec: &ConfigSpec, events: usize) -> anyhow::Result<CoreResult> {
         batch: CORE_BATCH,
         seconds,
         events_per_second: events as f64 / seconds,
-        peak_rss_mib: rss.peak_mib(),
+        peak: rss.finish(),
     })
 }
 
@@ -424,7 +426,7 @@ async fn end_to_end(
         .run(stop)
         .await?;
     let seconds = started.elapsed().as_secs_f64();
-    let peak_rss_mib = rss.peak_mib();
+    let peak = rss.finish();
     let totals = summary
         .per_table
         .values()
@@ -449,7 +451,7 @@ async fn end_to_end(
         batches: summary.batches,
         data_versions,
         quarantined: totals.quarantined,
-        peak_rss_mib,
+        peak,
     })
 }
 
@@ -530,7 +532,7 @@ async fn latency(
         p99_ms: summary.latency.p99_ms,
         max_ms: summary.latency.max_ms,
         achieved_rate: count as f64 / produced.seconds,
-        peak_rss_mib: rss.peak_mib(),
+        peak: rss.finish(),
     })
 }
 
@@ -682,36 +684,109 @@ async fn count_rows(lake_dir: &Path, spec: &ConfigSpec) -> anyhow::Result<usize>
     Ok(n as usize)
 }
 
-/// Peak resident memory of this process from a starting point on.
+/// Peak memory of a phase, in MiB: the kernel's resident peak (`VmHWM`), and the peaks of its
+/// two parts as sampled every 10 ms: anonymous memory (the heap: what the work holds) and
+/// file-backed pages (mostly the binary's code, shared and reclaimable). `None` when not
+/// measurable here.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PeakMemory {
+    pub rss_mib: Option<f64>,
+    pub anon_mib: Option<f64>,
+    pub file_mib: Option<f64>,
+}
+
+impl fmt::Display for PeakMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(rss) = self.rss_mib else {
+            return f.write_str("-");
+        };
+        write!(f, "{rss:.0} MiB")?;
+        if let (Some(anon), Some(file)) = (self.anon_mib, self.file_mib) {
+            write!(f, " (heap {anon:.0}, code and files {file:.0})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Peak memory of this process from a starting point on.
 struct PeakRss {
     reset: bool,
+    stop: Arc<AtomicBool>,
+    sampler: Option<std::thread::JoinHandle<(u64, u64)>>,
 }
 
 impl PeakRss {
     /// Resets the kernel's peak counter (`5` to `/proc/self/clear_refs`, Linux ≥ 4.0), after
     /// handing the heap that earlier phases freed back to the system: glibc keeps it otherwise,
-    /// and the reset peak would start from it.
+    /// and the reset peak would start from it. Starts the sampler of the two parts.
     fn start() -> PeakRss {
         // SAFETY: malloc_trim only releases free heap pages; it takes no pointers.
         unsafe {
             nix::libc::malloc_trim(0);
         }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let sampler = std::thread::Builder::new()
+            .name("bench-rss".into())
+            .spawn(move || {
+                let (mut anon, mut file) = (0, 0);
+                while !stopped.load(Ordering::Relaxed) {
+                    if let Some((a, f)) = resident_parts_kib() {
+                        anon = anon.max(a);
+                        file = file.max(f);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                (anon, file)
+            })
+            .ok();
         PeakRss {
             reset: std::fs::write("/proc/self/clear_refs", "5").is_ok(),
+            stop,
+            sampler,
         }
     }
 
-    /// `VmHWM` in MiB; `None` when it cannot be read or was not reset (it would then include
-    /// earlier phases).
-    fn peak_mib(&self) -> Option<f64> {
-        if !self.reset {
-            return None;
+    /// The peaks since [`PeakRss::start`]. `VmHWM` is left out when it could not be reset (it
+    /// would then include earlier phases).
+    fn finish(self) -> PeakMemory {
+        self.stop.store(true, Ordering::Relaxed);
+        let parts = self
+            .sampler
+            .and_then(|s| s.join().ok())
+            .filter(|&(anon, _)| anon > 0);
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let hwm = self.reset.then(|| status_kib("VmHWM:")).flatten().map(mib);
+        PeakMemory {
+            rss_mib: hwm,
+            anon_mib: parts.map(|(anon, _)| mib(anon)),
+            file_mib: parts.map(|(_, file)| mib(file)),
         }
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
     }
+}
+
+fn status_kib(name: &str) -> Option<u64> {
+    status_field(&std::fs::read_to_string("/proc/self/status").ok()?, name)
+}
+
+/// Resident anonymous and file-backed memory now, in KiB.
+fn resident_parts_kib() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    Some((
+        status_field(&status, "RssAnon:")?,
+        status_field(&status, "RssFile:")?,
+    ))
+}
+
+/// A `/proc/<pid>/status` field in KiB.
+fn status_field(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find(|l| l.starts_with(name))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn machine() -> Machine {
@@ -774,7 +849,6 @@ impl Drop for WorkDir {
 
 impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rss = |v: Option<f64>| v.map_or("-".to_string(), |m| format!("{m:.0} MiB"));
         let rate = |v: f64| format!("{} events/s", thousands(v));
         writeln!(f, "dqetl bench process ({} build)", self.build)?;
         if self.build == "debug" {
@@ -800,7 +874,7 @@ impl fmt::Display for BenchReport {
             "| pure core: decode, rules, transforms, metrics (1 thread, {} per batch) | insert-heavy | {} per core | {} |",
             self.core.batch,
             rate(self.core.events_per_second),
-            rss(self.core.peak_rss_mib)
+            self.core.peak
         )?;
         for m in &self.mixes {
             writeln!(
@@ -824,7 +898,7 @@ impl fmt::Display for BenchReport {
                 m.mix,
                 rate(m.end_to_end_per_second),
                 m.ratio_to_raw_consume * 100.0,
-                rss(m.peak_rss_mib)
+                m.peak
             )?;
         }
         let l = &self.latency;
@@ -839,7 +913,7 @@ impl fmt::Display for BenchReport {
             ms(l.p50_ms),
             ms(l.p99_ms),
             ms(l.max_ms),
-            rss(l.peak_rss_mib)
+            l.peak
         )
     }
 }
