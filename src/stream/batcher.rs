@@ -102,18 +102,25 @@ impl Cadence {
 /// it also returns as soon as every partition is read to its end, so `--once` never waits out the
 /// interval and a backlog within the bounds is one batch. An overdue batch (see [`Cadence`]) takes the records
 /// already fetched without waiting; when there are none, it waits one interval for new ones.
+///
+/// `applying` is set while the previous batch is still being applied: this one then stays open
+/// past its deadline until that apply is done (within the bounds), since it could not be applied
+/// earlier anyway, and fetching and decoding go on meanwhile.
 pub(super) async fn collect(
     consumer: &Consumer,
     bounds: &Bounds,
     cadence: &mut Cadence,
     mut drain: Option<&mut Drain>,
     shutdown: &mut watch::Receiver<bool>,
+    mut applying: Option<watch::Receiver<bool>>,
     mut batch: Intake,
 ) -> Intake {
     let mut deadline = cadence.next_deadline(Instant::now(), bounds.interval);
-    let overdue = deadline <= Instant::now();
+    let overdue = deadline <= Instant::now() && applying.is_none();
     let mut errors = 0_u64;
     let mut last_logged: Option<Instant> = None;
+    let still_applying =
+        |applying: &Option<watch::Receiver<bool>>| applying.as_ref().is_some_and(|a| *a.borrow());
     if overdue {
         while batch.received < bounds.max_records && batch.bytes < bounds.max_bytes {
             match consumer.recv().now_or_never() {
@@ -128,16 +135,24 @@ pub(super) async fn collect(
     }
     while batch.received < bounds.max_records
         && batch.bytes < bounds.max_bytes
-        && Instant::now() < deadline
+        && (Instant::now() < deadline || still_applying(&applying))
         && !drain.as_mut().is_some_and(|d| d.done(consumer, false))
     {
+        // Past the deadline only while the previous batch applies: then its end, a record or
+        // (draining) the next check wakes the loop, not the deadline.
+        let until = if Instant::now() < deadline {
+            deadline
+        } else {
+            Instant::now() + Duration::from_secs(3600)
+        };
         let wake = match drain {
-            Some(_) => (Instant::now() + DRAIN_CHECK).min(deadline),
-            None => deadline,
+            Some(_) => (Instant::now() + DRAIN_CHECK).min(until),
+            None => until,
         };
         tokio::select! {
             biased;
             _ = stop_requested(shutdown) => break,
+            _ = applied(&mut applying) => {}
             received = consumer.recv() => match received {
                 Ok(message) => {
                     if errors > 0 {
@@ -175,6 +190,17 @@ fn take(batch: &mut Intake, message: BorrowedMessage<'_>, drain: Option<&mut Dra
         *next = (*next).max(message.offset() + 1);
     }
     batch.push(&message);
+}
+
+/// Resolves once the apply running beside a collect is done, and forgets it; never when there is
+/// none.
+async fn applied(applying: &mut Option<watch::Receiver<bool>>) {
+    let Some(receiver) = applying else {
+        return std::future::pending().await;
+    };
+    // The sender drops or flips to false when the apply is done.
+    let _ = receiver.wait_for(|running| !*running).await;
+    *applying = None;
 }
 
 /// Resolves once a stop is requested; never, when nobody can request one any more.

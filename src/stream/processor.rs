@@ -195,20 +195,28 @@ impl Processor {
             partitions = ?self.opts.partitions, "processor started"
         );
         let mut cadence = Cadence::default();
+        // A batch collected while the previous one was applied, to apply next.
+        let mut collected: Option<Intake> = None;
         loop {
-            if let Some(drain) = drain.as_mut() {
-                drain.next = self.starts().await;
-            }
-            let intake = Intake::new(&self.specs, self.starts().await);
-            let intake = batcher::collect(
-                &consumer,
-                &bounds,
-                &mut cadence,
-                drain.as_mut(),
-                &mut shutdown,
-                intake,
-            )
-            .await;
+            let intake = match collected.take() {
+                Some(intake) => intake,
+                None => {
+                    if let Some(drain) = drain.as_mut() {
+                        drain.next = self.starts().await;
+                    }
+                    let intake = Intake::new(&self.specs, self.starts().await);
+                    batcher::collect(
+                        &consumer,
+                        &bounds,
+                        &mut cadence,
+                        drain.as_mut(),
+                        &mut shutdown,
+                        None,
+                        intake,
+                    )
+                    .await
+                }
+            };
             if let Some(topic) = &intake.unknown_topic {
                 anyhow::bail!(
                     "received a record from topic '{topic}', which no configured table reads"
@@ -228,19 +236,55 @@ impl Processor {
             }
             let idle = batches.is_empty();
             if !idle {
-                self.apply(&consumer, batches, &mut shutdown).await?;
+                // The next batch is collected (fetched and decoded) while this one is applied,
+                // unless the processor is stopping or everything to drain is read already. Its
+                // records come after this batch's, so the starts it classifies them by need not
+                // wait for this batch's marks; the apply step checks them against the marks
+                // as they are then anyway.
+                let read_all = drain.as_mut().is_some_and(|d| d.done(&consumer, false));
+                if *shutdown.borrow() || read_all {
+                    self.apply(&consumer, batches, &mut shutdown).await?;
+                } else {
+                    let next = Intake::new(&self.specs, self.starts().await);
+                    let (running, applying) = watch::channel(true);
+                    let mut stop = shutdown.clone();
+                    let apply = async {
+                        let outcome = self.apply(&consumer, batches, &mut shutdown).await;
+                        let _ = running.send(false);
+                        outcome
+                    };
+                    let collect = batcher::collect(
+                        &consumer,
+                        &bounds,
+                        &mut cadence,
+                        drain.as_mut(),
+                        &mut stop,
+                        Some(applying),
+                        next,
+                    );
+                    let (outcome, next) = tokio::join!(apply, collect);
+                    outcome?;
+                    collected = Some(next);
+                }
                 if drain.is_none() {
                     // Where a rebalance re-assigns partitions: as close to the truth as known.
                     consumer.context().set_starts(self.starts().await);
                 }
             }
             if *shutdown.borrow() {
+                // A batch collected meanwhile is left unapplied: its records are read again on
+                // the next start.
                 tracing::info!("stop requested; the batch in flight was applied");
                 break;
             }
             if let Some(drain) = drain.as_mut() {
-                drain.next = self.starts().await;
-                if drain.done(&consumer, idle) {
+                // Read positions only grow: the batch collected meanwhile may be ahead of the marks.
+                for (partition, start) in self.starts().await {
+                    let next = drain.next.entry(partition).or_insert(start);
+                    *next = (*next).max(start);
+                }
+                let nothing_pending = collected.as_ref().is_none_or(Intake::is_empty);
+                if nothing_pending && drain.done(&consumer, idle) {
                     break;
                 }
             }
