@@ -76,7 +76,11 @@ pub(super) struct Rewrite<'a> {
 }
 
 impl Rewrite<'_> {
-    pub async fn commit(self, target: DeltaTable, txns: Vec<Transaction>) -> Result<DeltaTable> {
+    pub async fn commit(
+        mut self,
+        target: DeltaTable,
+        txns: Vec<Transaction>,
+    ) -> Result<DeltaTable> {
         let name = &self.table.name;
         let location = target.table_url().to_string();
         let delta = |operation, source| delta_error(name, &location, operation, source);
@@ -113,6 +117,17 @@ impl Rewrite<'_> {
             .map_err(|e| delta("write", e))?
             .with_writer_properties(writer_properties(&self.schema))
             .with_target_file_size(REWRITE_FILE_BYTES);
+        // The new versions first: the batch staged for them is freed before the files are read.
+        let versions = std::mem::replace(
+            &mut self.versions,
+            RecordBatch::new_empty(self.schema.clone()),
+        );
+        if versions.num_rows() > 0 {
+            writer
+                .write(versions)
+                .await
+                .map_err(|e| delta("write", e))?;
+        }
         let mut closed = 0;
         for view in &views {
             let path = view.object_store_path();
@@ -132,12 +147,6 @@ impl Rewrite<'_> {
                     self.closes.len()
                 ),
             });
-        }
-        if self.versions.num_rows() > 0 {
-            writer
-                .write(self.versions.clone())
-                .await
-                .map_err(|e| delta("write", e))?;
         }
         let adds = writer.flush().await.map_err(|e| delta("write", e))?;
         let actions: Vec<Action> = views
