@@ -75,9 +75,11 @@ const ERROR_PAUSE: Duration = Duration::from_millis(500);
 const DRAIN_CHECK: Duration = Duration::from_millis(50);
 
 /// When micro-batches close: one trigger interval after the previous one closed, like a
-/// processing-time trigger in Spark. A batch that took longer than the interval to apply makes
-/// the next one due at once, with what the consumer has fetched meanwhile, so a record waits for
-/// at most one batch in flight instead of that batch plus a full interval.
+/// processing-time trigger in Spark. A batch collected while the previous one applies closes
+/// when that apply is done if it outlasts the interval (see [`collect`]); one collected after a
+/// batch that took longer than the interval to apply is due at once, with what the consumer has
+/// fetched meanwhile. Either way a record waits for at most one batch in flight instead of that
+/// batch plus a full interval.
 #[derive(Debug, Default)]
 pub(super) struct Cadence {
     /// When the previous batch closed (its deadline).
