@@ -9,6 +9,7 @@
 //! snapshot the MERGE commits on (a concurrent commit makes the MERGE conflict, and the whole
 //! cycle reruns on fresh data), so the MERGE itself carries no logic that could drift.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -20,10 +21,11 @@ use deltalake::arrow::array::{
 };
 use deltalake::arrow::compute::{cast, concat_batches, take};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
-use deltalake::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
+use deltalake::arrow::row::{OwnedRow, Row, RowConverter, Rows, SortField};
 use deltalake::datafusion::common::Column;
 use deltalake::datafusion::prelude::{Expr, SessionConfig, SessionContext, lit};
 use deltalake::kernel::transaction::CommitProperties;
+use smallvec::SmallVec;
 
 use super::error::{Result, SinkError};
 use super::lake::{Lake, LakeTable};
@@ -368,7 +370,8 @@ enum Change {
 
 /// Change rows per key, in batch order; keys in order of first appearance.
 struct KeyGroups {
-    keys: Vec<(OwnedRow, Vec<usize>)>,
+    /// Most keys have one change: its row is kept inline, without an allocation per key.
+    keys: Vec<(OwnedRow, SmallVec<[usize; 1]>)>,
     kinds: Vec<Change>,
     effective_from: Vec<i64>,
 }
@@ -393,8 +396,9 @@ fn group_by_key(
         .as_primitive::<TimestampMicrosecondType>();
     let mut kinds = Vec::with_capacity(changes.num_rows());
     let mut effective_from = Vec::with_capacity(changes.num_rows());
-    let mut index: HashMap<OwnedRow, usize> = HashMap::new();
-    let mut groups: Vec<(OwnedRow, Vec<usize>)> = Vec::new();
+    // Keys are looked up in the converted rows; only a key's first change makes an owned copy.
+    let mut index: HashMap<Row<'_>, usize> = HashMap::with_capacity(changes.num_rows());
+    let mut groups: Vec<(OwnedRow, SmallVec<[usize; 1]>)> = Vec::new();
     for row in 0..changes.num_rows() {
         let operation = if operations.is_null(row) {
             ""
@@ -421,9 +425,10 @@ fn group_by_key(
             });
         }
         effective_from.push(from.value(row));
-        let key = keys.row(row).owned();
-        match index.get(&key) {
-            Some(&g) => {
+        let key = keys.row(row);
+        match index.entry(key) {
+            Entry::Occupied(found) => {
+                let g = *found.get();
                 if !table.scd2.track_intermediate {
                     return Err(SinkError::DuplicateKey {
                         table: table.name.clone(),
@@ -433,9 +438,9 @@ fn group_by_key(
                 }
                 groups[g].1.push(row);
             }
-            None => {
-                index.insert(key.clone(), groups.len());
-                groups.push((key, vec![row]));
+            Entry::Vacant(slot) => {
+                slot.insert(groups.len());
+                groups.push((key.owned(), smallvec::smallvec![row]));
             }
         }
     }
