@@ -626,28 +626,22 @@ async fn read_state(
             current_row: None,
             latest: started.is_valid(row).then(|| started.value(row)),
         });
-        // One current version per key is the invariant; should a table hold two, the later one
-        // is the key's current version.
-        let later = match known.current_row {
-            None => true,
-            Some(index) => {
-                let held = current_rows[index] as usize;
-                started.is_valid(row)
-                    && (!started.is_valid(held) || started.value(row) > started.value(held))
-            }
-        };
-        if !later {
-            continue;
-        }
         match known.current_row {
-            Some(index) => {
-                current_rows[index] = row as u32;
-                current_files[index] = files.value(row).to_string();
-            }
             None => {
                 known.current_row = Some(current_rows.len());
                 current_rows.push(row as u32);
                 current_files.push(files.value(row).to_string());
+            }
+            // One current version per key is the invariant; should a table hold two, the later
+            // one is the key's current version.
+            Some(index) => {
+                let held = current_rows[index] as usize;
+                let later = started.is_valid(row)
+                    && (!started.is_valid(held) || started.value(row) > started.value(held));
+                if later {
+                    current_rows[index] = row as u32;
+                    current_files[index] = files.value(row).to_string();
+                }
             }
         }
     }

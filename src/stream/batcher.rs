@@ -121,8 +121,6 @@ pub(super) async fn collect(
     let overdue = deadline <= Instant::now() && applying.is_none();
     let mut errors = 0_u64;
     let mut last_logged: Option<Instant> = None;
-    let still_applying =
-        |applying: &Option<watch::Receiver<bool>>| applying.as_ref().is_some_and(|a| *a.borrow());
     if overdue {
         while batch.received < bounds.max_records && batch.bytes < bounds.max_bytes {
             match consumer.recv().now_or_never() {
@@ -137,19 +135,17 @@ pub(super) async fn collect(
     }
     while batch.received < bounds.max_records
         && batch.bytes < bounds.max_bytes
-        && (Instant::now() < deadline || still_applying(&applying))
+        && (Instant::now() < deadline || applying.is_some())
         && !drain.as_mut().is_some_and(|d| d.done(consumer, false))
     {
         // Past the deadline only while the previous batch applies: then its end, a record or
-        // (draining) the next check wakes the loop, not the deadline.
-        let until = if Instant::now() < deadline {
-            deadline
-        } else {
-            Instant::now() + Duration::from_secs(3600)
-        };
-        let wake = match drain {
-            Some(_) => (Instant::now() + DRAIN_CHECK).min(until),
-            None => until,
+        // (draining) the next check wakes the loop, no timer.
+        let now = Instant::now();
+        let wake = match (&drain, now < deadline) {
+            (Some(_), true) => Some((now + DRAIN_CHECK).min(deadline)),
+            (Some(_), false) => Some(now + DRAIN_CHECK),
+            (None, true) => Some(deadline),
+            (None, false) => None,
         };
         tokio::select! {
             biased;
@@ -178,7 +174,7 @@ pub(super) async fn collect(
                     }
                 }
             },
-            _ = tokio::time::sleep_until(wake) => {}
+            _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
         }
     }
     batch
@@ -194,13 +190,14 @@ fn take(batch: &mut Intake, message: BorrowedMessage<'_>, drain: Option<&mut Dra
     batch.push(&message);
 }
 
-/// Resolves once the apply running beside a collect is done, and forgets it; never when there is
-/// none.
+/// Resolves once the apply running beside a collect is done, and forgets it (at once when it is
+/// done already); never when there is none. `applying` is `None` from then on, which is how the
+/// collect loop knows.
 async fn applied(applying: &mut Option<watch::Receiver<bool>>) {
     let Some(receiver) = applying else {
         return std::future::pending().await;
     };
-    // The sender drops or flips to false when the apply is done.
+    // The sender flips to false (or drops) when the apply is done.
     let _ = receiver.wait_for(|running| !*running).await;
     *applying = None;
 }
