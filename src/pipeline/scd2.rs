@@ -7,8 +7,9 @@
 
 use std::collections::HashMap;
 
-use deltalake::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use deltalake::arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
 use deltalake::arrow::compute::{SortColumn, lexsort_to_indices, take};
+use deltalake::arrow::datatypes::{Int32Type, Int64Type};
 use deltalake::arrow::row::{RowConverter, SortField};
 
 use crate::config::spec::TableSpec;
@@ -96,27 +97,20 @@ pub(crate) fn key_column(table: &TableSpec, rows: &RecordBatch) -> Result<ArrayR
 
 /// The participants sorted by (sequence_by?, partition, offset).
 fn order(table: &TableSpec, rows: &RecordBatch, participants: &[u32]) -> Result<Vec<u32>> {
+    let Some(sequence_by) = &table.scd2.sequence_by else {
+        return kafka_order(table, rows, participants);
+    };
+    let index = table
+        .column_index(sequence_by)
+        .ok_or_else(|| PipelineError::UnknownColumn {
+            table: table.name.clone(),
+            context: "scd2.sequence_by".into(),
+            column: sequence_by.clone(),
+        })?;
     let indices = UInt32Array::from(participants.to_vec());
-    let mut sort_columns = Vec::with_capacity(3);
-    if let Some(sequence_by) = &table.scd2.sequence_by {
-        let index =
-            table
-                .column_index(sequence_by)
-                .ok_or_else(|| PipelineError::UnknownColumn {
-                    table: table.name.clone(),
-                    context: "scd2.sequence_by".into(),
-                    column: sequence_by.clone(),
-                })?;
-        sort_columns.push(rows.column(index).clone());
-    }
+    let mut sort_columns = vec![rows.column(index).clone()];
     for name in [PARTITION, OFFSET] {
-        let column = rows
-            .column_by_name(name)
-            .ok_or_else(|| PipelineError::SchemaMismatch {
-                table: table.name.clone(),
-                detail: format!("no {name} column"),
-            })?;
-        sort_columns.push(column.clone());
+        sort_columns.push(kafka_column(table, rows, name)?.clone());
     }
     let sort_columns = sort_columns
         .iter()
@@ -135,6 +129,34 @@ fn order(table: &TableSpec, rows: &RecordBatch, participants: &[u32]) -> Result<
         .iter()
         .map(|&p| participants[p as usize])
         .collect())
+}
+
+/// The participants sorted by (partition, offset), a pair unique in a batch: a plain sort on the
+/// two integers, which Arrow's general multi-column sort was several times slower at.
+fn kafka_order(table: &TableSpec, rows: &RecordBatch, participants: &[u32]) -> Result<Vec<u32>> {
+    let mismatch = |name: &str| PipelineError::SchemaMismatch {
+        table: table.name.clone(),
+        detail: format!("{name} is not an integer column"),
+    };
+    let partitions = kafka_column(table, rows, PARTITION)?
+        .as_primitive_opt::<Int32Type>()
+        .ok_or_else(|| mismatch(PARTITION))?
+        .values();
+    let offsets = kafka_column(table, rows, OFFSET)?
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| mismatch(OFFSET))?
+        .values();
+    let mut ordered = participants.to_vec();
+    ordered.sort_unstable_by_key(|&row| (partitions[row as usize], offsets[row as usize]));
+    Ok(ordered)
+}
+
+fn kafka_column<'r>(table: &TableSpec, rows: &'r RecordBatch, name: &str) -> Result<&'r ArrayRef> {
+    rows.column_by_name(name)
+        .ok_or_else(|| PipelineError::SchemaMismatch {
+            table: table.name.clone(),
+            detail: format!("no {name} column"),
+        })
 }
 
 #[cfg(test)]
