@@ -195,6 +195,29 @@ pub fn coerce_ref(value: JsonRef<'_>, column_type: ColumnType) -> Result<Cell<'_
     }
 }
 
+/// The text of a JSON number coerced to `column_type`, as [`coerce_ref`] coerces the parsed
+/// number: whole numbers into integer columns and any number into a double column straight from
+/// the text, every other case through serde_json's `Number`. None when it does not fit.
+pub fn coerce_number_text(text: &str, column_type: ColumnType) -> Option<Cell<'static>> {
+    // serde_json reads `-0` as the double -0.0; leave it to the general route.
+    let whole = || text != "-0" && text.bytes().all(|b| b.is_ascii_digit() || b == b'-');
+    match column_type {
+        ColumnType::Int if whole() => text.parse::<i32>().ok().map(Cell::Int),
+        ColumnType::Long if whole() => text.parse::<i64>().ok().map(Cell::Long),
+        ColumnType::Double | ColumnType::Real => {
+            let value = text.parse::<f64>().ok()?;
+            // serde_json refuses numbers beyond f64's range, which Rust reads as infinite.
+            value.is_finite().then_some(Cell::Double(value))
+        }
+        _ => {
+            let number: Number = serde_json::from_str(text).ok()?;
+            coerce_ref(JsonRef::Number(&number), column_type)
+                .ok()
+                .map(Cell::into_owned)
+        }
+    }
+}
+
 /// `None`: not numeric at all. `Some(None)`: numeric but not an i64 (fraction or range).
 fn integer(value: JsonRef<'_>) -> Option<Option<i64>> {
     match value {

@@ -16,8 +16,11 @@ use crate::pipeline::pii::PiiMasks;
 use crate::pipeline::plan::{DecodedBatch, MalformedRecord, Operation, SourcePosition};
 use crate::pipeline::schema::decoded_schema;
 
-use super::borrowed::{self, Scalar};
-use super::coerce::{Cell, CoerceError, coerce, coerce_ref, parse_timestamp_micros};
+use super::borrowed;
+use super::coerce::{
+    Cell, CoerceError, JsonRef, coerce, coerce_number_text, coerce_ref, parse_timestamp_micros,
+};
+use super::scan::Scalar;
 
 /// One Kafka message as the consumer hands it over.
 #[derive(Debug, Clone)]
@@ -284,7 +287,7 @@ fn decode_one<'a>(
             raw,
         };
     }
-    let text = match std::str::from_utf8(payload) {
+    let text = match simdutf8::compat::from_utf8(payload) {
         Ok(text) => text,
         Err(e) => {
             return malformed(format!(
@@ -343,19 +346,20 @@ fn decode_common<'a>(table: &TableSpec, text: &'a str, cells: &mut Cells<'a>) ->
         return None;
     }
     for (column, value) in table.columns.iter().zip(values) {
+        let column_type = column.column_type;
         let cell = match value {
-            None => None,
+            Scalar::Null => None,
             // Text into a text column: the borrowed string itself, no copy.
-            Some(Scalar::Text(text))
-                if matches!(column.column_type, ColumnType::String | ColumnType::Text) =>
-            {
+            Scalar::Text(text) if matches!(column_type, ColumnType::String | ColumnType::Text) => {
                 Some(Cell::Text(text))
             }
-            Some(scalar) => Some(
-                coerce_ref(scalar.as_json(), column.column_type)
+            Scalar::Text(text) => Some(
+                coerce_ref(JsonRef::Text(&text), column_type)
                     .ok()?
                     .into_owned(),
             ),
+            Scalar::Bool(b) => Some(coerce_ref(JsonRef::Bool(b), column_type).ok()?.into_owned()),
+            Scalar::Number(text) => Some(coerce_number_text(text, column_type)?),
         };
         cells.push(cell);
     }

@@ -6,3 +6,4 @@ pub mod coerce;
 pub mod decode;
 pub mod encode;
 pub mod envelope;
+pub mod scan;

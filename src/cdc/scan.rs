@@ -1,0 +1,405 @@
+//! A strict, single-pass reader of JSON text for the decoder's fast path. It borrows strings and
+//! number text from the payload and only ever accepts valid JSON; whatever it does not read
+//! itself (an escaped key, deep nesting, any syntax error) it gives up on with None, so serde_json
+//! in the general decoder has the last word on every unusual or invalid payload.
+
+use std::borrow::Cow;
+
+/// How deep [`Scanner::skip_value`] follows nesting before giving up (serde_json allows 128).
+const MAX_DEPTH: u32 = 64;
+
+/// A scalar JSON value as read from the text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    /// The number's text, checked against JSON's number grammar.
+    Number(&'a str),
+    /// Borrowed unless the string had escapes.
+    Text(Cow<'a, str>),
+}
+
+/// A cursor over JSON text.
+pub struct Scanner<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(text: &'a str) -> Scanner<'a> {
+        Scanner { text, pos: 0 }
+    }
+
+    fn skip_whitespace(&mut self) {
+        let bytes = self.text.as_bytes();
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = bytes.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    /// The next byte after whitespace, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_whitespace();
+        self.text.as_bytes().get(self.pos).copied()
+    }
+
+    /// Consumes `byte`, after whitespace.
+    pub fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.pos += 1)
+    }
+
+    /// Whether only whitespace is left.
+    pub fn at_end(&mut self) -> bool {
+        self.peek().is_none()
+    }
+
+    /// The next key of an object whose `{` was eaten, with its `:` consumed; `Some(None)` once
+    /// the object's `}` is consumed. `first` tracks whether a member was read yet.
+    pub fn next_key(&mut self, first: &mut bool) -> Option<Option<Cow<'a, str>>> {
+        match self.peek()? {
+            b'}' => {
+                self.pos += 1;
+                return Some(None);
+            }
+            b',' if !*first => self.pos += 1,
+            _ if *first => {}
+            _ => return None,
+        }
+        *first = false;
+        let key = self.string()?;
+        self.eat(b':')?;
+        Some(Some(key))
+    }
+
+    /// A string, number, boolean or null; None for an array, an object or invalid text.
+    pub fn scalar(&mut self) -> Option<Scalar<'a>> {
+        match self.peek()? {
+            b'"' => self.string().map(Scalar::Text),
+            b'-' | b'0'..=b'9' => self.number().map(Scalar::Number),
+            b't' => self.literal("true").map(|()| Scalar::Bool(true)),
+            b'f' => self.literal("false").map(|()| Scalar::Bool(false)),
+            b'n' => self.literal("null").map(|()| Scalar::Null),
+            _ => None,
+        }
+    }
+
+    /// Passes over any JSON value.
+    pub fn skip_value(&mut self) -> Option<()> {
+        self.skip_nested(0)
+    }
+
+    fn skip_nested(&mut self, depth: u32) -> Option<()> {
+        match self.peek()? {
+            b'{' => {
+                if depth >= MAX_DEPTH {
+                    return None;
+                }
+                self.pos += 1;
+                let mut first = true;
+                while self.next_key(&mut first)?.is_some() {
+                    self.skip_nested(depth + 1)?;
+                }
+                Some(())
+            }
+            b'[' => {
+                if depth >= MAX_DEPTH {
+                    return None;
+                }
+                self.pos += 1;
+                if self.peek()? == b']' {
+                    self.pos += 1;
+                    return Some(());
+                }
+                loop {
+                    self.skip_nested(depth + 1)?;
+                    match self.peek()? {
+                        b',' => self.pos += 1,
+                        b']' => {
+                            self.pos += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            _ => self.scalar().map(drop),
+        }
+    }
+
+    fn literal(&mut self, word: &str) -> Option<()> {
+        self.text[self.pos..]
+            .starts_with(word)
+            .then(|| self.pos += word.len())
+    }
+
+    /// A string at the cursor (after whitespace).
+    fn string(&mut self) -> Option<Cow<'a, str>> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        let bytes = self.text.as_bytes();
+        let start = self.pos + 1;
+        let end = plain_run_end(bytes, start)?;
+        match bytes[end] {
+            b'"' => {
+                self.pos = end + 1;
+                Some(Cow::Borrowed(&self.text[start..end]))
+            }
+            b'\\' => self.escaped_string(),
+            // JSON forbids raw control characters inside strings.
+            _ => None,
+        }
+    }
+
+    /// A string with escapes: its end found here, its unescaping left to serde_json.
+    fn escaped_string(&mut self) -> Option<Cow<'a, str>> {
+        let bytes = self.text.as_bytes();
+        let mut end = self.pos + 1;
+        loop {
+            match *bytes.get(end)? {
+                b'"' => break,
+                b'\\' => end += 2,
+                _ => end += 1,
+            }
+        }
+        let text: String = serde_json::from_str(self.text.get(self.pos..=end)?).ok()?;
+        self.pos = end + 1;
+        Some(Cow::Owned(text))
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?` at the cursor.
+    fn number(&mut self) -> Option<&'a str> {
+        let bytes = self.text.as_bytes();
+        let start = self.pos;
+        let mut end = start;
+        let digits = |mut at: usize| {
+            while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+                at += 1;
+            }
+            at
+        };
+        if bytes.get(end) == Some(&b'-') {
+            end += 1;
+        }
+        end = match bytes.get(end)? {
+            b'0' => end + 1,
+            b'1'..=b'9' => digits(end + 1),
+            _ => return None,
+        };
+        if bytes.get(end) == Some(&b'.') {
+            let fraction = end + 1;
+            end = digits(fraction);
+            if end == fraction {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = bytes.get(end) {
+            end += 1;
+            if let Some(b'+' | b'-') = bytes.get(end) {
+                end += 1;
+            }
+            let exponent = end;
+            end = digits(exponent);
+            if end == exponent {
+                return None;
+            }
+        }
+        self.pos = end;
+        Some(&self.text[start..end])
+    }
+}
+
+/// The position of the first `"`, `\\` or control character at or after `at`, eight bytes at a
+/// time: most of a DMS message is string content.
+fn plain_run_end(bytes: &[u8], mut at: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // `(x - ONES * n) & !x & HIGH` flags the bytes of `x` below `n`; the lowest flag is exact
+    // (a borrow only reaches the bytes above a flagged one), and only the lowest is used.
+    let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGH;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let special = below(word ^ (ONES * u64::from(b'"')), 1)
+            | below(word ^ (ONES * u64::from(b'\\')), 1)
+            | below(word, 0x20);
+        if special != 0 {
+            return Some(at + (special.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let rest = bytes.get(at..)?;
+    let offset = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    Some(at + offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::{Strategy, prop, prop_oneof};
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Reads a whole document into a `Value`, through the scanner alone.
+    fn read(text: &str) -> Option<Value> {
+        let mut scanner = Scanner::new(text);
+        let value = read_value(&mut scanner)?;
+        scanner.at_end().then_some(value)
+    }
+
+    fn read_value(scanner: &mut Scanner) -> Option<Value> {
+        match scanner.peek()? {
+            b'{' => {
+                scanner.pos += 1;
+                let mut map = serde_json::Map::new();
+                let mut first = true;
+                while let Some(key) = scanner.next_key(&mut first)? {
+                    map.insert(key.into_owned(), read_value(scanner)?);
+                }
+                Some(Value::Object(map))
+            }
+            b'[' => {
+                // Arrays are only ever skipped by the decoder; check they are skipped exactly.
+                let start = scanner.pos;
+                scanner.skip_value()?;
+                serde_json::from_str(&scanner.text[start..scanner.pos]).ok()
+            }
+            _ => Some(match scanner.scalar()? {
+                Scalar::Null => Value::Null,
+                Scalar::Bool(b) => Value::Bool(b),
+                Scalar::Number(n) => serde_json::from_str(n).ok()?,
+                Scalar::Text(s) => Value::String(s.into_owned()),
+            }),
+        }
+    }
+
+    #[test]
+    fn reads_scalars_borrowed_and_escaped() {
+        let mut scanner = Scanner::new(r#" "plain" "a\"b\u00e9" -0.5e+3 true null"#);
+        assert_eq!(scanner.scalar(), Some(Scalar::Text(Cow::Borrowed("plain"))));
+        assert_eq!(
+            scanner.scalar(),
+            Some(Scalar::Text(Cow::Owned("a\"b\u{e9}".into())))
+        );
+        assert_eq!(scanner.scalar(), Some(Scalar::Number("-0.5e+3")));
+        assert_eq!(scanner.scalar(), Some(Scalar::Bool(true)));
+        assert_eq!(scanner.scalar(), Some(Scalar::Null));
+        assert!(scanner.at_end());
+    }
+
+    #[test]
+    fn refuses_what_json_does_not_allow() {
+        for text in [
+            "01",
+            "1.",
+            ".5",
+            "-",
+            "1e",
+            "+1",
+            "tru",
+            "nul",
+            "\"a\nb\"",
+            "\"open",
+            "{\"a\":1,}",
+            "{,\"a\":1}",
+            "{\"a\" 1}",
+            "[1,]",
+            "[1 2]",
+            "{\"a\":1",
+            "\"bad \\x escape\"",
+            "NaN",
+        ] {
+            assert_eq!(read(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn finds_the_first_special_byte_at_any_position() {
+        for len in 0..40 {
+            for special in [b'"', b'\\', b'\n', 0x1f] {
+                let mut bytes = vec![b'a'; len];
+                bytes.extend_from_slice(&[0xc3, 0xa9]);
+                bytes.push(special);
+                bytes.extend_from_slice(b"\"\\\x01zz");
+                assert_eq!(plain_run_end(&bytes, 0), Some(len + 2), "{len} {special}");
+                assert_eq!(plain_run_end(&bytes, len.min(3)), Some(len + 2));
+            }
+            assert_eq!(plain_run_end(&vec![b' '; len], 0), None);
+        }
+    }
+
+    #[test]
+    fn gives_up_on_deep_nesting() {
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert_eq!(read(&deep), None);
+        let shallow = format!("{}{}", "[".repeat(10), "]".repeat(10));
+        assert!(read(&shallow).is_some());
+    }
+
+    /// JSON-like text: valid documents, and the same with bytes cut, doubled or swapped.
+    fn json_like() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            prop::sample::select(vec![
+                "null",
+                "true",
+                "false",
+                "0",
+                "-0",
+                "12",
+                "-3.25",
+                "1e5",
+                "2E-3",
+                "1.5e+300",
+                "1e400",
+                "\"\"",
+                "\"a b\"",
+                "\"\\u00e9\\n\"",
+                "\"\\ud83d\\ude00\"",
+                "\"\\ud83d\"",
+                "\"é\"",
+            ])
+            .prop_map(str::to_owned),
+            "\"[ -~]{0,6}\"",
+        ];
+        let document = leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|items| format!("[{}]", items.join(","))),
+                prop::collection::vec(("[a-c\\\\\"]{0,3}", inner), 0..4).prop_map(|members| {
+                    let members: Vec<String> = members
+                        .into_iter()
+                        .map(|(k, v)| format!("\"{k}\" : {v}"))
+                        .collect();
+                    format!("{{ {} }}", members.join(","))
+                }),
+            ]
+        });
+        (document, 0..40_usize, 0..4_u8).prop_map(|(text, at, edit)| {
+            let mut bytes = text.into_bytes();
+            let at = at.min(bytes.len().saturating_sub(1));
+            match edit {
+                1 if !bytes.is_empty() => {
+                    bytes.remove(at);
+                }
+                2 if !bytes.is_empty() => bytes.insert(at, bytes[at]),
+                3 if at + 1 < bytes.len() => bytes.swap(at, at + 1),
+                _ => {}
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever the scanner reads, serde_json reads the same; it never accepts more.
+        #[test]
+        fn accepts_only_what_serde_json_accepts_and_reads_it_alike(text in json_like()) {
+            if let Some(value) = read(&text) {
+                let expected: Result<Value, _> = serde_json::from_str(&text);
+                proptest::prop_assert_eq!(Some(value), expected.ok(), "{}", text);
+            }
+        }
+    }
+}
