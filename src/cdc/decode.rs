@@ -822,6 +822,58 @@ mod tests {
     }
 
     #[test]
+    fn number_text_is_coerced_as_the_general_decoder_coerces_the_parsed_number() {
+        let table = crate::pipeline::testing::all_types_table();
+        let metadata = r#""metadata":{"timestamp":"2026-11-25T10:00:00Z","record-type":"data","operation":"insert","table-name":"things"}"#;
+        let numbers = [
+            "0",
+            "-0",
+            "7",
+            "-12",
+            "5.0",
+            "0.1",
+            "1e2",
+            "1E-2",
+            "2.5e+3",
+            "1e400",
+            "-1e400",
+            "2147483648",
+            "-2147483649",
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551616",
+            "12345678901234567890123",
+            "0.30000000000000004",
+            "1.7976931348623157e308",
+            "4.9e-324",
+            "123.456",
+            "99999999.99",
+            "100000000.00",
+        ];
+        let mut taken = 0;
+        // For `id` the key appears twice and the second wins, on both paths.
+        for column in &table.columns {
+            for number in numbers {
+                let text = format!(
+                    r#"{{"data":{{"id":1,"{}":{number}}},{metadata}}}"#,
+                    column.name
+                );
+                let mut cells = Cells::new();
+                if let Some(outcome) = decode_common(&table, &text, &mut cells) {
+                    taken += 1;
+                    assert_eq!(
+                        (outcome_label(&outcome), cells),
+                        general(&table, &text),
+                        "{text}"
+                    );
+                }
+            }
+        }
+        // Integers into integer columns and numbers into doubles read straight from the text.
+        assert!(taken >= 30, "the fast path took only {taken} records");
+    }
+
+    #[test]
     fn the_borrowing_path_takes_the_common_records() {
         let table = telemetry_table();
         let text = String::from_utf8(dms(&table, "update", good(3), 5)).expect("utf-8");
