@@ -9,8 +9,10 @@ use clap::Parser;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options (read once at start-up, as its `malloc_conf`): freed pages go back to the
-/// OS after 300 ms instead of 10 s, from a background thread, so the resident set follows what
-/// a batch really holds rather than the last seconds of rewrites.
+/// OS after 100 ms instead of 10 s, from a background thread, so the resident set follows what
+/// a batch really holds rather than the last seconds of rewrites; and one arena, since a batch's
+/// buffers are freed on other threads than the ones that built them and several arenas each
+/// kept their own free pages (peak heap ~20 MiB lower at a 100k-row commit, throughput alike).
 #[repr(transparent)]
 pub struct MallocConf(*const u8);
 
@@ -19,7 +21,7 @@ unsafe impl Sync for MallocConf {}
 
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static MALLOC_CONF: MallocConf = MallocConf(
-    c"background_thread:true,dirty_decay_ms:300,muzzy_decay_ms:0"
+    c"background_thread:true,narenas:1,dirty_decay_ms:100,muzzy_decay_ms:0"
         .as_ptr()
         .cast(),
 );
