@@ -17,9 +17,12 @@ use dqetl::pipeline::plan::Operation;
 use dqetl::pipeline::{TableMetricState, plan};
 use serde_json::{Map, Value, json};
 
-/// The allocator of the `dqetl` binary, so the figures are the binary's.
+/// The allocator and settings of the `dqetl` binary, so the figures are the binary's.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: dqetl::allocator::MallocConf = dqetl::allocator::MALLOC_CONF;
 
 fn column(name: &str, column_type: ColumnType) -> ColumnSpec {
     ColumnSpec {

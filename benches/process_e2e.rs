@@ -9,6 +9,13 @@ use std::time::Duration;
 
 use dqetl::stream::bench::{BenchOptions, BrokerStorage, Mix, run};
 
+/// The allocator and settings of the `dqetl` binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: dqetl::allocator::MallocConf = dqetl::allocator::MALLOC_CONF;
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --bench` passes nothing: then a smoke run.
     let args: Vec<String> = std::env::args()

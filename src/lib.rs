@@ -3,6 +3,7 @@
 //! Data flows `cdc → pipeline → sink`; `stream` drives it; `target/{local,aws}` sit at the edge.
 //! `pipeline` is pure (Arrow batches in, a plan out) and does no I/O.
 
+pub mod allocator;
 pub mod capture;
 pub mod cdc;
 pub mod cli;
