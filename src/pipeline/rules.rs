@@ -22,6 +22,7 @@ use crate::config::spec::{RuleKind, RuleSpec, TableSpec};
 
 use super::decimal::Decimal;
 use super::error::{PipelineError, Result};
+use super::schema::column_position;
 use super::values::{ColumnValues, Numeric};
 
 /// What one rule found in one batch.
@@ -90,12 +91,7 @@ pub(crate) fn column_values<'b>(
     rows: &'b RecordBatch,
     rule: &RuleSpec,
 ) -> Result<ColumnValues<'b>> {
-    let unknown = || PipelineError::UnknownColumn {
-        table: table.name.clone(),
-        context: format!("rule '{}'", rule.id),
-        column: rule.column.clone(),
-    };
-    let index = table.column_index(&rule.column).ok_or_else(unknown)?;
+    let index = column_position(table, &rule.column, || format!("rule '{}'", rule.id))?;
     ColumnValues::new(rows.column(index)).ok_or_else(|| unsupported(table, rule))
 }
 

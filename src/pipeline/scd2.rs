@@ -15,7 +15,7 @@ use deltalake::arrow::row::{RowConverter, SortField};
 use crate::config::spec::TableSpec;
 
 use super::error::{PipelineError, Result, arrow_context};
-use super::schema::{OFFSET, PARTITION};
+use super::schema::{OFFSET, PARTITION, column_position};
 
 /// Row indices (into the decoded batch) chosen for the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,13 +85,7 @@ pub(crate) fn key_column(table: &TableSpec, rows: &RecordBatch) -> Result<ArrayR
         .ok_or_else(|| PipelineError::NoPrimaryKey {
             table: table.name.clone(),
         })?;
-    let index = table
-        .column_index(key)
-        .ok_or_else(|| PipelineError::UnknownColumn {
-            table: table.name.clone(),
-            context: "primary_key".into(),
-            column: key.clone(),
-        })?;
+    let index = column_position(table, key, || "primary_key".into())?;
     Ok(rows.column(index).clone())
 }
 
@@ -100,13 +94,7 @@ fn order(table: &TableSpec, rows: &RecordBatch, participants: &[u32]) -> Result<
     let Some(sequence_by) = &table.scd2.sequence_by else {
         return kafka_order(table, rows, participants);
     };
-    let index = table
-        .column_index(sequence_by)
-        .ok_or_else(|| PipelineError::UnknownColumn {
-            table: table.name.clone(),
-            context: "scd2.sequence_by".into(),
-            column: sequence_by.clone(),
-        })?;
+    let index = column_position(table, sequence_by, || "scd2.sequence_by".into())?;
     let indices = UInt32Array::from(participants.to_vec());
     let mut sort_columns = vec![rows.column(index).clone()];
     for name in [PARTITION, OFFSET] {

@@ -7,6 +7,8 @@ use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::config::spec::{ColumnType, TableSpec, TransformKind};
 
+use super::error::{PipelineError, Result};
+
 pub const OPERATION: &str = "_operation";
 pub const SOURCE_TS: &str = "_source_ts";
 pub const TOPIC: &str = "_topic";
@@ -41,6 +43,22 @@ pub fn source_fields(table: &TableSpec) -> Vec<Field> {
         .iter()
         .map(|c| Field::new(&c.name, c.column_type.arrow_type(), true))
         .collect()
+}
+
+/// The position of configured column `column` in the table's source columns; `context` names
+/// what refers to it (a rule, a transform, the primary key) for the error when there is none.
+pub(crate) fn column_position(
+    table: &TableSpec,
+    column: &str,
+    context: impl FnOnce() -> String,
+) -> Result<usize> {
+    table
+        .column_index(column)
+        .ok_or_else(|| PipelineError::UnknownColumn {
+            table: table.name.clone(),
+            context: context(),
+            column: column.to_owned(),
+        })
 }
 
 /// Decoded events: source columns plus CDC metadata (see `DecodedBatch::rows`).

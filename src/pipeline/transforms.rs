@@ -24,6 +24,7 @@ use super::decimal::{Decimal, DecimalFitError};
 use super::error::{PipelineError, Result, arrow_context};
 use super::pii::PiiMasks;
 use super::reason;
+use super::schema::column_position;
 use super::values::ColumnValues;
 
 /// Keeps the first `visible_chars` characters (not bytes) and appends `****`.
@@ -124,14 +125,9 @@ pub(crate) fn apply(
     let mut types: Vec<ColumnType> = table.columns.iter().map(|c| c.column_type).collect();
     let mut failures = Vec::new();
     for transform in &table.transforms {
-        let index =
-            table
-                .column_index(&transform.column)
-                .ok_or_else(|| PipelineError::UnknownColumn {
-                    table: table.name.clone(),
-                    context: format!("transform '{}'", transform.id),
-                    column: transform.column.clone(),
-                })?;
+        let index = column_position(table, &transform.column, || {
+            format!("transform '{}'", transform.id)
+        })?;
         let input = columns[index].clone();
         let output = match &transform.kind {
             TransformKind::Rename { .. } => input,
