@@ -10,8 +10,9 @@ use std::borrow::Cow;
 
 use smallvec::SmallVec;
 
+use super::coerce::{Cell, JsonRef, coerce_number_text, coerce_ref};
 use super::scan::{Scalar, Scanner};
-use crate::config::spec::TableSpec;
+use crate::config::spec::{ColumnType, TableSpec};
 
 /// The metadata fields the decoder reads, each a string without escapes.
 #[derive(Debug, Default)]
@@ -22,22 +23,43 @@ pub struct Metadata<'a> {
     pub timestamp: Option<&'a str>,
 }
 
-/// The values of one row, one per configured column (null when absent): on the stack for up to
-/// 32 columns.
-pub type Values<'a> = SmallVec<[Scalar<'a>; 32]>;
+/// The cells of one row, one per configured column: on the stack for tables of up to 32 columns.
+pub type Cells<'a> = SmallVec<[Option<Cell<'a>>; 32]>;
+
+/// Which configured column names are spelled in JSON exactly as they read: no quote, backslash or
+/// control character. Their keys are matched in place, without being read as strings first.
+#[derive(Debug, Clone)]
+pub struct ColumnKeys {
+    plain: Vec<bool>,
+}
+
+impl ColumnKeys {
+    pub fn new(table: &TableSpec) -> ColumnKeys {
+        let plain = |name: &str| !name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
+        ColumnKeys {
+            plain: table.columns.iter().map(|c| plain(&c.name)).collect(),
+        }
+    }
+}
 
 /// A record as far as this path reads it; its values are in the buffer [`parse`] was given.
 #[derive(Debug)]
 pub struct Record<'a> {
     pub metadata: Metadata<'a>,
-    /// Whether the record has `data` (then `values[i]` is configured column `i`).
+    /// Whether the record has `data` (then `cells[i]` is configured column `i`).
     pub has_data: bool,
 }
 
 /// Parses `text` as a DMS record of `table`, or None when the general decoder must look at it.
-/// The row's values go to `values` (a buffer the caller keeps: moving a row's values around was
-/// a visible cost).
-pub fn parse<'a>(table: &TableSpec, text: &'a str, values: &mut Values<'a>) -> Option<Record<'a>> {
+/// The row's values, coerced to their columns' types, go to `cells` (a buffer the caller keeps:
+/// moving a row's values around was a visible cost). A value that does not coerce is left to the
+/// general decoder too, which names it.
+pub fn parse<'a>(
+    table: &TableSpec,
+    keys: &ColumnKeys,
+    text: &'a str,
+    cells: &mut Cells<'a>,
+) -> Option<Record<'a>> {
     let mut scanner = Scanner::new(text);
     scanner.eat(b'{')?;
     let mut metadata = None;
@@ -47,7 +69,7 @@ pub fn parse<'a>(table: &TableSpec, text: &'a str, values: &mut Values<'a>) -> O
         match &*key {
             "metadata" if metadata.is_none() => metadata = Some(read_metadata(&mut scanner)?),
             "data" if !has_data => {
-                read_row(table, &mut scanner, values)?;
+                read_row(table, keys, &mut scanner, cells)?;
                 has_data = true;
             }
             // A repeated field: the general decoder's last-one-wins rules apply.
@@ -91,35 +113,59 @@ fn read_metadata<'a>(scanner: &mut Scanner<'a>) -> Option<Metadata<'a>> {
     Some(metadata)
 }
 
-/// The configured columns of `data`; a nested value in one of them is left to the general
-/// decoder, which renders it.
+/// The configured columns of `data`, coerced; a nested value in one of them is left to the
+/// general decoder, which renders it.
 fn read_row<'a>(
     table: &TableSpec,
+    keys: &ColumnKeys,
     scanner: &mut Scanner<'a>,
-    values: &mut Values<'a>,
+    cells: &mut Cells<'a>,
 ) -> Option<()> {
     scanner.eat(b'{')?;
-    values.clear();
-    values.resize(table.columns.len(), Scalar::Null);
     let columns = &table.columns;
+    cells.clear();
+    cells.extend(std::iter::repeat_with(|| None).take(columns.len()));
     // DMS and local capture write the columns in table order: try the next one first.
     let mut next = 0;
     let mut first = true;
-    while let Some(key) = scanner.next_key(&mut first)? {
-        let index = match columns.get(next) {
-            Some(column) if column.name == *key => Some(next),
-            _ => table.column_index(&key),
+    loop {
+        let expected = columns
+            .get(next)
+            .filter(|column| keys.plain[next] && scanner.next_key_is(&mut first, &column.name));
+        let index = match expected {
+            Some(_) => Some(next),
+            None => match scanner.next_key(&mut first)? {
+                Some(key) => table.column_index(&key),
+                None => return Some(()),
+            },
         };
         match index {
             // A repeated key overwrites, as in a parsed `Value` map.
             Some(i) => {
-                values[i] = scanner.scalar()?;
+                cells[i] = cell(scanner.scalar()?, columns[i].column_type)?;
                 next = i + 1;
             }
             None => scanner.skip_value()?,
         }
     }
-    Some(())
+}
+
+/// A scalar coerced to a column's type: `Some(None)` for null, None when it does not coerce.
+fn cell(value: Scalar<'_>, column_type: ColumnType) -> Option<Option<Cell<'_>>> {
+    Some(match value {
+        Scalar::Null => None,
+        // Text into a text column: the borrowed string itself, no copy.
+        Scalar::Text(text) if matches!(column_type, ColumnType::String | ColumnType::Text) => {
+            Some(Cell::Text(text))
+        }
+        Scalar::Text(text) => Some(
+            coerce_ref(JsonRef::Text(&text), column_type)
+                .ok()?
+                .into_owned(),
+        ),
+        Scalar::Bool(b) => Some(coerce_ref(JsonRef::Bool(b), column_type).ok()?.into_owned()),
+        Scalar::Number(text) => Some(coerce_number_text(text, column_type)?),
+    })
 }
 
 #[cfg(test)]
@@ -139,19 +185,56 @@ mod tests {
         )
     }
 
+    fn read<'a>(table: &TableSpec, text: &'a str) -> Option<(Record<'a>, Cells<'a>)> {
+        let mut cells = Cells::new();
+        let record = parse(table, &ColumnKeys::new(table), text, &mut cells)?;
+        Some((record, cells))
+    }
+
     #[test]
-    fn reads_configured_columns_and_metadata_borrowed() {
+    fn reads_configured_columns_coerced_and_metadata_borrowed() {
         let text = r#"{"data":{"id":7,"name":"a\"b","extra":[1,2],"speed":null},
             "metadata":{"timestamp":"2026-11-25T10:00:00Z","record-type":"data",
             "operation":"insert","table-name":"t","transaction-id":12}}"#;
-        let mut values = Values::new();
-        let record = parse(&table(), text, &mut values).expect("common record");
+        let (record, cells) = read(&table(), text).expect("common record");
         assert_eq!(record.metadata.operation, Some("insert"));
         assert_eq!(record.metadata.table_name, Some("t"));
         assert!(record.has_data);
-        assert_eq!(values[0], Scalar::Number("7"));
-        assert_eq!(values[1], Scalar::Text(Cow::Owned("a\"b".into())));
-        assert_eq!(values[2], Scalar::Null);
+        assert_eq!(cells[0], Some(Cell::Int(7)));
+        assert_eq!(cells[1], Some(Cell::Text(Cow::Owned("a\"b".into()))));
+        assert_eq!(cells[2], None);
+    }
+
+    #[test]
+    fn finds_columns_in_any_order_and_spacing() {
+        let t = table();
+        for text in [
+            r#"{"data":{"speed":2.5,"name":"n","id":1},"metadata":{}}"#,
+            r#"{"data": { "id" : 1 , "ids":9, "name" :"n","speed":2.5 },"metadata":{}}"#,
+            r#"{"data":{"i":0,"id":1,"name":"x","name":"n","speed":"2.5"},"metadata":{}}"#,
+        ] {
+            let (_, cells) = read(&t, text).unwrap_or_else(|| panic!("{text}"));
+            assert_eq!(
+                cells.as_slice(),
+                [
+                    Some(Cell::Int(1)),
+                    Some(Cell::Text(Cow::Borrowed("n"))),
+                    Some(Cell::Double(2.5))
+                ],
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_names_that_need_escapes_by_their_text() {
+        let t = testing::table(
+            "t",
+            &[("we\"ird", ColumnType::Int), ("id", ColumnType::Int)],
+        );
+        let text = r#"{"data":{"we\"ird":3,"id":4},"metadata":{}}"#;
+        let (_, cells) = read(&t, text).expect("common record");
+        assert_eq!(cells.as_slice(), [Some(Cell::Int(3)), Some(Cell::Int(4))]);
     }
 
     #[test]
@@ -167,16 +250,21 @@ mod tests {
             r#"{"data":{"id":1},"metadata":{"operation":"ins\u0065rt"}}"#,
             r#"{"data":{"id":1},"metadata":["data","insert","t","2026-11-25"]}"#,
             r#"{"data":{"id":1},"metadata":{"operation":"insert","operation":"update"}}"#,
+            // A value that does not coerce: the general decoder names it.
+            r#"{"data":{"id":"abc"},"metadata":{}}"#,
+            r#"{"data":{"id":1.5},"metadata":{}}"#,
+            r#"{"data":{"id" 1},"metadata":{}}"#,
+            r#"{"data":{"id":1,,"name":"n"},"metadata":{}}"#,
+            r#"{"data":{"id":1"name":"n"},"metadata":{}}"#,
         ] {
-            assert!(parse(&t, text, &mut Values::new()).is_none(), "{text}");
+            assert!(read(&t, text).is_none(), "{text}");
         }
     }
 
     #[test]
     fn matches_escaped_column_names_by_their_text() {
         let text = r#"{"data":{"i\u0064":3},"metadata":{}}"#;
-        let mut values = Values::new();
-        assert!(parse(&table(), text, &mut values).is_some());
-        assert_eq!(values[0], Scalar::Number("3"));
+        let (_, cells) = read(&table(), text).expect("common record");
+        assert_eq!(cells[0], Some(Cell::Int(3)));
     }
 }

@@ -9,18 +9,14 @@ use deltalake::arrow::array::{
 };
 use deltalake::arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
-use smallvec::SmallVec;
 
 use crate::config::spec::{ColumnType, TableSpec};
 use crate::pipeline::pii::PiiMasks;
 use crate::pipeline::plan::{DecodedBatch, MalformedRecord, Operation, SourcePosition};
 use crate::pipeline::schema::decoded_schema;
 
-use super::borrowed;
-use super::coerce::{
-    Cell, CoerceError, JsonRef, coerce, coerce_number_text, coerce_ref, parse_timestamp_micros,
-};
-use super::scan::Scalar;
+use super::borrowed::{self, Cells, ColumnKeys};
+use super::coerce::{Cell, CoerceError, coerce, parse_timestamp_micros};
 
 /// One Kafka message as the consumer hands it over.
 #[derive(Debug, Clone)]
@@ -87,6 +83,7 @@ pub struct Decoder {
     table: TableSpec,
     max_payload_bytes: usize,
     masks: PiiMasks,
+    keys: ColumnKeys,
     columns: Vec<ColumnBuilder>,
     meta: MetaBuilders,
     malformed: Vec<MalformedRecord>,
@@ -110,6 +107,7 @@ impl Decoder {
             table: table.clone(),
             max_payload_bytes,
             masks: PiiMasks::for_quarantine(table),
+            keys: ColumnKeys::new(table),
             columns: builders(table, capacity),
             meta: MetaBuilders::new(capacity),
             malformed: Vec::new(),
@@ -127,6 +125,7 @@ impl Decoder {
             message,
             self.max_payload_bytes,
             &self.masks,
+            &self.keys,
             &mut cells,
         );
         if let Some(error) = &self.unbuildable {
@@ -188,9 +187,6 @@ impl Decoder {
         }
     }
 }
-
-/// The cells of one row, one per configured column: on the stack for tables of up to 32 columns.
-type Cells<'a> = SmallVec<[Option<Cell<'a>>; 32]>;
 
 fn builders(table: &TableSpec, capacity: usize) -> Vec<ColumnBuilder> {
     table
@@ -259,6 +255,7 @@ fn decode_one<'a>(
     message: &RawMessage<'a>,
     max_payload_bytes: usize,
     masks: &PiiMasks,
+    keys: &ColumnKeys,
     cells: &mut Cells<'a>,
 ) -> Outcome {
     cells.clear();
@@ -296,7 +293,7 @@ fn decode_one<'a>(
             ));
         }
     };
-    if let Some(outcome) = decode_common(table, text, cells) {
+    if let Some(outcome) = decode_common(table, keys, text, cells) {
         return outcome;
     }
     cells.clear();
@@ -328,9 +325,13 @@ fn decode_one<'a>(
 
 /// A well-formed data or control record through the borrowing parser; None leaves the message
 /// to [`decode_document`], which also writes every malformed-record reason.
-fn decode_common<'a>(table: &TableSpec, text: &'a str, cells: &mut Cells<'a>) -> Option<Outcome> {
-    let mut values = borrowed::Values::new();
-    let record = borrowed::parse(table, text, &mut values)?;
+fn decode_common<'a>(
+    table: &TableSpec,
+    keys: &ColumnKeys,
+    text: &'a str,
+    cells: &mut Cells<'a>,
+) -> Option<Outcome> {
+    let record = borrowed::parse(table, keys, text, cells)?;
     let metadata = record.metadata;
     match metadata.record_type? {
         "data" => {}
@@ -344,24 +345,6 @@ fn decode_common<'a>(table: &TableSpec, text: &'a str, cells: &mut Cells<'a>) ->
     let source_ts_micros = parse_timestamp_micros(metadata.timestamp?)?;
     if !record.has_data {
         return None;
-    }
-    for (column, value) in table.columns.iter().zip(values) {
-        let column_type = column.column_type;
-        let cell = match value {
-            Scalar::Null => None,
-            // Text into a text column: the borrowed string itself, no copy.
-            Scalar::Text(text) if matches!(column_type, ColumnType::String | ColumnType::Text) => {
-                Some(Cell::Text(text))
-            }
-            Scalar::Text(text) => Some(
-                coerce_ref(JsonRef::Text(&text), column_type)
-                    .ok()?
-                    .into_owned(),
-            ),
-            Scalar::Bool(b) => Some(coerce_ref(JsonRef::Bool(b), column_type).ok()?.into_owned()),
-            Scalar::Number(text) => Some(coerce_number_text(text, column_type)?),
-        };
-        cells.push(cell);
     }
     if let Some(key) = &table.primary_key {
         cells.get(table.column_index(key)?)?.as_ref()?;
@@ -784,7 +767,7 @@ mod tests {
             })
             .to_string();
             let mut cells = Cells::new();
-            if let Some(outcome) = decode_common(&table, &text, &mut cells) {
+            if let Some(outcome) = decode_common(&table, &ColumnKeys::new(&table), &text, &mut cells) {
                 proptest::prop_assert_eq!((outcome_label(&outcome), cells), general(&table, &text), "{}", text);
             }
         }
@@ -814,7 +797,7 @@ mod tests {
                 table.columns.iter().map(|c| c.name.clone()).zip(values).collect();
             let text = String::from_utf8(dms(&table, "insert", Value::Object(data), 9)).expect("utf-8");
             let mut cells = Cells::new();
-            let outcome = decode_common(&table, &text, &mut cells);
+            let outcome = decode_common(&table, &ColumnKeys::new(&table), &text, &mut cells);
             proptest::prop_assert!(outcome.is_some(), "not taken: {}", text);
             let outcome = outcome.expect("checked");
             proptest::prop_assert_eq!((outcome_label(&outcome), cells), general(&table, &text), "{}", text);
@@ -859,7 +842,9 @@ mod tests {
                     column.name
                 );
                 let mut cells = Cells::new();
-                if let Some(outcome) = decode_common(&table, &text, &mut cells) {
+                if let Some(outcome) =
+                    decode_common(&table, &ColumnKeys::new(&table), &text, &mut cells)
+                {
                     taken += 1;
                     assert_eq!(
                         (outcome_label(&outcome), cells),
@@ -878,7 +863,8 @@ mod tests {
         let table = telemetry_table();
         let text = String::from_utf8(dms(&table, "update", good(3), 5)).expect("utf-8");
         let mut cells = Cells::new();
-        let outcome = decode_common(&table, &text, &mut cells).expect("common record");
+        let outcome = decode_common(&table, &ColumnKeys::new(&table), &text, &mut cells)
+            .expect("common record");
         assert_eq!((outcome_label(&outcome), cells), general(&table, &text));
     }
 
