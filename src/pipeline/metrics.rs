@@ -82,11 +82,7 @@ pub struct Frequencies {
 impl Frequencies {
     pub fn new(counts: DigestCounts, rows: u64) -> Frequencies {
         let singles = counts.values().filter(|&&c| c == 1).count();
-        let mut frequencies = Frequencies {
-            once: DigestSet::with_capacity_and_hasher(singles, Default::default()),
-            more: DigestCounts::default(),
-            rows,
-        };
+        let mut frequencies = Frequencies::with_capacity(singles, rows);
         for (value, count) in counts {
             frequencies.add(value, count);
         }
@@ -105,17 +101,30 @@ impl Frequencies {
         }
     }
 
-    /// Counts `count` more occurrences of `value`.
+    /// No values yet, of `rows` rows, with room for `capacity` distinct values.
+    fn with_capacity(capacity: usize, rows: u64) -> Frequencies {
+        Frequencies {
+            once: DigestSet::with_capacity_and_hasher(capacity, Default::default()),
+            more: DigestCounts::default(),
+            rows,
+        }
+    }
+
+    /// Counts `count` more occurrences of `value`. A value is in `once` or in `more`, never in
+    /// both; a new value costs one lookup in `more` (small for a key column) and one insert.
     fn add(&mut self, value: u64, count: u64) {
         if count == 0 {
             return;
         }
-        if self.once.remove(&value) {
-            self.more.insert(value, 1 + count);
-        } else if let Some(seen) = self.more.get_mut(&value) {
+        if let Some(seen) = self.more.get_mut(&value) {
             *seen += count;
         } else if count == 1 {
-            self.once.insert(value);
+            if !self.once.insert(value) {
+                self.once.remove(&value);
+                self.more.insert(value, 2);
+            }
+        } else if self.once.remove(&value) {
+            self.more.insert(value, 1 + count);
         } else {
             self.more.insert(value, count);
         }
@@ -298,18 +307,17 @@ pub(crate) fn measure(
                 let column = check_column(table, rows, check)?;
                 let values =
                     ColumnValues::new(&column).ok_or_else(|| unknown_column(table, check))?;
-                let mut counts =
-                    DigestCounts::with_capacity_and_hasher(column.len(), Default::default());
+                let mut frequencies = Frequencies::with_capacity(column.len(), n);
                 let mut text = String::new();
                 for row in 0..column.len() {
                     text.clear();
                     if values.write_text(row, &mut text) {
-                        *counts.entry(digest(&text)).or_default() += 1;
+                        frequencies.add(digest(&text), 1);
                     }
                 }
                 state
                     .uniqueness
-                    .insert(check_column_name(check), Frequencies::new(counts, n));
+                    .insert(check_column_name(check), frequencies);
             }
             MetricKind::Compliance { name, predicate } => {
                 let matches = match predicate {
@@ -613,6 +621,25 @@ mod tests {
             Some(334.0 / 2500.0),
             "values seen once over all rows"
         );
+    }
+
+    #[test]
+    fn values_counted_one_at_a_time_or_in_bulk_agree() {
+        let values = [5_u64, 1, 2, 1, 3, 1, 2, 5, 5, 5, 4];
+        let mut one_at_a_time = Frequencies::with_capacity(2, 12);
+        for value in values {
+            one_at_a_time.add(value, 1);
+        }
+        let counts = [(1, 3), (2, 2), (3, 1), (4, 1), (5, 4)]
+            .into_iter()
+            .collect();
+        assert_eq!(one_at_a_time, Frequencies::new(counts, 12));
+        assert_eq!(one_at_a_time.uniqueness(), Some(2.0 / 12.0));
+        one_at_a_time.add(3, 2);
+        one_at_a_time.add(6, 2);
+        assert_eq!(one_at_a_time.count(&3), 3);
+        assert_eq!(one_at_a_time.count(&6), 2);
+        assert_eq!(one_at_a_time.uniqueness(), Some(1.0 / 12.0));
     }
 
     #[test]
