@@ -86,31 +86,66 @@ pub fn parse<'a>(
     })
 }
 
+/// The metadata fields in the order DMS and local capture write them, with the field each one
+/// fills (None: skipped).
+const METADATA_ORDER: [(&str, Option<MetadataField>); 7] = [
+    ("timestamp", Some(MetadataField::Timestamp)),
+    ("record-type", Some(MetadataField::RecordType)),
+    ("operation", Some(MetadataField::Operation)),
+    ("partition-key-type", None),
+    ("schema-name", None),
+    ("table-name", Some(MetadataField::TableName)),
+    ("transaction-id", None),
+];
+
+#[derive(Debug, Clone, Copy)]
+enum MetadataField {
+    RecordType,
+    Operation,
+    TableName,
+    Timestamp,
+}
+
 /// Only an object of plain strings for the fields read.
 fn read_metadata<'a>(scanner: &mut Scanner<'a>) -> Option<Metadata<'a>> {
     scanner.eat(b'{')?;
     let mut metadata = Metadata::default();
+    // The expected next key is tried in place first, as for the row.
+    let mut next = 0;
     let mut first = true;
-    while let Some(key) = scanner.next_key(&mut first)? {
-        let field = match &*key {
-            "record-type" => &mut metadata.record_type,
-            "operation" => &mut metadata.operation,
-            "table-name" => &mut metadata.table_name,
-            "timestamp" => &mut metadata.timestamp,
-            _ => {
-                scanner.skip_value()?;
-                continue;
+    loop {
+        let in_place = METADATA_ORDER
+            .get(next)
+            .is_some_and(|(name, _)| scanner.next_key_is(&mut first, name));
+        let position = if in_place {
+            Some(next)
+        } else {
+            match scanner.next_key(&mut first)? {
+                Some(key) => METADATA_ORDER.iter().position(|(name, _)| *name == key),
+                None => return Some(metadata),
             }
         };
-        if field.is_some() {
+        let Some(field) = position.and_then(|p| {
+            next = p + 1;
+            METADATA_ORDER[p].1
+        }) else {
+            scanner.skip_value()?;
+            continue;
+        };
+        let slot = match field {
+            MetadataField::RecordType => &mut metadata.record_type,
+            MetadataField::Operation => &mut metadata.operation,
+            MetadataField::TableName => &mut metadata.table_name,
+            MetadataField::Timestamp => &mut metadata.timestamp,
+        };
+        if slot.is_some() {
             return None;
         }
         match scanner.scalar()? {
-            Scalar::Text(Cow::Borrowed(text)) => *field = Some(text),
+            Scalar::Text(Cow::Borrowed(text)) => *slot = Some(text),
             _ => return None,
         }
     }
-    Some(metadata)
 }
 
 /// The configured columns of `data`, coerced; a nested value in one of them is left to the
@@ -224,6 +259,27 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn reads_metadata_in_any_order() {
+        let t = table();
+        for metadata in [
+            r#"{"timestamp":"ts","record-type":"data","operation":"update","partition-key-type":"primary-key","schema-name":"public","table-name":"t","transaction-id":7}"#,
+            r#"{ "table-name" : "t", "extra": {"a": [1]}, "operation":"update","timestamp":"ts","record-type":"data"}"#,
+            r#"{"record-type":"data","timestamp":"ts","schema-name":"s","operation":"update","table-name":"t"}"#,
+        ] {
+            let text = format!(r#"{{"data":{{"id":1}},"metadata":{metadata}}}"#);
+            let (record, _) = read(&t, &text).unwrap_or_else(|| panic!("{text}"));
+            let m = record.metadata;
+            assert_eq!(
+                (m.timestamp, m.record_type, m.operation, m.table_name),
+                (Some("ts"), Some("data"), Some("update"), Some("t")),
+                "{metadata}"
+            );
+        }
+        let repeated = r#"{"data":{"id":1},"metadata":{"timestamp":"a","record-type":"data","timestamp":"b"}}"#;
+        assert!(read(&t, repeated).is_none());
     }
 
     #[test]
