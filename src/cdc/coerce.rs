@@ -274,8 +274,11 @@ pub fn parse_bool(text: &str) -> Option<bool> {
 /// `2026-11-25 14:01:32.5+02`, `...+05:30`, `...+0530`, a bare date (midnight). No zone means UTC
 /// (DMS converts to UTC). Fractions beyond microseconds are truncated.
 pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    let text = text.trim();
-    parse_timestamp_fixed(text).or_else(|| parse_timestamp_general(text))
+    // Untrimmed first: what DMS writes has no spaces around it, and trimming was a visible cost.
+    parse_timestamp_fixed(text).or_else(|| {
+        let text = text.trim();
+        parse_timestamp_fixed(text).or_else(|| parse_timestamp_general(text))
+    })
 }
 
 /// [`parse_timestamp`] through chrono's format parser: every accepted shape.
@@ -326,9 +329,14 @@ fn parse_timestamp_fixed(text: &str) -> Option<DateTime<Utc>> {
         rest = &fraction[count..];
     }
     let time = NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)?;
+    let local = NaiveDateTime::new(date, time);
+    if matches!(rest, "" | "Z" | "z") {
+        // UTC, as DMS writes it: no offset to apply.
+        return Some(local.and_utc());
+    }
     let offset = parse_zone(rest.trim_start())?;
     offset
-        .from_local_datetime(&NaiveDateTime::new(date, time))
+        .from_local_datetime(&local)
         .single()
         .map(|ts| ts.with_timezone(&Utc))
 }
@@ -439,6 +447,9 @@ mod tests {
             let fixed = parse_timestamp_fixed(&text);
             prop_assert!(fixed.is_some(), "{text} not read by position");
             prop_assert_eq!(fixed, parse_timestamp_general(&text), "{}", text);
+            for padded in [format!(" {text}"), format!("{text} "), format!("\t{text}\n")] {
+                prop_assert_eq!(parse_timestamp(&padded), fixed, "{:?}", padded);
+            }
         }
 
         #[test]
