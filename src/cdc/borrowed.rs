@@ -1,10 +1,12 @@
-//! The common DMS data record read without building a `serde_json::Value` tree: metadata and row
-//! values are borrowed from the payload and only the configured columns are kept. Building a
-//! `Value` (a map and a `String` per field) dominated decoding.
+//! The common DMS data record read without building a `serde_json::Value` tree: metadata and text
+//! values are borrowed from the payload, and only the configured columns are kept, each coerced
+//! to its column's type as it is read. Building a `Value` (a map and a `String` per field)
+//! dominated decoding.
 //!
 //! This path only ever accepts: anything unusual (nested values, non-string or escaped metadata,
-//! a repeated `data` or `metadata`, any JSON error) makes [`parse`] return None and the
-//! general decoder handles the message, so every malformed-record reason comes from one place.
+//! a repeated `data` or `metadata`, a value that does not coerce, any JSON error) makes [`parse`]
+//! return None and the general decoder handles the message, so every malformed-record reason
+//! comes from one place.
 
 use std::borrow::Cow;
 
@@ -164,9 +166,9 @@ fn read_row<'a>(
     let mut next = 0;
     let mut first = true;
     loop {
-        let expected = columns
-            .get(next)
-            .filter(|column| keys.plain[next] && scanner.next_key_is(&mut first, &column.name));
+        let expected = columns.get(next).filter(|column| {
+            keys.plain.get(next) == Some(&true) && scanner.next_key_is(&mut first, &column.name)
+        });
         let index = match expected {
             Some(_) => Some(next),
             None => match scanner.next_key(&mut first)? {
