@@ -112,25 +112,20 @@ enum MetadataField {
 fn read_metadata<'a>(scanner: &mut Scanner<'a>) -> Option<Metadata<'a>> {
     scanner.eat(b'{')?;
     let mut metadata = Metadata::default();
-    // The expected next key is tried in place first, as for the row.
     let mut next = 0;
     let mut first = true;
     loop {
-        let in_place = METADATA_ORDER
-            .get(next)
-            .is_some_and(|(name, _)| scanner.next_key_is(&mut first, name));
-        let position = if in_place {
-            Some(next)
-        } else {
-            match scanner.next_key(&mut first)? {
-                Some(key) => METADATA_ORDER.iter().position(|(name, _)| *name == key),
-                None => return Some(metadata),
+        let expected = METADATA_ORDER.get(next).map(|(name, _)| (next, *name));
+        let position = |key: &str| METADATA_ORDER.iter().position(|(name, _)| *name == key);
+        let field = match next_member(scanner, &mut first, expected, position)? {
+            Member::End => return Some(metadata),
+            Member::Other => None,
+            Member::Known(p) => {
+                next = p + 1;
+                METADATA_ORDER[p].1
             }
         };
-        let Some(field) = position.and_then(|p| {
-            next = p + 1;
-            METADATA_ORDER[p].1
-        }) else {
+        let Some(field) = field else {
             scanner.skip_value()?;
             continue;
         };
@@ -162,29 +157,52 @@ fn read_row<'a>(
     let columns = &table.columns;
     cells.clear();
     cells.extend(std::iter::repeat_with(|| None).take(columns.len()));
-    // DMS and local capture write the columns in table order: try the next one first.
     let mut next = 0;
     let mut first = true;
     loop {
-        let expected = columns.get(next).filter(|column| {
-            keys.plain.get(next) == Some(&true) && scanner.next_key_is(&mut first, &column.name)
-        });
-        let index = match expected {
-            Some(_) => Some(next),
-            None => match scanner.next_key(&mut first)? {
-                Some(key) => table.column_index(&key),
-                None => return Some(()),
-            },
-        };
-        match index {
+        let expected = columns
+            .get(next)
+            .filter(|_| keys.plain.get(next) == Some(&true))
+            .map(|column| (next, column.name.as_str()));
+        match next_member(scanner, &mut first, expected, |key| table.column_index(key))? {
+            Member::End => return Some(()),
+            Member::Other => scanner.skip_value()?,
             // A repeated key overwrites, as in a parsed `Value` map.
-            Some(i) => {
+            Member::Known(i) => {
                 cells[i] = cell(scanner.scalar()?, columns[i].column_type)?;
                 next = i + 1;
             }
-            None => scanner.skip_value()?,
         }
     }
+}
+
+/// The next key of an object, as a position in a list of known names.
+enum Member {
+    Known(usize),
+    /// A key not in the list.
+    Other,
+    /// The object's `}`.
+    End,
+}
+
+/// Reads the next key of an object (its `:` consumed). DMS and local capture write keys in a
+/// fixed order, so the name expected next (its position and a name whose spelling is its text)
+/// is compared in place first; any other key is read and looked up with `position`.
+fn next_member(
+    scanner: &mut Scanner<'_>,
+    first: &mut bool,
+    expected: Option<(usize, &str)>,
+    position: impl FnOnce(&str) -> Option<usize>,
+) -> Option<Member> {
+    if let Some((at, name)) = expected
+        && scanner.next_key_is(first, name)
+    {
+        return Some(Member::Known(at));
+    }
+    Some(match scanner.next_key(first)? {
+        Some(key) => position(&key).map_or(Member::Other, Member::Known),
+        None => Member::End,
+    })
 }
 
 /// A scalar coerced to a column's type: `Some(None)` for null, None when it does not coerce.
