@@ -80,6 +80,8 @@ pub struct Frequencies {
 }
 
 impl Frequencies {
+    /// From a count per value (tests build states this way; batches count with [`Frequencies::add`]).
+    #[cfg(test)]
     pub fn new(counts: DigestCounts, rows: u64) -> Frequencies {
         let singles = counts.values().filter(|&&c| c == 1).count();
         let mut frequencies = Frequencies::with_capacity(singles, rows);
@@ -223,11 +225,7 @@ impl<'de> Deserialize<'de> for Frequencies {
                 once.len()
             )));
         }
-        let mut frequencies = Frequencies {
-            once: DigestSet::with_capacity_and_hasher(once.len() / 8, Default::default()),
-            more: DigestCounts::default(),
-            rows: wire.rows,
-        };
+        let mut frequencies = Frequencies::with_capacity(once.len() / 8, wire.rows);
         for chunk in once.chunks_exact(8) {
             let mut digest = [0_u8; 8];
             digest.copy_from_slice(chunk);
