@@ -335,7 +335,11 @@ fn decode_common<'a>(
     let metadata = record.metadata;
     match metadata.record_type? {
         "data" => {}
-        "control" => return Some(Outcome::Control),
+        // A control record has no row: its cells are not left behind, as on the general path.
+        "control" => {
+            cells.clear();
+            return Some(Outcome::Control);
+        }
         _ => return None,
     }
     let operation = Operation::from_dms(metadata.operation?)?;
