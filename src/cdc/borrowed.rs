@@ -52,14 +52,15 @@ pub struct Record<'a> {
     pub has_data: bool,
 }
 
-/// Parses `text` as a DMS record of `table`, or None when the general decoder must look at it.
+/// Parses `text` as a DMS record of `table`, or None when the general decoder must look at it
+/// (which includes text that is not UTF-8).
 /// The row's values, coerced to their columns' types, go to `cells` (a buffer the caller keeps:
 /// moving a row's values around was a visible cost). A value that does not coerce is left to the
 /// general decoder too, which names it.
 pub fn parse<'a>(
     table: &TableSpec,
     keys: &ColumnKeys,
-    text: &'a str,
+    text: &'a [u8],
     cells: &mut Cells<'a>,
 ) -> Option<Record<'a>> {
     let mut scanner = Scanner::new(text);
@@ -242,7 +243,7 @@ mod tests {
 
     fn read<'a>(table: &TableSpec, text: &'a str) -> Option<(Record<'a>, Cells<'a>)> {
         let mut cells = Cells::new();
-        let record = parse(table, &ColumnKeys::new(table), text, &mut cells)?;
+        let record = parse(table, &ColumnKeys::new(table), text.as_bytes(), &mut cells)?;
         Some((record, cells))
     }
 

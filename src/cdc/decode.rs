@@ -284,6 +284,11 @@ fn decode_one<'a>(
             raw,
         };
     }
+    // The fast path checks UTF-8 as it reads; what it leaves is checked whole here.
+    if let Some(outcome) = decode_common(table, keys, payload, cells) {
+        return outcome;
+    }
+    cells.clear();
     let text = match simdutf8::compat::from_utf8(payload) {
         Ok(text) => text,
         Err(e) => {
@@ -293,10 +298,6 @@ fn decode_one<'a>(
             ));
         }
     };
-    if let Some(outcome) = decode_common(table, keys, text, cells) {
-        return outcome;
-    }
-    cells.clear();
     let document: Value = match serde_json::from_str(text) {
         Ok(document) => document,
         Err(e) if e.is_eof() => {
@@ -328,10 +329,10 @@ fn decode_one<'a>(
 fn decode_common<'a>(
     table: &TableSpec,
     keys: &ColumnKeys,
-    text: &'a str,
+    payload: &'a [u8],
     cells: &mut Cells<'a>,
 ) -> Option<Outcome> {
-    let record = borrowed::parse(table, keys, text, cells)?;
+    let record = borrowed::parse(table, keys, payload, cells)?;
     let metadata = record.metadata;
     match metadata.record_type? {
         "data" => {}
@@ -771,7 +772,7 @@ mod tests {
             })
             .to_string();
             let mut cells = Cells::new();
-            if let Some(outcome) = decode_common(&table, &ColumnKeys::new(&table), &text, &mut cells) {
+            if let Some(outcome) = decode_common(&table, &ColumnKeys::new(&table), text.as_bytes(), &mut cells) {
                 proptest::prop_assert_eq!((outcome_label(&outcome), cells), general(&table, &text), "{}", text);
             }
         }
@@ -801,7 +802,7 @@ mod tests {
                 table.columns.iter().map(|c| c.name.clone()).zip(values).collect();
             let text = String::from_utf8(dms(&table, "insert", Value::Object(data), 9)).expect("utf-8");
             let mut cells = Cells::new();
-            let outcome = decode_common(&table, &ColumnKeys::new(&table), &text, &mut cells);
+            let outcome = decode_common(&table, &ColumnKeys::new(&table), text.as_bytes(), &mut cells);
             proptest::prop_assert!(outcome.is_some(), "not taken: {}", text);
             let outcome = outcome.expect("checked");
             proptest::prop_assert_eq!((outcome_label(&outcome), cells), general(&table, &text), "{}", text);
@@ -846,9 +847,12 @@ mod tests {
                     column.name
                 );
                 let mut cells = Cells::new();
-                if let Some(outcome) =
-                    decode_common(&table, &ColumnKeys::new(&table), &text, &mut cells)
-                {
+                if let Some(outcome) = decode_common(
+                    &table,
+                    &ColumnKeys::new(&table),
+                    text.as_bytes(),
+                    &mut cells,
+                ) {
                     taken += 1;
                     assert_eq!(
                         (outcome_label(&outcome), cells),
@@ -867,8 +871,13 @@ mod tests {
         let table = telemetry_table();
         let text = String::from_utf8(dms(&table, "update", good(3), 5)).expect("utf-8");
         let mut cells = Cells::new();
-        let outcome = decode_common(&table, &ColumnKeys::new(&table), &text, &mut cells)
-            .expect("common record");
+        let outcome = decode_common(
+            &table,
+            &ColumnKeys::new(&table),
+            text.as_bytes(),
+            &mut cells,
+        )
+        .expect("common record");
         assert_eq!((outcome_label(&outcome), cells), general(&table, &text));
     }
 

@@ -2,6 +2,10 @@
 //! number text from the payload and only ever accepts valid JSON; whatever it does not read
 //! itself (an escaped key, deep nesting, any syntax error) it gives up on with None, so serde_json
 //! in the general decoder has the last word on every unusual or invalid payload.
+//!
+//! It reads bytes, not a checked `str`: outside strings it accepts ASCII only, and a string's
+//! bytes are checked as UTF-8 while its end is searched for, so a payload it reads through is
+//! valid UTF-8 without a separate pass over the whole payload first.
 
 use std::borrow::Cow;
 
@@ -19,20 +23,19 @@ pub enum Scalar<'a> {
     Text(Cow<'a, str>),
 }
 
-/// A cursor over JSON text.
+/// A cursor over JSON text, not yet known to be UTF-8.
 pub struct Scanner<'a> {
-    text: &'a str,
+    bytes: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Scanner<'a> {
-    pub fn new(text: &'a str) -> Scanner<'a> {
-        Scanner { text, pos: 0 }
+    pub fn new(bytes: &'a [u8]) -> Scanner<'a> {
+        Scanner { bytes, pos: 0 }
     }
 
     fn skip_whitespace(&mut self) {
-        let bytes = self.text.as_bytes();
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = bytes.get(self.pos) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.pos) {
             self.pos += 1;
         }
     }
@@ -40,7 +43,7 @@ impl<'a> Scanner<'a> {
     /// The next byte after whitespace, not consumed.
     fn peek(&mut self) -> Option<u8> {
         self.skip_whitespace();
-        self.text.as_bytes().get(self.pos).copied()
+        self.bytes.get(self.pos).copied()
     }
 
     /// Consumes `byte`, after whitespace.
@@ -80,7 +83,7 @@ impl<'a> Scanner<'a> {
             return false;
         }
         self.skip_whitespace();
-        let rest = &self.text.as_bytes()[self.pos..];
+        let rest = &self.bytes[self.pos..];
         let end = name.len() + 1;
         if rest.len() > end
             && rest[0] == b'"'
@@ -153,8 +156,8 @@ impl<'a> Scanner<'a> {
     }
 
     fn literal(&mut self, word: &str) -> Option<()> {
-        self.text[self.pos..]
-            .starts_with(word)
+        self.bytes[self.pos..]
+            .starts_with(word.as_bytes())
             .then(|| self.pos += word.len())
     }
 
@@ -163,13 +166,19 @@ impl<'a> Scanner<'a> {
         if self.peek()? != b'"' {
             return None;
         }
-        let bytes = self.text.as_bytes();
         let start = self.pos + 1;
-        let end = plain_run_end(bytes, start)?;
-        match bytes[end] {
+        let run = plain_run_end(self.bytes, start)?;
+        match self.bytes[run.end] {
             b'"' => {
-                self.pos = end + 1;
-                Some(Cow::Borrowed(&self.text[start..end]))
+                let bytes = &self.bytes[start..run.end];
+                let text = if run.ascii {
+                    // SAFETY: ASCII bytes are valid UTF-8.
+                    unsafe { std::str::from_utf8_unchecked(bytes) }
+                } else {
+                    std::str::from_utf8(bytes).ok()?
+                };
+                self.pos = run.end + 1;
+                Some(Cow::Borrowed(text))
             }
             b'\\' => self.escaped_string(),
             // JSON forbids raw control characters inside strings.
@@ -177,25 +186,25 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// A string with escapes: its end found here, its unescaping left to serde_json.
+    /// A string with escapes: its end found here, its unescaping (and UTF-8 check) left to
+    /// serde_json.
     fn escaped_string(&mut self) -> Option<Cow<'a, str>> {
-        let bytes = self.text.as_bytes();
         let mut end = self.pos + 1;
         loop {
-            match *bytes.get(end)? {
+            match *self.bytes.get(end)? {
                 b'"' => break,
                 b'\\' => end += 2,
                 _ => end += 1,
             }
         }
-        let text: String = serde_json::from_str(self.text.get(self.pos..=end)?).ok()?;
+        let text: String = serde_json::from_slice(self.bytes.get(self.pos..=end)?).ok()?;
         self.pos = end + 1;
         Some(Cow::Owned(text))
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?` at the cursor.
     fn number(&mut self) -> Option<&'a str> {
-        let bytes = self.text.as_bytes();
+        let bytes = self.bytes;
         let start = self.pos;
         let mut end = start;
         let digits = |mut at: usize| {
@@ -231,18 +240,29 @@ impl<'a> Scanner<'a> {
             }
         }
         self.pos = end;
-        Some(&self.text[start..end])
+        // SAFETY: the grammar above only admits ASCII digits, signs, `.`, `e` and `E`.
+        Some(unsafe { std::str::from_utf8_unchecked(&bytes[start..end]) })
     }
 }
 
+/// Where a run of plain string bytes ends, and whether it is all ASCII.
+struct PlainRun {
+    /// The position of the byte that ends the run.
+    end: usize,
+    ascii: bool,
+}
+
 /// The position of the first `"`, `\\` or control character at or after `at`, eight bytes at a
-/// time: most of a DMS message is string content.
-fn plain_run_end(bytes: &[u8], mut at: usize) -> Option<usize> {
+/// time (most of a DMS message is string content), noting on the way whether a byte before it is
+/// outside ASCII.
+fn plain_run_end(bytes: &[u8], mut at: usize) -> Option<PlainRun> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // `(x - ONES * n) & !x & HIGH` flags the bytes of `x` below `n`; the lowest flag is exact
     // (a borrow only reaches the bytes above a flagged one), and only the lowest is used.
     let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGH;
+    // The high bits of the words passed over: any set means a byte outside ASCII.
+    let mut high = 0;
     while let Some(chunk) = bytes.get(at..at + 8) {
         let mut word = [0; 8];
         word.copy_from_slice(chunk);
@@ -251,15 +271,24 @@ fn plain_run_end(bytes: &[u8], mut at: usize) -> Option<usize> {
             | below(word ^ (ONES * u64::from(b'\\')), 1)
             | below(word, 0x20);
         if special != 0 {
-            return Some(at + (special.trailing_zeros() / 8) as usize);
+            let lead = special.trailing_zeros() / 8;
+            let before = word & ((1_u64 << (lead * 8)) - 1);
+            return Some(PlainRun {
+                end: at + lead as usize,
+                ascii: (high | before) & HIGH == 0,
+            });
         }
+        high |= word;
         at += 8;
     }
     let rest = bytes.get(at..)?;
     let offset = rest
         .iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-    Some(at + offset)
+    Some(PlainRun {
+        end: at + offset,
+        ascii: high & HIGH == 0 && rest[..offset].is_ascii(),
+    })
 }
 
 #[cfg(test)]
@@ -270,7 +299,7 @@ mod tests {
     use super::*;
 
     /// Reads a whole document into a `Value`, through the scanner alone.
-    fn read(text: &str) -> Option<Value> {
+    fn read(text: &[u8]) -> Option<Value> {
         let mut scanner = Scanner::new(text);
         let value = read_value(&mut scanner)?;
         scanner.at_end().then_some(value)
@@ -302,7 +331,7 @@ mod tests {
                 // Arrays are only ever skipped by the decoder; check they are skipped exactly.
                 let start = scanner.pos;
                 scanner.skip_value()?;
-                serde_json::from_str(&scanner.text[start..scanner.pos]).ok()
+                serde_json::from_slice(&scanner.bytes[start..scanner.pos]).ok()
             }
             _ => Some(match scanner.scalar()? {
                 Scalar::Null => Value::Null,
@@ -315,7 +344,7 @@ mod tests {
 
     #[test]
     fn reads_scalars_borrowed_and_escaped() {
-        let mut scanner = Scanner::new(r#" "plain" "a\"b\u00e9" -0.5e+3 true null"#);
+        let mut scanner = Scanner::new(br#" "plain" "a\"b\u00e9" -0.5e+3 true null"#);
         assert_eq!(scanner.scalar(), Some(Scalar::Text(Cow::Borrowed("plain"))));
         assert_eq!(
             scanner.scalar(),
@@ -349,7 +378,7 @@ mod tests {
             "\"bad \\x escape\"",
             "NaN",
         ] {
-            assert_eq!(read(text), None, "{text}");
+            assert_eq!(read(text.as_bytes()), None, "{text}");
         }
     }
 
@@ -361,23 +390,60 @@ mod tests {
                 bytes.extend_from_slice(&[0xc3, 0xa9]);
                 bytes.push(special);
                 bytes.extend_from_slice(b"\"\\\x01zz");
-                assert_eq!(plain_run_end(&bytes, 0), Some(len + 2), "{len} {special}");
-                assert_eq!(plain_run_end(&bytes, len.min(3)), Some(len + 2));
+                let end = |at| plain_run_end(&bytes, at).map(|run| run.end);
+                assert_eq!(end(0), Some(len + 2), "{len} {special}");
+                assert_eq!(end(len.min(3)), Some(len + 2));
             }
-            assert_eq!(plain_run_end(&vec![b' '; len], 0), None);
+            assert!(plain_run_end(&vec![b' '; len], 0).is_none());
         }
+    }
+
+    #[test]
+    fn notes_a_byte_outside_ascii_only_before_the_end_of_the_run() {
+        for len in 0..40 {
+            for at in 0..len + 3 {
+                let mut bytes = vec![b'a'; len];
+                bytes.extend_from_slice(b"\"bb");
+                bytes[at] = 0xe9;
+                let run = plain_run_end(&bytes, 0);
+                let ascii = run.map(|run| run.ascii);
+                if at < len {
+                    assert_eq!(ascii, Some(false), "{len} {at}");
+                } else if at > len {
+                    assert_eq!(ascii, Some(true), "{len} {at}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_strings_that_are_not_utf8() {
+        for text in [
+            &b"\"\xff\""[..],
+            b"\"caf\xc3\"",
+            b"{\"k\xe9\":1}",
+            b"\"\xed\xa0\x80\"",
+            b"\"long enough for a word \xc3\x28\"",
+        ] {
+            assert_eq!(read(text), None, "{text:?}");
+        }
+        assert_eq!(
+            read("\"café 😀 long enough\"".as_bytes()),
+            Some(Value::String("café 😀 long enough".into()))
+        );
     }
 
     #[test]
     fn gives_up_on_deep_nesting() {
         let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
-        assert_eq!(read(&deep), None);
+        assert_eq!(read(deep.as_bytes()), None);
         let shallow = format!("{}{}", "[".repeat(10), "]".repeat(10));
-        assert!(read(&shallow).is_some());
+        assert!(read(shallow.as_bytes()).is_some());
     }
 
-    /// JSON-like text: valid documents, and the same with bytes cut, doubled or swapped.
-    fn json_like() -> impl Strategy<Value = String> {
+    /// JSON-like text: valid documents, and the same with bytes cut, doubled or swapped (which
+    /// also breaks the UTF-8 of the strings outside ASCII), or with a byte that is never UTF-8.
+    fn json_like() -> impl Strategy<Value = Vec<u8>> {
         let leaf = prop_oneof![
             prop::sample::select(vec![
                 "null",
@@ -400,6 +466,7 @@ mod tests {
             ])
             .prop_map(str::to_owned),
             "\"[ -~]{0,6}\"",
+            "\"[ -~é€😀]{0,12}\"",
         ];
         let document = leaf.prop_recursive(4, 24, 4, |inner| {
             prop_oneof![
@@ -414,7 +481,7 @@ mod tests {
                 }),
             ]
         });
-        (document, 0..40_usize, 0..4_u8).prop_map(|(text, at, edit)| {
+        (document, 0..40_usize, 0..5_u8).prop_map(|(text, at, edit)| {
             let mut bytes = text.into_bytes();
             let at = at.min(bytes.len().saturating_sub(1));
             match edit {
@@ -423,9 +490,10 @@ mod tests {
                 }
                 2 if !bytes.is_empty() => bytes.insert(at, bytes[at]),
                 3 if at + 1 < bytes.len() => bytes.swap(at, at + 1),
+                4 => bytes.insert(at, 0xff),
                 _ => {}
             }
-            String::from_utf8_lossy(&bytes).into_owned()
+            bytes
         })
     }
 
@@ -434,8 +502,9 @@ mod tests {
         #[test]
         fn accepts_only_what_serde_json_accepts_and_reads_it_alike(text in json_like()) {
             if let Some(value) = read(&text) {
-                let expected: Result<Value, _> = serde_json::from_str(&text);
-                proptest::prop_assert_eq!(Some(value), expected.ok(), "{}", text);
+                let expected: Result<Value, _> = serde_json::from_slice(&text);
+                let shown = String::from_utf8_lossy(&text);
+                proptest::prop_assert_eq!(Some(value), expected.ok(), "{}", shown);
             }
         }
     }
