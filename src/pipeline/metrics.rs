@@ -254,6 +254,18 @@ pub struct TableMetricState {
 }
 
 impl TableMetricState {
+    /// About how many bytes the state takes saved (as JSON): the Uniqueness digests dominate.
+    pub fn saved_size_hint(&self) -> usize {
+        let ratios = self.completeness.len() + self.compliance.len() + self.rule_failures.len();
+        let digests: usize = self
+            .uniqueness
+            .values()
+            // A digest seen once: 8 bytes in base64; one seen more: a pair of numbers.
+            .map(|f| f.once.len() * 11 + f.more.len() * 42)
+            .sum();
+        64 * (1 + ratios + self.uniqueness.len()) + digests
+    }
+
     /// Adds `other` in: the result describes the rows of both.
     pub fn merge(&mut self, other: TableMetricState) {
         self.rows += other.rows;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use deltalake::DeltaTableBuilder;
 use deltalake::logstore::object_store::{
-    self, GetOptions, ObjectStore, PutOptions, PutPayload, path::Path,
+    self, GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, path::Path,
 };
 
 use super::error::{Result, SinkError};
@@ -34,6 +34,15 @@ impl Lake {
             Ok(bytes) => Ok(Some(bytes.to_vec())),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(source) => Err(self.state_error(name, "read", source)),
+        }
+    }
+
+    /// Removes what is stored under `name`; nothing stored is no error.
+    pub async fn delete_state(&self, name: &str) -> Result<()> {
+        let (store, path) = self.state_object(name)?;
+        match store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(self.state_error(name, "delete", source)),
         }
     }
 

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use super::intake::TableBatch;
+use super::progress::Progress;
 use super::watermarks::{self, Marks, TableMarks};
 use crate::config::spec::TableSpec;
 use crate::pipeline::TableMetricState;
@@ -28,20 +28,9 @@ pub(super) struct TableRun {
     /// The last offset received per partition since the marks were read, to notice offsets the
     /// consumer never delivered.
     read: Marks,
-}
-
-/// The cumulative metric state of a table with the marks it covers, saved as one blob after the
-/// destinations of each batch: everything at or below these marks is applied everywhere.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct SavedState {
-    state: TableMetricState,
-    marks: Marks,
-}
-
-/// The progress blob of one table for one consumer group (a plain file name, as the lake's
-/// state store requires; the group is part of it because the marks are the group's).
-fn state_name(group: &str, table: &str) -> String {
-    format!("stream-{}-{}.json", hex::encode(table), hex::encode(group))
+    /// Where `state` and `marks.metric_state` are saved after the destinations of each batch:
+    /// everything at or below those marks is applied everywhere. None until the first reload.
+    progress: Option<Progress>,
 }
 
 /// What applying one table's records did.
@@ -71,6 +60,7 @@ impl TableRun {
             state: TableMetricState::default(),
             unsaved: false,
             read: Marks::new(),
+            progress: None,
         }
     }
 
@@ -106,18 +96,17 @@ impl TableRun {
         self.marks.data = of_topic(data?);
         self.marks.quarantine = of_topic(quarantine?);
         self.marks.metric_rows = of_topic(metric_rows?);
-        let saved: SavedState = match lake
-            .load_state(&state_name(group, &name))
+        // The group is part of the blob's name because the marks are the group's.
+        let progress = self
+            .progress
+            .get_or_insert_with(|| Progress::new(group, &name));
+        let (state, marks) = progress
+            .load(lake)
             .await
-            .with_context(|| format!("reading the progress of table '{name}'"))?
-        {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("reading the saved metric state of table '{name}'"))?,
-            None => SavedState::default(),
-        };
-        self.state = saved.state;
+            .with_context(|| format!("reading the progress of table '{name}'"))?;
+        self.state = state;
         self.unsaved = false;
-        self.marks.metric_state = saved.marks;
+        self.marks.metric_state = marks;
         // The blob is saved after every destination of a batch, so each destination is at least
         // there. One that made no commit for its last batches (nothing to write) has an older
         // txn watermark; the blob lifts it.
@@ -281,15 +270,12 @@ impl TableRun {
         let mut marks = self.marks.metric_state.clone();
         TableMarks::advance(&mut marks, &applied.ends);
         self.unsaved = true;
-        self.state.merge(plans.main.metric_state);
-        let saved = SavedState {
-            state: std::mem::take(&mut self.state),
-            marks,
-        };
-        let bytes = serde_json::to_vec(&saved);
-        self.state = saved.state;
-        let bytes = bytes.context("serializing the metric state")?;
-        lake.save_state(&state_name(group, &name), bytes)
+        let added = plans.main.metric_state;
+        self.state.merge(added.clone());
+        self.progress
+            .as_mut()
+            .context("the progress of the table was never read")?
+            .save(lake, &self.state, &added, &marks)
             .await
             .with_context(|| format!("saving the progress of table '{name}'"))?;
         self.unsaved = false;
@@ -300,7 +286,7 @@ impl TableRun {
         ] {
             TableMarks::advance(m, &applied.ends);
         }
-        self.marks.metric_state = saved.marks;
+        self.marks.metric_state = marks;
 
         let stats = plans.main.stats;
         tracing::info!(

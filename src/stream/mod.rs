@@ -40,6 +40,7 @@ mod intake;
 mod latency;
 mod options;
 mod processor;
+mod progress;
 mod topics;
 mod watermarks;
 

@@ -38,6 +38,10 @@ tables:
     transforms:
       - {id: status_upper, type: upper, column: status, order: 1}
     scd2: {track_intermediate: true}
+    # Enough distinct values that the cumulative metric state is saved as parts, not inline.
+    deequ_checks:
+      - {metric: uniqueness, column: id, threshold: 0.0, severity: warning}
+      - {metric: uniqueness, column: speed, threshold: 0.0, severity: warning}
 "#;
 
 const MESSAGES: usize = 50_000;
@@ -384,8 +388,22 @@ async fn killing_the_processor_at_random_moments_loses_and_repeats_nothing() {
         flow.table(),
     )
     .await;
+    let state_dir = dqetl::config::layout::LakeLayout::local(&crashed_lake).state_dir();
+    let parts = std::fs::read_dir(&state_dir)
+        .unwrap_or_else(|e| panic!("{state_dir}: {e}"))
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            // stream-<table>-<group>-<writer>-<n>.json; the blob is stream-<table>-<group>.json.
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("stream-") && name.matches('-').count() == 4
+        })
+        .count();
+    assert!(
+        parts > 0,
+        "the metric state was saved as parts across the kills"
+    );
     eprintln!(
-        "crash test: {MESSAGES} messages, {kills} kills in {cycles} runs ({crash_phase:?}), {} versions, {bad} quarantined",
+        "crash test: {MESSAGES} messages, {kills} kills in {cycles} runs ({crash_phase:?}), {} versions, {bad} quarantined, {parts} state parts",
         data.len()
     );
 }
