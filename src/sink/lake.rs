@@ -2,7 +2,7 @@
 //! open, one writer at a time per table within this process.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use deltalake::arrow::datatypes::SchemaRef;
@@ -62,6 +62,8 @@ pub struct Lake {
     slots: Mutex<HashMap<String, Slot>>,
     /// Progress notes this process wrote or read, by state name (see `watermarks.rs`).
     pub(crate) notes: Mutex<HashMap<String, i64>>,
+    /// The object store of the state directory, built on first use (see `state.rs`).
+    pub(crate) state_store: OnceLock<Arc<dyn deltalake::logstore::object_store::ObjectStore>>,
 }
 
 impl Lake {
@@ -73,6 +75,7 @@ impl Lake {
             storage_options,
             slots: Mutex::new(HashMap::new()),
             notes: Mutex::new(HashMap::new()),
+            state_store: OnceLock::new(),
         }
     }
 

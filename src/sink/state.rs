@@ -57,6 +57,19 @@ impl Lake {
                 name: name.to_string(),
             });
         }
+        // Built once: a batch reads or writes several state objects, and building a store (an
+        // S3 client with its credential provider) for each was repeated work.
+        let store = match self.state_store.get() {
+            Some(store) => store.clone(),
+            None => {
+                let built = self.build_state_store()?;
+                self.state_store.get_or_init(|| built).clone()
+            }
+        };
+        Ok((store, Path::from(name)))
+    }
+
+    fn build_state_store(&self) -> Result<Arc<dyn ObjectStore>> {
         let location = self.layout().state_dir();
         let invalid = |source| SinkError::InvalidLocation {
             table: "state".into(),
@@ -64,14 +77,13 @@ impl Lake {
             source: Box::new(source),
         };
         let url = deltalake::ensure_table_uri(&location).map_err(invalid)?;
-        let store = DeltaTableBuilder::from_url(url)
+        Ok(DeltaTableBuilder::from_url(url)
             .and_then(|b| {
                 b.with_storage_options(self.storage_options().clone())
                     .build_storage()
             })
             .map_err(invalid)?
-            .object_store(None);
-        Ok((store, Path::from(name)))
+            .object_store(None))
     }
 
     fn state_error(
