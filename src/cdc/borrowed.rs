@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use smallvec::SmallVec;
 
 use super::coerce::{Cell, JsonRef, coerce_number_text, coerce_ref};
-use super::scan::{Scalar, Scanner};
+use super::scan::{Scalar, Scanner, ends_plain_run};
 use crate::config::spec::{ColumnType, TableSpec};
 
 /// The metadata fields the decoder reads, each a string without escapes.
@@ -37,7 +37,7 @@ pub struct ColumnKeys {
 
 impl ColumnKeys {
     pub fn new(table: &TableSpec) -> ColumnKeys {
-        let plain = |name: &str| !name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
+        let plain = |name: &str| !name.bytes().any(ends_plain_run);
         ColumnKeys {
             plain: table.columns.iter().map(|c| plain(&c.name)).collect(),
         }

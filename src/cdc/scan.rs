@@ -245,6 +245,12 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// Whether `byte` ends a run of plain string bytes: a quote, a backslash or a control character.
+/// A text without such bytes is spelled in JSON exactly as it reads.
+pub fn ends_plain_run(byte: u8) -> bool {
+    byte == b'"' || byte == b'\\' || byte < 0x20
+}
+
 /// Where a run of plain string bytes ends, and whether it is all ASCII.
 struct PlainRun {
     /// The position of the byte that ends the run.
@@ -282,9 +288,7 @@ fn plain_run_end(bytes: &[u8], mut at: usize) -> Option<PlainRun> {
         at += 8;
     }
     let rest = bytes.get(at..)?;
-    let offset = rest
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    let offset = rest.iter().position(|&b| ends_plain_run(b))?;
     Some(PlainRun {
         end: at + offset,
         ascii: high & HIGH == 0 && rest[..offset].is_ascii(),
