@@ -1,16 +1,35 @@
 //! `dqetl bench`: benchmarks (not tests). They measure this machine and print a table.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::cli::GlobalArgs;
-use crate::stream::bench::{self, BenchOptions, BrokerStorage, Mix};
+use crate::stream::bench::{self, BenchOptions, BrokerStorage, Mix, ProcessorArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// The streaming processor: pure core, Kafka → Delta throughput per mix, latency, peak RSS.
     Process(BenchProcessArgs),
+    /// The processor of `bench process`'s end-to-end phase, which starts it as a process of its
+    /// own (so that its peak RSS is the processor's alone); prints its report as JSON.
+    #[command(hide = true)]
+    Processor(BenchProcessorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchProcessorArgs {
+    #[arg(long)]
+    pub topic: String,
+    #[arg(long)]
+    pub bootstrap: String,
+    #[arg(long)]
+    pub group: String,
+    #[arg(long)]
+    pub lake: PathBuf,
+    #[arg(long)]
+    pub max_batch_records: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -55,7 +74,20 @@ pub enum MixArg {
 }
 
 pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Process(args) = command;
+    let args = match command {
+        BenchCommand::Process(args) => args,
+        BenchCommand::Processor(args) => {
+            let run = bench::run_processor(&ProcessorArgs {
+                topic: args.topic,
+                bootstrap: args.bootstrap,
+                group: args.group,
+                lake: args.lake,
+                max_batch_records: args.max_batch_records,
+            })
+            .await?;
+            return super::print_stdout(&format!("{}\n", serde_json::to_string(&run)?));
+        }
+    };
     let mixes = match args.mix {
         Some(MixArg::InsertHeavy) => vec![Mix::InsertHeavy],
         Some(MixArg::UpdateHeavy) => vec![Mix::UpdateHeavy],

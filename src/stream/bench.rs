@@ -6,7 +6,8 @@
 //! - producing them, and consuming them with rdkafka alone (the ceiling for the processor);
 //! - end to end, Kafka → Delta with SCD2, per mix (insert-heavy, update-heavy), `--once`;
 //! - produce-to-commit latency (p50/p99) at a fixed produce rate, with a long-running processor;
-//! - the peak RSS of each phase (`VmHWM`, reset between phases through `/proc/self/clear_refs`).
+//! - the peak RSS of each phase (`VmHWM`, reset between phases through `/proc/self/clear_refs`);
+//!   the end-to-end processor runs in a process of its own, so its peak is the processor's alone.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -22,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
@@ -418,37 +419,22 @@ async fn end_to_end(
     tracing::info!(%mix, "consuming with rdkafka alone");
     let raw_seconds = raw_consume(bootstrap, &topic, opts.messages).await?;
 
-    tracing::info!(%mix, "processing end to end (--once)");
-    let group = format!("bench-{:08x}", rand::random::<u32>());
-    let lake = Lake::new(LakeLayout::local(lake_dir), Default::default());
-    let options = process_options(
-        bootstrap,
-        &group,
-        &spec,
-        true,
-        spec.settings.trigger_interval,
-    );
-    let rss = PeakRss::start();
-    let started = Instant::now();
-    let (_keep, stop) = watch::channel(false);
-    let summary = Processor::new(&spec, lake, options)
-        .await?
-        .run(stop)
-        .await?;
-    let seconds = started.elapsed().as_secs_f64();
-    let peak = rss.finish();
-    let totals = summary
-        .per_table
-        .values()
-        .next()
-        .cloned()
-        .unwrap_or_default();
+    tracing::info!(%mix, "processing end to end (--once, in a process of its own)");
+    let (run, peak) = processor_in_child(ProcessorArgs {
+        topic: topic.clone(),
+        bootstrap: bootstrap.to_string(),
+        group: format!("bench-{:08x}", rand::random::<u32>()),
+        lake: lake_dir.to_path_buf(),
+        max_batch_records: opts.max_batch_records,
+    })
+    .await?;
     anyhow::ensure!(
-        totals.events as usize == opts.messages,
+        run.events as usize == opts.messages,
         "the processor decoded {} of {} events",
-        totals.events,
+        run.events,
         opts.messages
     );
+    let seconds = run.seconds;
     let data_versions = count_rows(lake_dir, &spec).await?;
     let per_second = opts.messages as f64 / seconds;
     Ok(MixResult {
@@ -458,11 +444,106 @@ async fn end_to_end(
         end_to_end_seconds: seconds,
         end_to_end_per_second: per_second,
         ratio_to_raw_consume: per_second / (opts.messages as f64 / raw_seconds),
-        batches: summary.batches,
+        batches: run.batches,
         data_versions,
-        quarantined: totals.quarantined,
+        quarantined: run.quarantined,
         peak,
     })
+}
+
+/// Where and how the end-to-end phase's processor runs: `dqetl bench processor`, a hidden
+/// command, so that it has a process of its own and its peak RSS is what `dqetl process`
+/// would hold, without the benchmark's generator and producer.
+#[derive(Debug, Clone)]
+pub struct ProcessorArgs {
+    pub topic: String,
+    pub bootstrap: String,
+    pub group: String,
+    pub lake: PathBuf,
+    pub max_batch_records: Option<u64>,
+}
+
+/// What that process reports on its standard output, as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessorRun {
+    /// From creating the processor to the end of the drain.
+    pub seconds: f64,
+    pub batches: u64,
+    pub events: u64,
+    pub quarantined: u64,
+}
+
+/// Drains the topic with the shipped config's `vehicle_telemetry` table (`--once`): the body
+/// of `dqetl bench processor`.
+pub async fn run_processor(args: &ProcessorArgs) -> anyhow::Result<ProcessorRun> {
+    let mut base = telemetry_config()?;
+    if let Some(records) = args.max_batch_records {
+        base.settings.max_batch_records = records.max(1);
+    }
+    let spec = with_topic(&base, &args.topic);
+    let lake = Lake::new(LakeLayout::local(&args.lake), Default::default());
+    let options = process_options(
+        &args.bootstrap,
+        &args.group,
+        &spec,
+        true,
+        spec.settings.trigger_interval,
+    );
+    let started = Instant::now();
+    let (_keep, stop) = watch::channel(false);
+    let summary = Processor::new(&spec, lake, options)
+        .await?
+        .run(stop)
+        .await?;
+    let totals = summary
+        .per_table
+        .values()
+        .next()
+        .cloned()
+        .unwrap_or_default();
+    Ok(ProcessorRun {
+        seconds: started.elapsed().as_secs_f64(),
+        batches: summary.batches,
+        events: totals.events,
+        quarantined: totals.quarantined,
+    })
+}
+
+/// Runs `dqetl bench processor` as a child of this process and samples its memory until it
+/// exits.
+async fn processor_in_child(args: ProcessorArgs) -> anyhow::Result<(ProcessorRun, PeakMemory)> {
+    tokio::task::spawn_blocking(move || {
+        let exe = std::env::current_exe().context("locating the dqetl binary")?;
+        let mut command = std::process::Command::new(exe);
+        command
+            .args(["bench", "processor", "--topic", &args.topic])
+            .args(["--bootstrap", &args.bootstrap, "--group", &args.group])
+            .arg("--lake")
+            .arg(&args.lake);
+        if let Some(records) = args.max_batch_records {
+            command.args(["--max-batch-records", &records.to_string()]);
+        }
+        let child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the processor process")?;
+        let memory = PeakRss::of_child(child.id());
+        let output = child
+            .wait_with_output()
+            .context("waiting for the processor process")?;
+        let peak = memory.finish();
+        anyhow::ensure!(
+            output.status.success(),
+            "the processor process failed ({})",
+            output.status
+        );
+        let run = serde_json::from_slice(&output.stdout)
+            .context("reading the processor process's report")?;
+        Ok((run, peak))
+    })
+    .await
+    .context("waiting for the processor process")?
 }
 
 async fn latency(
@@ -718,11 +799,26 @@ impl fmt::Display for PeakMemory {
     }
 }
 
-/// Peak memory of this process from a starting point on.
+/// Peak memory of a process: this one from a starting point on, or a child over its life.
 struct PeakRss {
-    reset: bool,
+    watched: Watched,
     stop: Arc<AtomicBool>,
-    sampler: Option<std::thread::JoinHandle<(u64, u64)>>,
+    sampler: Option<std::thread::JoinHandle<Sampled>>,
+}
+
+enum Watched {
+    /// This process; `reset` tells whether its `VmHWM` was reset at the start.
+    This { reset: bool },
+    /// A child process, whose `VmHWM` is sampled until it exits (it is gone afterwards).
+    Child,
+}
+
+/// The largest values sampled, in KiB.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sampled {
+    anon: u64,
+    file: u64,
+    hwm: u64,
 }
 
 impl PeakRss {
@@ -734,58 +830,75 @@ impl PeakRss {
         unsafe {
             nix::libc::malloc_trim(0);
         }
+        let mut peak = PeakRss::sample("/proc/self/status".into());
+        peak.watched = Watched::This {
+            reset: std::fs::write("/proc/self/clear_refs", "5").is_ok(),
+        };
+        peak
+    }
+
+    /// Samples child process `pid` until it exits.
+    fn of_child(pid: u32) -> PeakRss {
+        PeakRss::sample(format!("/proc/{pid}/status").into())
+    }
+
+    fn sample(status: PathBuf) -> PeakRss {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let sampler = std::thread::Builder::new()
             .name("bench-rss".into())
             .spawn(move || {
-                let (mut anon, mut file) = (0, 0);
+                let mut peak = Sampled::default();
                 while !stopped.load(Ordering::Relaxed) {
-                    if let Some((a, f)) = resident_parts_kib() {
-                        anon = anon.max(a);
-                        file = file.max(f);
+                    if let Some(now) = read_status(&status) {
+                        peak.anon = peak.anon.max(now.anon);
+                        peak.file = peak.file.max(now.file);
+                        peak.hwm = peak.hwm.max(now.hwm);
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                (anon, file)
+                peak
             })
             .ok();
         PeakRss {
-            reset: std::fs::write("/proc/self/clear_refs", "5").is_ok(),
+            watched: Watched::Child,
             stop,
             sampler,
         }
     }
 
-    /// The peaks since [`PeakRss::start`]. `VmHWM` is left out when it could not be reset (it
-    /// would then include earlier phases).
+    /// The peaks since [`PeakRss::start`], or over the child's life. `VmHWM` of this process is
+    /// left out when it could not be reset (it would then include earlier phases).
     fn finish(self) -> PeakMemory {
         self.stop.store(true, Ordering::Relaxed);
-        let parts = self
+        let sampled = self
             .sampler
             .and_then(|s| s.join().ok())
-            .filter(|&(anon, _)| anon > 0);
+            .filter(|s| s.anon > 0);
         let mib = |kib: u64| kib as f64 / 1024.0;
-        let hwm = self.reset.then(|| status_kib("VmHWM:")).flatten().map(mib);
+        let hwm = match self.watched {
+            Watched::This { reset } => reset
+                .then(|| read_status(Path::new("/proc/self/status")))
+                .flatten()
+                .map(|now| now.hwm),
+            Watched::Child => sampled.map(|s| s.hwm),
+        };
         PeakMemory {
-            rss_mib: hwm,
-            anon_mib: parts.map(|(anon, _)| mib(anon)),
-            file_mib: parts.map(|(_, file)| mib(file)),
+            rss_mib: hwm.filter(|&kib| kib > 0).map(mib),
+            anon_mib: sampled.map(|s| mib(s.anon)),
+            file_mib: sampled.map(|s| mib(s.file)),
         }
     }
 }
 
-fn status_kib(name: &str) -> Option<u64> {
-    status_field(&std::fs::read_to_string("/proc/self/status").ok()?, name)
-}
-
-/// Resident anonymous and file-backed memory now, in KiB.
-fn resident_parts_kib() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    Some((
-        status_field(&status, "RssAnon:")?,
-        status_field(&status, "RssFile:")?,
-    ))
+/// Resident anonymous and file-backed memory and the resident peak now, in KiB.
+fn read_status(path: &Path) -> Option<Sampled> {
+    let status = std::fs::read_to_string(path).ok()?;
+    Some(Sampled {
+        anon: status_field(&status, "RssAnon:")?,
+        file: status_field(&status, "RssFile:")?,
+        hwm: status_field(&status, "VmHWM:")?,
+    })
 }
 
 /// A `/proc/<pid>/status` field in KiB.

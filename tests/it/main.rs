@@ -12,6 +12,7 @@ mod aws_status;
 mod aws_support;
 mod aws_teardown;
 mod aws_template;
+mod bench_process;
 mod capture;
 mod compile_ddl_postgres;
 mod compile_golden;

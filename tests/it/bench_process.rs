@@ -1,0 +1,46 @@
+//! `dqetl bench process` on a small workload: every phase reports, and the end-to-end processor
+//! runs in a process of its own whose memory is sampled.
+
+use std::process::Command;
+
+#[test]
+fn a_small_benchmark_reports_every_phase_and_the_processor_process_memory() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dqetl"))
+        .args(["--json", "bench", "process", "--messages", "3000"])
+        .args(["--mix", "insert-heavy", "--broker-storage", "memory"])
+        .args(["--latency-duration", "1s", "--rate", "2000"])
+        .args(["--trigger-interval", "250ms"])
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("dqetl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+
+    assert_eq!(report["core"]["events"], 3000);
+    let mix = &report["mixes"][0];
+    assert_eq!(mix["mix"], "insert-heavy");
+    // The run fails unless the processor decoded every message; these are what it wrote.
+    assert!(mix["batches"].as_u64() >= Some(1), "{mix}");
+    assert!(mix["data_versions"].as_u64() > Some(0), "{mix}");
+    // About 1% of the generated rows fail a range rule.
+    assert!(mix["quarantined"].as_u64() > Some(0), "{mix}");
+    let peak = &mix["peak"];
+    let part = |name: &str| {
+        peak[name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name} of the processor process: {peak}"))
+    };
+    let (rss, anon, file) = (part("rss_mib"), part("anon_mib"), part("file_mib"));
+    assert!(anon > 0.0 && file > 0.0, "{peak}");
+    assert!(
+        rss >= anon && rss >= file,
+        "the peak holds each part: {peak}"
+    );
+
+    assert_eq!(report["latency"]["records"], 2000);
+    assert!(report["latency"]["p99_ms"].as_u64().is_some(), "{report}");
+}
