@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::cli::GlobalArgs;
@@ -105,6 +106,7 @@ pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<(
             BrokerStorageArg::Sqlite => BrokerStorage::Sqlite,
             BrokerStorageArg::Memory => BrokerStorage::Memory,
         },
+        dqetl: std::env::current_exe().context("locating the dqetl binary")?,
     };
     let report = bench::run(&options).await?;
     if global.json {

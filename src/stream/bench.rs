@@ -76,6 +76,8 @@ pub struct BenchOptions {
     pub bootstrap: Option<String>,
     /// The storage of the tansu broker the benchmark starts.
     pub broker_storage: BrokerStorage,
+    /// The `dqetl` binary that runs the end-to-end processor (`dqetl bench processor`).
+    pub dqetl: PathBuf,
 }
 
 /// The storage of the benchmark's own tansu broker.
@@ -420,13 +422,16 @@ async fn end_to_end(
     let raw_seconds = raw_consume(bootstrap, &topic, opts.messages).await?;
 
     tracing::info!(%mix, "processing end to end (--once, in a process of its own)");
-    let (run, peak) = processor_in_child(ProcessorArgs {
-        topic: topic.clone(),
-        bootstrap: bootstrap.to_string(),
-        group: format!("bench-{:08x}", rand::random::<u32>()),
-        lake: lake_dir.to_path_buf(),
-        max_batch_records: opts.max_batch_records,
-    })
+    let (run, peak) = processor_in_child(
+        &opts.dqetl,
+        ProcessorArgs {
+            topic: topic.clone(),
+            bootstrap: bootstrap.to_string(),
+            group: format!("bench-{:08x}", rand::random::<u32>()),
+            lake: lake_dir.to_path_buf(),
+            max_batch_records: opts.max_batch_records,
+        },
+    )
     .await?;
     anyhow::ensure!(
         run.events as usize == opts.messages,
@@ -511,10 +516,13 @@ pub async fn run_processor(args: &ProcessorArgs) -> anyhow::Result<ProcessorRun>
 
 /// Runs `dqetl bench processor` as a child of this process and samples its memory until it
 /// exits.
-async fn processor_in_child(args: ProcessorArgs) -> anyhow::Result<(ProcessorRun, PeakMemory)> {
+async fn processor_in_child(
+    dqetl: &Path,
+    args: ProcessorArgs,
+) -> anyhow::Result<(ProcessorRun, PeakMemory)> {
+    let dqetl = dqetl.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let exe = std::env::current_exe().context("locating the dqetl binary")?;
-        let mut command = std::process::Command::new(exe);
+        let mut command = std::process::Command::new(&dqetl);
         command
             .args(["bench", "processor", "--topic", &args.topic])
             .args(["--bootstrap", &args.bootstrap, "--group", &args.group])
@@ -527,7 +535,7 @@ async fn processor_in_child(args: ProcessorArgs) -> anyhow::Result<(ProcessorRun
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .context("starting the processor process")?;
+            .with_context(|| format!("starting the processor process {}", dqetl.display()))?;
         let memory = PeakRss::of_child(child.id());
         let output = child
             .wait_with_output()
