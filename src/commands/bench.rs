@@ -31,6 +31,9 @@ pub struct BenchProcessorArgs {
     pub lake: PathBuf,
     #[arg(long)]
     pub max_batch_records: Option<u64>,
+    /// Run as a group member with this trigger interval until SIGTERM, instead of draining.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub follow: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -78,14 +81,20 @@ pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<(
     let args = match command {
         BenchCommand::Process(args) => args,
         BenchCommand::Processor(args) => {
-            let run = bench::run_processor(&ProcessorArgs {
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                super::shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            });
+            let args = ProcessorArgs {
                 topic: args.topic,
                 bootstrap: args.bootstrap,
                 group: args.group,
                 lake: args.lake,
                 max_batch_records: args.max_batch_records,
-            })
-            .await?;
+                follow: args.follow,
+            };
+            let run = bench::run_processor(&args, stop).await?;
             return super::print_stdout(&format!("{}\n", serde_json::to_string(&run)?));
         }
     };

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
+use super::latency::LatencySummary;
 use super::options::{KafkaConnection, Partitions, ProcessOptions};
 use super::processor::Processor;
 use crate::cdc::decode::{RawMessage, decode};
@@ -422,16 +423,18 @@ async fn end_to_end(
     let raw_seconds = raw_consume(bootstrap, &topic, opts.messages).await?;
 
     tracing::info!(%mix, "processing end to end (--once, in a process of its own)");
-    let (run, peak) = processor_in_child(
+    let (run, peak) = ProcessorProcess::start(
         &opts.dqetl,
-        ProcessorArgs {
+        &ProcessorArgs {
             topic: topic.clone(),
             bootstrap: bootstrap.to_string(),
             group: format!("bench-{:08x}", rand::random::<u32>()),
             lake: lake_dir.to_path_buf(),
             max_batch_records: opts.max_batch_records,
+            follow: None,
         },
-    )
+    )?
+    .finish()
     .await?;
     anyhow::ensure!(
         run.events as usize == opts.messages,
@@ -456,9 +459,9 @@ async fn end_to_end(
     })
 }
 
-/// Where and how the end-to-end phase's processor runs: `dqetl bench processor`, a hidden
-/// command, so that it has a process of its own and its peak RSS is what `dqetl process`
-/// would hold, without the benchmark's generator and producer.
+/// Where and how a phase's processor runs: `dqetl bench processor`, a hidden command, so that
+/// it has a process of its own and its peak RSS is what `dqetl process` would hold, without the
+/// benchmark's generator and producer.
 #[derive(Debug, Clone)]
 pub struct ProcessorArgs {
     pub topic: String,
@@ -466,21 +469,28 @@ pub struct ProcessorArgs {
     pub group: String,
     pub lake: PathBuf,
     pub max_batch_records: Option<u64>,
+    /// Run as a group member with this trigger interval until stopped (SIGTERM), instead of
+    /// draining the topic (`--once`).
+    pub follow: Option<Duration>,
 }
 
 /// What that process reports on its standard output, as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessorRun {
-    /// From creating the processor to the end of the drain.
+    /// From creating the processor to the end of its run.
     pub seconds: f64,
     pub batches: u64,
     pub events: u64,
     pub quarantined: u64,
+    pub latency: LatencySummary,
 }
 
-/// Drains the topic with the shipped config's `vehicle_telemetry` table (`--once`): the body
-/// of `dqetl bench processor`.
-pub async fn run_processor(args: &ProcessorArgs) -> anyhow::Result<ProcessorRun> {
+/// The shipped config's `vehicle_telemetry` table read from `args.topic`, until `stop` or, when
+/// draining, the end of the topic: the body of `dqetl bench processor`.
+pub async fn run_processor(
+    args: &ProcessorArgs,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<ProcessorRun> {
     let mut base = telemetry_config()?;
     if let Some(records) = args.max_batch_records {
         base.settings.max_batch_records = records.max(1);
@@ -491,11 +501,10 @@ pub async fn run_processor(args: &ProcessorArgs) -> anyhow::Result<ProcessorRun>
         &args.bootstrap,
         &args.group,
         &spec,
-        true,
-        spec.settings.trigger_interval,
+        args.follow.is_none(),
+        args.follow.unwrap_or(spec.settings.trigger_interval),
     );
     let started = Instant::now();
-    let (_keep, stop) = watch::channel(false);
     let summary = Processor::new(&spec, lake, options)
         .await?
         .run(stop)
@@ -511,18 +520,22 @@ pub async fn run_processor(args: &ProcessorArgs) -> anyhow::Result<ProcessorRun>
         batches: summary.batches,
         events: totals.events,
         quarantined: totals.quarantined,
+        latency: summary.latency,
     })
 }
 
-/// Runs `dqetl bench processor` as a child of this process and samples its memory until it
-/// exits.
-async fn processor_in_child(
-    dqetl: &Path,
-    args: ProcessorArgs,
-) -> anyhow::Result<(ProcessorRun, PeakMemory)> {
-    let dqetl = dqetl.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let mut command = std::process::Command::new(&dqetl);
+/// `dqetl bench processor` running as a child of this process, its memory sampled until it
+/// exits. Killed if dropped before [`ProcessorProcess::finish`] (a phase that failed).
+struct ProcessorProcess {
+    dqetl: PathBuf,
+    /// Taken by `finish`.
+    child: Option<std::process::Child>,
+    memory: Option<PeakRss>,
+}
+
+impl ProcessorProcess {
+    fn start(dqetl: &Path, args: &ProcessorArgs) -> anyhow::Result<ProcessorProcess> {
+        let mut command = std::process::Command::new(dqetl);
         command
             .args(["bench", "processor", "--topic", &args.topic])
             .args(["--bootstrap", &args.bootstrap, "--group", &args.group])
@@ -531,27 +544,77 @@ async fn processor_in_child(
         if let Some(records) = args.max_batch_records {
             command.args(["--max-batch-records", &records.to_string()]);
         }
+        if let Some(interval) = args.follow {
+            command.args([
+                "--follow",
+                &humantime::format_duration(interval).to_string(),
+            ]);
+        }
         let child = command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .with_context(|| format!("starting the processor process {}", dqetl.display()))?;
-        let memory = PeakRss::of_child(child.id());
-        let output = child
-            .wait_with_output()
-            .context("waiting for the processor process")?;
-        let peak = memory.finish();
-        anyhow::ensure!(
-            output.status.success(),
-            "the processor process failed ({})",
-            output.status
-        );
-        let run = serde_json::from_slice(&output.stdout)
-            .context("reading the processor process's report")?;
-        Ok((run, peak))
-    })
-    .await
-    .context("waiting for the processor process")?
+        Ok(ProcessorProcess {
+            dqetl: dqetl.to_path_buf(),
+            memory: Some(PeakRss::of_child(child.id())),
+            child: Some(child),
+        })
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|child| matches!(child.try_wait(), Ok(Some(_))))
+    }
+
+    /// Asks it to stop after the batch in flight, as `dqetl process` does on SIGTERM.
+    fn stop(&self) {
+        let Some(child) = &self.child else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        if let Err(error) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
+            tracing::warn!(%error, "stopping the processor process");
+        }
+    }
+
+    /// Waits for it to exit: its report and its peak memory.
+    async fn finish(mut self) -> anyhow::Result<(ProcessorRun, PeakMemory)> {
+        let dqetl = self.dqetl.clone();
+        let (Some(child), Some(memory)) = (self.child.take(), self.memory.take()) else {
+            anyhow::bail!("the processor process was already waited for");
+        };
+        tokio::task::spawn_blocking(move || {
+            let output = child
+                .wait_with_output()
+                .context("waiting for the processor process")?;
+            let peak = memory.finish();
+            anyhow::ensure!(
+                output.status.success(),
+                "the processor process {} failed ({})",
+                dqetl.display(),
+                output.status
+            );
+            let run = serde_json::from_slice(&output.stdout)
+                .context("reading the processor process's report")?;
+            Ok((run, peak))
+        })
+        .await
+        .context("waiting for the processor process")?
+    }
+}
+
+impl Drop for ProcessorProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(memory) = self.memory.take() {
+            memory.finish();
+        }
+    }
 }
 
 async fn latency(
@@ -567,16 +630,17 @@ async fn latency(
     let spec = with_topic(base, &topic);
     let group = format!("bench-{:08x}", rand::random::<u32>());
     let layout = LakeLayout::local(lake_dir);
-    let options = process_options(bootstrap, &group, &spec, false, opts.trigger_interval);
-    let processor = Processor::new(
-        &spec,
-        Lake::new(layout.clone(), Default::default()),
-        options,
-    )
-    .await?;
-    let rss = PeakRss::start();
-    let (stop, stop_rx) = watch::channel(false);
-    let running = tokio::spawn(processor.run(stop_rx));
+    let mut processor = ProcessorProcess::start(
+        &opts.dqetl,
+        &ProcessorArgs {
+            topic: topic.clone(),
+            bootstrap: bootstrap.to_string(),
+            group: group.clone(),
+            lake: lake_dir.to_path_buf(),
+            max_batch_records: opts.max_batch_records,
+            follow: Some(opts.trigger_interval),
+        },
+    )?;
     // The group assignment takes a moment; latency counts from the first produced record.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let count = (opts.rate as f64 * opts.latency_duration.as_secs_f64()) as usize;
@@ -616,22 +680,22 @@ async fn latency(
             Instant::now() < deadline,
             "the processor did not catch up within 10 minutes"
         );
-        if running.is_finished() {
+        if processor.exited() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = stop.send(true);
-    let summary = running.await.context("the processor task")??;
+    processor.stop();
+    let (run, peak) = processor.finish().await?;
     Ok(LatencyResult {
         rate: opts.rate,
         trigger_interval_ms: opts.trigger_interval.as_millis(),
-        records: summary.latency.records,
-        p50_ms: summary.latency.p50_ms,
-        p99_ms: summary.latency.p99_ms,
-        max_ms: summary.latency.max_ms,
+        records: run.latency.records,
+        p50_ms: run.latency.p50_ms,
+        p99_ms: run.latency.p99_ms,
+        max_ms: run.latency.max_ms,
         achieved_rate: count as f64 / produced.seconds,
-        peak: rss.finish(),
+        peak,
     })
 }
 

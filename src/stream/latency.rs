@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Latencies in whole milliseconds, exact (a count per distinct value: a run has a few thousand
 /// distinct values at most, whatever its record count).
@@ -43,7 +43,7 @@ impl Histogram {
 }
 
 /// Produce-to-commit latency over a run; `None` without records (or without producer times).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LatencySummary {
     pub records: u64,
     pub p50_ms: Option<u64>,

@@ -1,5 +1,5 @@
-//! `dqetl bench process` on a small workload: every phase reports, and the end-to-end processor
-//! runs in a process of its own whose memory is sampled.
+//! `dqetl bench process` on a small workload: every phase reports, and the processors of the
+//! end-to-end and latency runs run in processes of their own whose memory is sampled.
 
 use std::process::Command;
 
