@@ -42,7 +42,8 @@ fn main() {
             Ok("memory") => BrokerStorage::Memory,
             _ => BrokerStorage::Sqlite,
         },
-        // The end-to-end processor runs as `dqetl bench processor`, in a process of its own.
+        // The end-to-end and latency runs' processor runs as `dqetl bench processor`, in a
+        // process of its own.
         dqetl: env!("CARGO_BIN_EXE_dqetl").into(),
     };
     let runtime = match tokio::runtime::Runtime::new() {

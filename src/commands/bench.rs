@@ -13,8 +13,9 @@ use crate::stream::bench::{self, BenchOptions, BrokerStorage, Mix, ProcessorArgs
 pub enum BenchCommand {
     /// The streaming processor: pure core, Kafka → Delta throughput per mix, latency, peak RSS.
     Process(BenchProcessArgs),
-    /// The processor of `bench process`'s end-to-end phase, which starts it as a process of its
-    /// own (so that its peak RSS is the processor's alone); prints its report as JSON.
+    /// The processor of `bench process`'s end-to-end and latency runs, which start it as a
+    /// process of its own (so that its peak RSS is the processor's alone); prints its report as
+    /// JSON.
     #[command(hide = true)]
     Processor(BenchProcessorArgs),
 }

@@ -7,7 +7,8 @@
 //! - end to end, Kafka → Delta with SCD2, per mix (insert-heavy, update-heavy), `--once`;
 //! - produce-to-commit latency (p50/p99) at a fixed produce rate, with a long-running processor;
 //! - the peak RSS of each phase (`VmHWM`, reset between phases through `/proc/self/clear_refs`);
-//!   the end-to-end processor runs in a process of its own, so its peak is the processor's alone.
+//!   the processor of the end-to-end and latency runs runs in a process of its own, so their
+//!   peaks are the processor's alone.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -77,7 +78,8 @@ pub struct BenchOptions {
     pub bootstrap: Option<String>,
     /// The storage of the tansu broker the benchmark starts.
     pub broker_storage: BrokerStorage,
-    /// The `dqetl` binary that runs the end-to-end processor (`dqetl bench processor`).
+    /// The `dqetl` binary that runs the processor of the end-to-end and latency runs
+    /// (`dqetl bench processor`).
     pub dqetl: PathBuf,
 }
 
