@@ -7,7 +7,7 @@
 //! - end to end, Kafka → Delta with SCD2, per mix (insert-heavy, update-heavy), `--once`;
 //! - produce-to-commit latency (p50/p99) at a fixed produce rate, with a long-running processor;
 //! - the peak RSS of each phase (`VmHWM`, reset between phases through `/proc/self/clear_refs`);
-//!   the processor of the end-to-end and latency runs runs in a process of its own, so their
+//!   the end-to-end and latency runs start the processor as a process of its own, so their
 //!   peaks are the processor's alone.
 
 use std::collections::{BTreeMap, VecDeque};
