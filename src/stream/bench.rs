@@ -186,10 +186,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
 }
 
 async fn measure(opts: &BenchOptions, work: &Path, bootstrap: &str) -> anyhow::Result<BenchReport> {
-    let mut base = telemetry_config()?;
-    if let Some(records) = opts.max_batch_records {
-        base.settings.max_batch_records = records.max(1);
-    }
+    let base = telemetry_config(opts.max_batch_records)?;
     tracing::info!(
         events = opts.messages.min(200_000),
         "measuring the pure core"
@@ -228,8 +225,9 @@ async fn measure(opts: &BenchOptions, work: &Path, bootstrap: &str) -> anyhow::R
     })
 }
 
-/// The shipped config's `vehicle_telemetry` table, alone.
-fn telemetry_config() -> anyhow::Result<ConfigSpec> {
+/// The shipped config's `vehicle_telemetry` table, alone, with `max_batch_records` instead of
+/// the config's `settings.max_batch_records` when given.
+fn telemetry_config(max_batch_records: Option<u64>) -> anyhow::Result<ConfigSpec> {
     let ctx = crate::config::LoadContext {
         stack_name: "bench".into(),
         account_id: None,
@@ -248,6 +246,9 @@ fn telemetry_config() -> anyhow::Result<ConfigSpec> {
         spec.tables.len() == 1,
         "the shipped config has no vehicle_telemetry table"
     );
+    if let Some(records) = max_batch_records {
+        spec.settings.max_batch_records = records.max(1);
+    }
     Ok(spec)
 }
 
@@ -493,11 +494,7 @@ pub async fn run_processor(
     args: &ProcessorArgs,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<ProcessorRun> {
-    let mut base = telemetry_config()?;
-    if let Some(records) = args.max_batch_records {
-        base.settings.max_batch_records = records.max(1);
-    }
-    let spec = with_topic(&base, &args.topic);
+    let spec = with_topic(&telemetry_config(args.max_batch_records)?, &args.topic);
     let lake = Lake::new(LakeLayout::local(&args.lake), Default::default());
     let options = process_options(
         &args.bootstrap,
@@ -904,19 +901,17 @@ impl PeakRss {
         unsafe {
             nix::libc::malloc_trim(0);
         }
-        let mut peak = PeakRss::sample("/proc/self/status".into());
-        peak.watched = Watched::This {
-            reset: std::fs::write("/proc/self/clear_refs", "5").is_ok(),
-        };
-        peak
+        let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+        PeakRss::sample("/proc/self/status".into(), Watched::This { reset })
     }
 
     /// Samples child process `pid` until it exits.
     fn of_child(pid: u32) -> PeakRss {
-        PeakRss::sample(format!("/proc/{pid}/status").into())
+        PeakRss::sample(format!("/proc/{pid}/status").into(), Watched::Child)
     }
 
-    fn sample(status: PathBuf) -> PeakRss {
+    /// Starts sampling `status` (a `/proc/<pid>/status` file) every 10 ms.
+    fn sample(status: PathBuf, watched: Watched) -> PeakRss {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let sampler = std::thread::Builder::new()
@@ -935,7 +930,7 @@ impl PeakRss {
             })
             .ok();
         PeakRss {
-            watched: Watched::Child,
+            watched,
             stop,
             sampler,
         }
@@ -1142,7 +1137,7 @@ mod tests {
 
     #[test]
     fn the_update_heavy_mix_fills_its_key_space_then_mostly_updates() {
-        let spec = telemetry_config().unwrap_or_else(|e| panic!("{e:#}"));
+        let spec = telemetry_config(None).unwrap_or_else(|e| panic!("{e:#}"));
         let mut w = Workload::new(Mix::UpdateHeavy, 10_000, 3);
         let ops: Vec<String> = (0..10_000)
             .map(|_| {
