@@ -64,7 +64,12 @@ pub struct Lake {
     pub(crate) notes: Mutex<HashMap<String, i64>>,
     /// The object store of the state directory, built on first use (see `state.rs`).
     pub(crate) state_store: OnceLock<Arc<dyn deltalake::logstore::object_store::ObjectStore>>,
+    /// See [`Lake::with_splice_min_rows`].
+    pub(crate) splice_min_rows: usize,
 }
+
+/// Data files of at least one full row group are spliced when a commit closes versions in them.
+const SPLICE_MIN_ROWS: usize = 32 * 1024;
 
 impl Lake {
     /// `storage_options` are passed to the object store (`AWS_REGION`, `AWS_ENDPOINT_URL`, ...);
@@ -76,7 +81,17 @@ impl Lake {
             slots: Mutex::new(HashMap::new()),
             notes: Mutex::new(HashMap::new()),
             state_store: OnceLock::new(),
+            splice_min_rows: SPLICE_MIN_ROWS,
         }
+    }
+
+    /// When a commit closes versions held in a data file of at least `rows` rows (32,768 by
+    /// default), the file is spliced: its column chunks are copied as they are, and only
+    /// `_effective_to` and `_is_current` are encoded again. Smaller files are decoded and
+    /// written again together with the batch's new versions, which compacts them.
+    pub fn with_splice_min_rows(mut self, rows: usize) -> Lake {
+        self.splice_min_rows = rows;
+        self
     }
 
     pub fn layout(&self) -> &LakeLayout {

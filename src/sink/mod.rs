@@ -12,6 +12,7 @@ mod metrics;
 mod quarantine;
 mod rewrite;
 mod scd2;
+mod splice;
 mod state;
 mod table;
 mod watermarks;

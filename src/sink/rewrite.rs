@@ -5,6 +5,9 @@
 //! actions). A general MERGE would scan the table again and join every row with the batch; this
 //! costs one read and one write of the files involved.
 //!
+//! Large files are spliced rather than decoded (see `splice.rs`): only the two columns a close
+//! changes are encoded again.
+//!
 //! Only for tables whose files are plain Parquet: no deletion vectors, no column mapping, no
 //! partitions. Any other table goes through the MERGE (see [`supported`]).
 
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use deltalake::DeltaTable;
 use deltalake::ObjectStore;
 use deltalake::arrow::array::{
-    Array, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray,
 };
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
@@ -33,6 +36,7 @@ use futures::StreamExt as _;
 
 use super::error::{Result, SinkError};
 use super::scd2::key_rows;
+use super::splice::splice;
 use super::table::{delta_error, writer_properties};
 use crate::config::spec::TableSpec;
 use crate::pipeline::schema::{EFFECTIVE_TO, IS_CURRENT};
@@ -73,6 +77,9 @@ pub(super) struct Rewrite<'a> {
     pub files: BTreeSet<String>,
     /// New versions, in `schema`.
     pub versions: RecordBatch,
+    /// Files with at least this many rows are spliced (see [`splice`]); smaller ones are
+    /// decoded and written together with the new versions, which compacts them.
+    pub splice_min_rows: usize,
 }
 
 impl Rewrite<'_> {
@@ -129,7 +136,26 @@ impl Rewrite<'_> {
                 .map_err(|e| delta("write", e))?;
         }
         let mut closed = 0;
+        let mut spliced = Vec::new();
+        let mut decoded = Vec::new();
         for view in &views {
+            let large = view
+                .num_records()
+                .is_some_and(|n| n >= self.splice_min_rows);
+            let file = if large {
+                splice(&self, store.clone(), view).await?
+            } else {
+                None
+            };
+            match file {
+                Some(file) => {
+                    closed += file.closed;
+                    spliced.push(file.add);
+                }
+                None => decoded.push(view),
+            }
+        }
+        for view in decoded {
             let path = view.object_store_path();
             let mut batches = self.read(store.clone(), &path, view.size()).await?;
             while let Some(batch) = batches.next().await {
@@ -152,7 +178,7 @@ impl Rewrite<'_> {
         let actions: Vec<Action> = views
             .iter()
             .map(|v| Action::Remove(v.remove_action(true)))
-            .chain(adds.into_iter().map(Action::Add))
+            .chain(spliced.into_iter().chain(adds).map(Action::Add))
             .collect();
         let operation = DeltaOperation::Merge {
             predicate: None,
@@ -219,7 +245,11 @@ impl Rewrite<'_> {
         RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| self.file_error(path, e))
     }
 
-    fn file_error(&self, path: &deltalake::Path, detail: impl std::fmt::Display) -> SinkError {
+    pub(super) fn file_error(
+        &self,
+        path: &deltalake::Path,
+        detail: impl std::fmt::Display,
+    ) -> SinkError {
         SinkError::DataFile {
             table: self.table.name.clone(),
             path: path.to_string(),
@@ -229,26 +259,54 @@ impl Rewrite<'_> {
 
     /// Closes the current versions of the batch's keys in `batch`; returns how many it closed.
     fn close(&self, batch: RecordBatch) -> Result<(RecordBatch, usize)> {
-        let index = |name: &str| {
-            self.schema
-                .index_of(name)
-                .map_err(|source| SinkError::Arrow {
-                    table: self.table.name.clone(),
-                    operation: "closing current versions",
-                    source,
-                })
+        let to_index = self.index(EFFECTIVE_TO)?;
+        let current_index = self.index(IS_CURRENT)?;
+        let Some(closed) = self.close_columns(
+            batch.column(self.key),
+            batch
+                .column(to_index)
+                .as_primitive::<TimestampMicrosecondType>(),
+            batch.column(current_index).as_boolean(),
+        )?
+        else {
+            return Ok((batch, 0));
         };
-        let to_index = index(EFFECTIVE_TO)?;
-        let current_index = index(IS_CURRENT)?;
-        let keys = key_rows(self.table, std::slice::from_ref(batch.column(self.key)))?;
-        let current = batch.column(current_index).as_boolean();
-        let to = batch
-            .column(to_index)
-            .as_primitive::<TimestampMicrosecondType>();
-        let mut closed = 0;
-        let mut new_to = Vec::with_capacity(batch.num_rows());
-        let mut new_current = Vec::with_capacity(batch.num_rows());
-        for row in 0..batch.num_rows() {
+        let mut columns = batch.columns().to_vec();
+        columns[to_index] = Arc::new(closed.to);
+        columns[current_index] = Arc::new(closed.current);
+        let batch =
+            RecordBatch::try_new(batch.schema(), columns).map_err(|source| SinkError::Arrow {
+                table: self.table.name.clone(),
+                operation: "closing current versions",
+                source,
+            })?;
+        Ok((batch, closed.rows))
+    }
+
+    /// Index of a column of the data table.
+    pub(super) fn index(&self, name: &str) -> Result<usize> {
+        self.schema
+            .index_of(name)
+            .map_err(|source| SinkError::Arrow {
+                table: self.table.name.clone(),
+                operation: "closing current versions",
+                source,
+            })
+    }
+
+    /// The `_effective_to` and `_is_current` columns with the current versions of the batch's
+    /// keys closed; `None` when none of `key` is one of them.
+    pub(super) fn close_columns(
+        &self,
+        key: &ArrayRef,
+        to: &TimestampMicrosecondArray,
+        current: &BooleanArray,
+    ) -> Result<Option<ClosedColumns>> {
+        let keys = key_rows(self.table, std::slice::from_ref(key))?;
+        let mut rows = 0;
+        let mut new_to = Vec::with_capacity(key.len());
+        let mut new_current = Vec::with_capacity(key.len());
+        for row in 0..key.len() {
             let is_current = current.is_valid(row) && current.value(row);
             let close_at = if is_current {
                 self.closes.get(keys.row(row).as_ref())
@@ -257,7 +315,7 @@ impl Rewrite<'_> {
             };
             match close_at {
                 Some(at) => {
-                    closed += 1;
+                    rows += 1;
                     new_to.push(Some(*at));
                     new_current.push(Some(false));
                 }
@@ -267,21 +325,21 @@ impl Rewrite<'_> {
                 }
             }
         }
-        if closed == 0 {
-            return Ok((batch, 0));
+        if rows == 0 {
+            return Ok(None);
         }
-        let mut columns = batch.columns().to_vec();
-        columns[to_index] = Arc::new(
-            TimestampMicrosecondArray::from(new_to)
+        Ok(Some(ClosedColumns {
+            to: TimestampMicrosecondArray::from(new_to)
                 .with_timezone_opt(to.timezone().map(str::to_string)),
-        );
-        columns[current_index] = Arc::new(BooleanArray::from(new_current));
-        let batch =
-            RecordBatch::try_new(batch.schema(), columns).map_err(|source| SinkError::Arrow {
-                table: self.table.name.clone(),
-                operation: "closing current versions",
-                source,
-            })?;
-        Ok((batch, closed))
+            current: BooleanArray::from(new_current),
+            rows,
+        }))
     }
+}
+
+/// `_effective_to` and `_is_current` after closing `rows` current versions.
+pub(super) struct ClosedColumns {
+    pub to: TimestampMicrosecondArray,
+    pub current: BooleanArray,
+    pub rows: usize,
 }

@@ -133,6 +133,7 @@ impl Lake {
                 app_prefix,
                 now,
                 schema: data_table_schema(table),
+                splice_min_rows: self.splice_min_rows,
             };
             let mut lock = self.lock(lake_table.clone()).await;
             loop {
@@ -160,6 +161,7 @@ struct Batch<'a> {
     app_prefix: &'a str,
     now: DateTime<Utc>,
     schema: SchemaRef,
+    splice_min_rows: usize,
 }
 
 impl<'a> Batch<'a> {
@@ -290,6 +292,7 @@ impl<'a> Batch<'a> {
                 .map(|c| state.current_files[c.stored].clone())
                 .collect(),
             versions,
+            splice_min_rows: self.splice_min_rows,
         })
     }
 }

@@ -9,7 +9,9 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::{StructField, StructType};
 use deltalake::parquet::basic::Compression;
-use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::file::properties::{
+    EnabledStatistics, WriterProperties, WriterPropertiesBuilder,
+};
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
@@ -234,6 +236,11 @@ const ROW_GROUP_ROWS: usize = 32 * 1024;
 /// timestamps, where the writer builds a dictionary only to abandon it; statistics per column
 /// chunk are what Delta and DataFusion prune with (page-level ones cost more and are not read).
 pub(crate) fn writer_properties(schema: &Schema) -> WriterProperties {
+    writer_properties_builder(schema).build()
+}
+
+/// [`writer_properties`], still open to additions.
+pub(crate) fn writer_properties_builder(schema: &Schema) -> WriterPropertiesBuilder {
     use deltalake::arrow::datatypes::DataType;
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
@@ -249,5 +256,5 @@ pub(crate) fn writer_properties(schema: &Schema) -> WriterProperties {
                 .set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), true);
         }
     }
-    builder.build()
+    builder
 }

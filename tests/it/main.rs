@@ -33,3 +33,4 @@ mod query_local;
 mod sink_exactly_once;
 mod sink_python_reader;
 mod sink_scd2;
+mod sink_splice;
