@@ -46,7 +46,9 @@ use crate::pipeline::schema::{
 const MERGE_KEY: &str = "__dqetl_merge_key";
 const CLOSE_AT: &str = "__dqetl_close_at";
 /// Columns of the state query.
+const STATE_KEY: &str = "__dqetl_key";
 const STATE_LAST: &str = "__dqetl_last";
+const STATE_CURRENT: &str = "__dqetl_current";
 const STATE_FROM: &str = "__dqetl_from";
 const STATE_FILE: &str = "__dqetl_file";
 
@@ -562,73 +564,67 @@ async fn read_state(
                 .map_err(query)
         }
     };
-    // Two narrow reads instead of ranking every version of the batch's keys (a sort over all
-    // of them, the whole table when a batch touches most keys): the latest time each key
-    // recorded, over the key and its two times only; then the current versions alone.
-    let latest = run(format!(
-        "SELECT t.{pk}, MAX(COALESCE(t.{to}, t.{from})) AS {state_last} {join} GROUP BY t.{pk}",
-        to = quote(EFFECTIVE_TO),
-        state_last = quote(STATE_LAST),
-    ))
-    .await?;
+    // One scan over the table: every version of the batch's keys with its times, and its data
+    // only where it is the current version (closed versions count for their times alone, and
+    // keys with a long history would otherwise hold every old value).
+    let is_current = quote(IS_CURRENT);
     let data_list = data_fields
         .iter()
-        .map(|f| format!("t.{}", quote(f.name())))
+        .map(|f| {
+            let column = quote(f.name());
+            format!("CASE WHEN t.{is_current} THEN t.{column} END AS {column}")
+        })
         .collect::<Vec<_>>()
         .join(", ");
-    let current = run(format!(
-        "SELECT {data_list}, t.{from} AS {state_from}, t.{file} {join} WHERE t.{is_current}",
+    let found = run(format!(
+        "SELECT {data_list}, t.{pk} AS {state_key}, t.{from} AS {state_from}, \
+         COALESCE(t.{to}, t.{from}) AS {state_last}, t.{is_current} AS {state_current}, t.{file} \
+         {join}",
+        state_key = quote(STATE_KEY),
         state_from = quote(STATE_FROM),
+        to = quote(EFFECTIVE_TO),
+        state_last = quote(STATE_LAST),
+        state_current = quote(STATE_CURRENT),
         file = quote(STATE_FILE),
-        is_current = quote(IS_CURRENT),
     ))
     .await?;
-
-    let mut by_key: HashMap<OwnedRow, Known> = HashMap::new();
-    for batch in &latest {
-        // The scan may hand back other physical types (e.g. string views); compare like with like.
-        let key = cast(batch.column(0), data_fields[shape.key].data_type()).map_err(arrow)?;
-        let last =
-            cast(batch.column(1), &crate::pipeline::schema::timestamp_type()).map_err(arrow)?;
-        let last = last.as_primitive::<TimestampMicrosecondType>();
-        let keys = key_rows(table, std::slice::from_ref(&key))?;
-        for row in 0..batch.num_rows() {
-            by_key.insert(
-                keys.row(row).owned(),
-                Known {
-                    current_row: None,
-                    latest: last.is_valid(row).then(|| last.value(row)),
-                },
-            );
-        }
-    }
-    let Some(first) = current.first() else {
-        return Ok(KeyState { by_key, ..empty });
+    let Some(first) = found.first() else {
+        return Ok(empty);
     };
-    let found = concat_batches(&first.schema(), &current).map_err(arrow)?;
-    drop(current);
+    let found = concat_batches(&first.schema(), &found).map_err(arrow)?;
+    let column = |offset: usize| found.column(shape.data_columns + offset);
+    // The scan may hand back other physical types (e.g. string views); compare like with like.
     let data: Vec<ArrayRef> = data_fields
         .iter()
         .enumerate()
         .map(|(i, f)| cast(found.column(i), f.data_type()))
         .collect::<std::result::Result<_, _>>()
         .map_err(arrow)?;
-    let started = cast(
-        found.column(shape.data_columns),
-        &crate::pipeline::schema::timestamp_type(),
-    )
-    .map_err(arrow)?;
+    let key = cast(column(0), data_fields[shape.key].data_type()).map_err(arrow)?;
+    let timestamps = |offset| cast(column(offset), &crate::pipeline::schema::timestamp_type());
+    let started = timestamps(1).map_err(arrow)?;
     let started = started.as_primitive::<TimestampMicrosecondType>();
-    let files = cast(found.column(shape.data_columns + 1), &DataType::Utf8).map_err(arrow)?;
+    let last = timestamps(2).map_err(arrow)?;
+    let last = last.as_primitive::<TimestampMicrosecondType>();
+    let current_flags = cast(column(3), &DataType::Boolean).map_err(arrow)?;
+    let current_flags = current_flags.as_boolean();
+    let files = cast(column(4), &DataType::Utf8).map_err(arrow)?;
     let files = files.as_string::<i32>();
-    let keys = key_rows(table, std::slice::from_ref(&data[shape.key]))?;
+    let keys = key_rows(table, std::slice::from_ref(&key))?;
+    let mut by_key: HashMap<OwnedRow, Known> = HashMap::new();
     let mut current_rows: Vec<u32> = Vec::new();
     let mut current_files = Vec::new();
     for row in 0..found.num_rows() {
         let known = by_key.entry(keys.row(row).owned()).or_insert(Known {
             current_row: None,
-            latest: started.is_valid(row).then(|| started.value(row)),
+            latest: None,
         });
+        known.latest = known
+            .latest
+            .max(last.is_valid(row).then(|| last.value(row)));
+        if !(current_flags.is_valid(row) && current_flags.value(row)) {
+            continue;
+        }
         match known.current_row {
             None => {
                 known.current_row = Some(current_rows.len());
