@@ -71,8 +71,9 @@ pub(super) struct Rewrite<'a> {
     pub schema: SchemaRef,
     /// Index of the primary key in `schema`.
     pub key: usize,
-    /// Current versions to close: key (the bytes of its `key_rows` form) → close time.
-    pub closes: HashMap<Box<[u8]>, i64>,
+    /// Current versions to close: key (the bytes of its `key_rows` form) → close time. Probed
+    /// for every current row of every file a batch touches, hence the fast hasher.
+    pub closes: HashMap<Box<[u8]>, i64, rustc_hash::FxBuildHasher>,
     /// The files (as the scan's file column names them) holding those current versions.
     pub files: BTreeSet<String>,
     /// New versions, in `schema`.

@@ -77,8 +77,10 @@ pub(super) async fn splice(
     let props = writer_properties_builder(&rewrite.schema)
         .set_key_value_metadata(metadata.file_metadata().key_value_metadata().cloned())
         .build();
+    // Sized for the whole file up front: growing a buffer of megabytes copies it over.
+    let capacity = usize::try_from(file.size()).unwrap_or(0);
     let mut writer = SerializedFileWriter::new(
-        Vec::new(),
+        Vec::with_capacity(capacity),
         metadata.file_metadata().schema_descr().root_schema_ptr(),
         Arc::new(props),
     )
