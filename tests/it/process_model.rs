@@ -1,6 +1,7 @@
 //! Property: random per-key sequences of inserts, updates and deletes, produced over random
 //! partitions and processed in random chunks, leave the Delta table equal to a simple in-memory
-//! SCD2 model; at most one current row per key and no overlapping intervals, every time.
+//! SCD2 model; at most one current row per key and no overlapping intervals, every time, with
+//! files rewritten by decoding or by splicing.
 //!
 //! Each case uses the broker and Delta on disk, so the case count is small.
 
@@ -25,6 +26,9 @@ enum Op {
 struct Case {
     partitions: i32,
     track_intermediate: bool,
+    /// Every file a commit rewrites is spliced (see `Lake::with_splice_min_rows`), not only
+    /// large ones: the small tables of these cases take the splicing path too.
+    splice_all: bool,
     /// (key, op, status index) in produce order; event `i` happens at second `i`.
     events: Vec<(i64, Op, usize)>,
     /// Events per chunk; each chunk is produced, then processed by one `--once` run.
@@ -36,15 +40,19 @@ fn case() -> impl Strategy<Value = Case> {
     (
         1..=3i32,
         any::<bool>(),
+        any::<bool>(),
         prop::collection::vec((1..=6i64, op, 0..STATUSES.len()), 1..30),
         prop::collection::vec(1..12usize, 1..4),
     )
-        .prop_map(|(partitions, track_intermediate, events, chunks)| Case {
-            partitions,
-            track_intermediate,
-            events,
-            chunks,
-        })
+        .prop_map(
+            |(partitions, track_intermediate, splice_all, events, chunks)| Case {
+                partitions,
+                track_intermediate,
+                splice_all,
+                events,
+                chunks,
+            },
+        )
 }
 
 /// One stored version in the model.
@@ -150,7 +158,8 @@ async fn run_case(case: Case) {
     let base: DateTime<Utc> = "2026-03-01T09:00:00Z"
         .parse()
         .unwrap_or_else(|e| panic!("{e}"));
-    let flow = Flow::new(&vehicles(case.track_intermediate), case.partitions).await;
+    let mut flow = Flow::new(&vehicles(case.track_intermediate), case.partitions).await;
+    flow.splice_min_rows = case.splice_all.then_some(1);
     let timed: Vec<(usize, (i64, Op, usize))> = case.events.iter().copied().enumerate().collect();
     let mut chunk_model = Model::default();
     let mut event_model = Model::default();

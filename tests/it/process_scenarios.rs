@@ -126,6 +126,8 @@ pub struct Flow {
     pub topic: String,
     pub group: String,
     pub lake_dir: tempfile::TempDir,
+    /// Passed to [`Lake::with_splice_min_rows`] when set, so small tables are spliced too.
+    pub splice_min_rows: Option<usize>,
 }
 
 impl Flow {
@@ -148,6 +150,7 @@ impl Flow {
             topic,
             group: support::unique("dqetl-it"),
             lake_dir: tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}")),
+            splice_min_rows: None,
         }
     }
 
@@ -209,7 +212,10 @@ impl Flow {
     }
 
     pub async fn process_with(&self, options: ProcessOptions) -> ProcessSummary {
-        let lake = Lake::new(self.layout(), Default::default());
+        let mut lake = Lake::new(self.layout(), Default::default());
+        if let Some(rows) = self.splice_min_rows {
+            lake = lake.with_splice_min_rows(rows);
+        }
         let processor = Processor::new(&self.config, lake, options)
             .await
             .unwrap_or_else(|e| panic!("processor starts: {e:#}"));
