@@ -19,12 +19,13 @@ use deltalake::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
     UInt32Array,
 };
-use deltalake::arrow::compute::{cast, concat_batches, take};
+use deltalake::arrow::compute::{cast, concat, take};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
 use deltalake::arrow::row::{OwnedRow, Row, RowConverter, Rows, SortField};
 use deltalake::datafusion::common::Column;
 use deltalake::datafusion::prelude::{Expr, SessionConfig, SessionContext, lit};
 use deltalake::kernel::transaction::CommitProperties;
+use futures::StreamExt as _;
 use smallvec::SmallVec;
 
 use super::error::{Result, SinkError};
@@ -553,30 +554,15 @@ async fn read_state(
     let pk = quote(&shape.key_name);
     let from = quote(EFFECTIVE_FROM);
     let join = format!("FROM batch_keys k JOIN target t ON t.{pk} = k.{pk}");
-    let run = |sql: String| {
-        let ctx = &ctx;
-        async move {
-            ctx.sql(&sql)
-                .await
-                .map_err(query)?
-                .collect()
-                .await
-                .map_err(query)
-        }
-    };
-    // One scan over the table: every version of the batch's keys with its times, and its data
-    // only where it is the current version (closed versions count for their times alone, and
-    // keys with a long history would otherwise hold every old value).
-    let is_current = quote(IS_CURRENT);
+    // One scan over the table: every version of the batch's keys with its times, folded batch
+    // by batch as the join streams them, so memory follows the keys and not their history:
+    // closed versions count for their times alone, current ones are kept whole.
     let data_list = data_fields
         .iter()
-        .map(|f| {
-            let column = quote(f.name());
-            format!("CASE WHEN t.{is_current} THEN t.{column} END AS {column}")
-        })
+        .map(|f| format!("t.{}", quote(f.name())))
         .collect::<Vec<_>>()
         .join(", ");
-    let found = run(format!(
+    let sql = format!(
         "SELECT {data_list}, t.{pk} AS {state_key}, t.{from} AS {state_from}, \
          COALESCE(t.{to}, t.{from}) AS {state_last}, t.{is_current} AS {state_current}, t.{file} \
          {join}",
@@ -584,66 +570,110 @@ async fn read_state(
         state_from = quote(STATE_FROM),
         to = quote(EFFECTIVE_TO),
         state_last = quote(STATE_LAST),
+        is_current = quote(IS_CURRENT),
         state_current = quote(STATE_CURRENT),
         file = quote(STATE_FILE),
-    ))
-    .await?;
-    let Some(first) = found.first() else {
-        return Ok(empty);
-    };
-    let found = concat_batches(&first.schema(), &found).map_err(arrow)?;
-    let column = |offset: usize| found.column(shape.data_columns + offset);
-    // The scan may hand back other physical types (e.g. string views); compare like with like.
-    let data: Vec<ArrayRef> = data_fields
-        .iter()
-        .enumerate()
-        .map(|(i, f)| cast(found.column(i), f.data_type()))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(arrow)?;
-    let key = cast(column(0), data_fields[shape.key].data_type()).map_err(arrow)?;
-    let timestamps = |offset| cast(column(offset), &crate::pipeline::schema::timestamp_type());
-    let started = timestamps(1).map_err(arrow)?;
-    let started = started.as_primitive::<TimestampMicrosecondType>();
-    let last = timestamps(2).map_err(arrow)?;
-    let last = last.as_primitive::<TimestampMicrosecondType>();
-    let current_flags = cast(column(3), &DataType::Boolean).map_err(arrow)?;
-    let current_flags = current_flags.as_boolean();
-    let files = cast(column(4), &DataType::Utf8).map_err(arrow)?;
-    let files = files.as_string::<i32>();
-    let keys = key_rows(table, std::slice::from_ref(&key))?;
+    );
+    let mut found = ctx
+        .sql(&sql)
+        .await
+        .map_err(query)?
+        .execute_stream()
+        .await
+        .map_err(query)?;
     let mut by_key: HashMap<OwnedRow, Known> = HashMap::new();
+    // Current versions seen so far: their data columns (one part per streamed batch), and per
+    // key its row in the concatenated parts, its start and its file.
+    let mut parts: Vec<Vec<ArrayRef>> = Vec::new();
     let mut current_rows: Vec<u32> = Vec::new();
-    let mut current_files = Vec::new();
-    for row in 0..found.num_rows() {
-        let known = by_key.entry(keys.row(row).owned()).or_insert(Known {
-            current_row: None,
-            latest: None,
-        });
-        known.latest = known
-            .latest
-            .max(last.is_valid(row).then(|| last.value(row)));
-        if !(current_flags.is_valid(row) && current_flags.value(row)) {
+    let mut current_from: Vec<Option<i64>> = Vec::new();
+    let mut current_files: Vec<String> = Vec::new();
+    let mut kept = 0u32;
+    while let Some(batch) = found.next().await {
+        let batch = batch.map_err(query)?;
+        let column = |offset: usize| batch.column(shape.data_columns + offset);
+        // The scan may hand back other physical types (e.g. string views); compare like with
+        // like.
+        let key = cast(column(0), data_fields[shape.key].data_type()).map_err(arrow)?;
+        let timestamps = |offset| cast(column(offset), &crate::pipeline::schema::timestamp_type());
+        let started = timestamps(1).map_err(arrow)?;
+        let started = started.as_primitive::<TimestampMicrosecondType>();
+        let last = timestamps(2).map_err(arrow)?;
+        let last = last.as_primitive::<TimestampMicrosecondType>();
+        let current_flags = cast(column(3), &DataType::Boolean).map_err(arrow)?;
+        let current_flags = current_flags.as_boolean();
+        let files = cast(column(4), &DataType::Utf8).map_err(arrow)?;
+        let files = files.as_string::<i32>();
+        let keys = key_rows(table, std::slice::from_ref(&key))?;
+        let mut take_rows: Vec<u32> = Vec::new();
+        for row in 0..batch.num_rows() {
+            let known = by_key.entry(keys.row(row).owned()).or_insert(Known {
+                current_row: None,
+                latest: None,
+            });
+            known.latest = known
+                .latest
+                .max(last.is_valid(row).then(|| last.value(row)));
+            if !(current_flags.is_valid(row) && current_flags.value(row)) {
+                continue;
+            }
+            let from = started.is_valid(row).then(|| started.value(row));
+            let slot = match known.current_row {
+                None => {
+                    known.current_row = Some(current_rows.len());
+                    current_rows.push(0);
+                    current_from.push(None);
+                    current_files.push(String::new());
+                    current_rows.len() - 1
+                }
+                // One current version per key is the invariant; should a table hold two, the
+                // later one is the key's current version.
+                Some(index) => {
+                    let later = from.is_some()
+                        && (current_from[index].is_none() || from > current_from[index]);
+                    if !later {
+                        continue;
+                    }
+                    index
+                }
+            };
+            current_rows[slot] = kept + take_rows.len() as u32;
+            current_from[slot] = from;
+            current_files[slot] = files.value(row).to_string();
+            take_rows.push(row as u32);
+        }
+        if take_rows.is_empty() {
             continue;
         }
-        match known.current_row {
-            None => {
-                known.current_row = Some(current_rows.len());
-                current_rows.push(row as u32);
-                current_files.push(files.value(row).to_string());
-            }
-            // One current version per key is the invariant; should a table hold two, the later
-            // one is the key's current version.
-            Some(index) => {
-                let held = current_rows[index] as usize;
-                let later = started.is_valid(row)
-                    && (!started.is_valid(held) || started.value(row) > started.value(held));
-                if later {
-                    current_rows[index] = row as u32;
-                    current_files[index] = files.value(row).to_string();
-                }
-            }
-        }
+        let indices = UInt32Array::from(take_rows);
+        kept += indices.len() as u32;
+        let part = data_fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                take(batch.column(i), &indices, None).and_then(|c| cast(&c, f.data_type()))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(arrow)?;
+        parts.push(part);
     }
+    if by_key.is_empty() {
+        return Ok(empty);
+    }
+    let data: Vec<ArrayRef> = (0..data_fields.len())
+        .map(|i| {
+            let columns: Vec<&dyn Array> = parts.iter().map(|p| p[i].as_ref()).collect();
+            if columns.is_empty() {
+                Ok(deltalake::arrow::array::new_empty_array(
+                    data_fields[i].data_type(),
+                ))
+            } else {
+                concat(&columns)
+            }
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(arrow)?;
+    drop(parts);
     let indices = UInt32Array::from(current_rows);
     let current = data
         .iter()
