@@ -2,7 +2,7 @@
 //! and the row stays where it is. So a large file is rewritten by copying the encoded bytes of
 //! every other column chunk as they are, and encoding only those two columns again, in the row
 //! groups that hold a version to close. Decoding and re-encoding every column of every file a
-//! batch touches is what made each commit's cost grow with the table.
+//! batch touches was most of a commit's cost, and random updates touch most files.
 //!
 //! The new file holds the same rows as the old one, so its Delta statistics are the old ones
 //! with the two columns' entries recomputed.
