@@ -22,7 +22,7 @@ use deltalake::arrow::array::{
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Transaction};
+use deltalake::kernel::{Action, LogicalFileView, Transaction};
 // Deprecated in parquet 59 in favour of hand-written `AsyncFileReader`s; it is what delta-rs's
 // own data file reader still uses, and it does what is needed here (ranged reads by row group).
 #[allow(deprecated)]
@@ -36,13 +36,15 @@ use futures::StreamExt as _;
 
 use super::error::{Result, SinkError};
 use super::scd2::key_rows;
-use super::splice::splice;
+use super::splice::{Spliced, splice};
 use super::table::{delta_error, writer_properties};
 use crate::config::spec::TableSpec;
 use crate::pipeline::schema::{EFFECTIVE_TO, IS_CURRENT};
 
 /// Where the rewritten output rolls over to a new file.
 const REWRITE_FILE_BYTES: u64 = 32 * 1024 * 1024;
+/// Files spliced at once (each holds its new file in memory until it is stored).
+const SPLICES_IN_FLIGHT: usize = 2;
 /// Rows per batch read from a data file.
 const READ_BATCH_ROWS: usize = 32 * 1024;
 
@@ -137,18 +139,24 @@ impl Rewrite<'_> {
                 .map_err(|e| delta("write", e))?;
         }
         let mut closed = 0;
+        let (large, mut decoded): (Vec<_>, Vec<_>) = views.iter().partition(|view| {
+            view.num_records()
+                .is_some_and(|n| n >= self.splice_min_rows)
+        });
+        // A file's splice waits on the store (reads, and the write of the new file) for about
+        // half its time; with two in flight one computes while the other waits.
+        let mut waiting = large.into_iter();
+        let mut splices = futures::stream::FuturesUnordered::new();
         let mut spliced = Vec::new();
-        let mut decoded = Vec::new();
-        for view in &views {
-            let large = view
-                .num_records()
-                .is_some_and(|n| n >= self.splice_min_rows);
-            let file = if large {
-                splice(&self, store.clone(), view).await?
-            } else {
-                None
+        loop {
+            while splices.len() < SPLICES_IN_FLIGHT {
+                let Some(view) = waiting.next() else { break };
+                splices.push(self.splice_one(store.clone(), view));
+            }
+            let Some((view, file)) = splices.next().await else {
+                break;
             };
-            match file {
+            match file? {
                 Some(file) => {
                     closed += file.closed;
                     spliced.push(file.add);
@@ -209,6 +217,15 @@ impl Rewrite<'_> {
             .await
             .map_err(|e| delta("read", e))?;
         Ok(committed)
+    }
+
+    /// [`splice`], with the file it was given.
+    async fn splice_one<'v>(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        view: &'v LogicalFileView,
+    ) -> (&'v LogicalFileView, Result<Option<Spliced>>) {
+        (view, splice(self, store, view).await)
     }
 
     /// One data file's rows, fetched a row group at a time (ranged reads) and decoded a batch at
