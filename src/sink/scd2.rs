@@ -47,7 +47,6 @@ use crate::pipeline::schema::{
 const MERGE_KEY: &str = "__dqetl_merge_key";
 const CLOSE_AT: &str = "__dqetl_close_at";
 /// Columns of the state query.
-const STATE_KEY: &str = "__dqetl_key";
 const STATE_LAST: &str = "__dqetl_last";
 const STATE_CURRENT: &str = "__dqetl_current";
 const STATE_FROM: &str = "__dqetl_from";
@@ -563,10 +562,8 @@ async fn read_state(
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "SELECT {data_list}, t.{pk} AS {state_key}, t.{from} AS {state_from}, \
-         COALESCE(t.{to}, t.{from}) AS {state_last}, t.{is_current} AS {state_current}, t.{file} \
-         {join}",
-        state_key = quote(STATE_KEY),
+        "SELECT {data_list}, t.{from} AS {state_from}, COALESCE(t.{to}, t.{from}) AS {state_last}, \
+         t.{is_current} AS {state_current}, t.{file} {join}",
         state_from = quote(STATE_FROM),
         to = quote(EFFECTIVE_TO),
         state_last = quote(STATE_LAST),
@@ -594,15 +591,16 @@ async fn read_state(
         let column = |offset: usize| batch.column(shape.data_columns + offset);
         // The scan may hand back other physical types (e.g. string views); compare like with
         // like.
-        let key = cast(column(0), data_fields[shape.key].data_type()).map_err(arrow)?;
+        let key =
+            cast(batch.column(shape.key), data_fields[shape.key].data_type()).map_err(arrow)?;
         let timestamps = |offset| cast(column(offset), &crate::pipeline::schema::timestamp_type());
-        let started = timestamps(1).map_err(arrow)?;
+        let started = timestamps(0).map_err(arrow)?;
         let started = started.as_primitive::<TimestampMicrosecondType>();
-        let last = timestamps(2).map_err(arrow)?;
+        let last = timestamps(1).map_err(arrow)?;
         let last = last.as_primitive::<TimestampMicrosecondType>();
-        let current_flags = cast(column(3), &DataType::Boolean).map_err(arrow)?;
+        let current_flags = cast(column(2), &DataType::Boolean).map_err(arrow)?;
         let current_flags = current_flags.as_boolean();
-        let files = cast(column(4), &DataType::Utf8).map_err(arrow)?;
+        let files = cast(column(3), &DataType::Utf8).map_err(arrow)?;
         let files = files.as_string::<i32>();
         let keys = key_rows(table, std::slice::from_ref(&key))?;
         let mut take_rows: Vec<u32> = Vec::new();
