@@ -66,6 +66,20 @@ pub(super) fn supported(target: &DeltaTable) -> bool {
     !mapped && !partitioned && !with_deletion_vectors
 }
 
+/// A reader of one data file by ranged reads; its known size saves a request for it.
+#[allow(deprecated)]
+pub(super) fn object_reader(
+    store: Arc<dyn ObjectStore>,
+    path: &deltalake::Path,
+    size: i64,
+) -> ParquetObjectReader {
+    let reader = ParquetObjectReader::new(store, path.clone());
+    match u64::try_from(size) {
+        Ok(size) => reader.with_file_size(size),
+        Err(_) => reader,
+    }
+}
+
 /// What to write in one commit.
 pub(super) struct Rewrite<'a> {
     pub table: &'a TableSpec,
@@ -237,11 +251,7 @@ impl Rewrite<'_> {
         path: &deltalake::Path,
         size: i64,
     ) -> Result<ParquetRecordBatchStream<ParquetObjectReader>> {
-        let mut reader = ParquetObjectReader::new(store, path.clone());
-        if let Ok(size) = u64::try_from(size) {
-            reader = reader.with_file_size(size);
-        }
-        ParquetRecordBatchStreamBuilder::new(reader)
+        ParquetRecordBatchStreamBuilder::new(object_reader(store, path, size))
             .await
             .and_then(|b| b.with_batch_size(READ_BATCH_ROWS).build())
             .map_err(|e| self.file_error(path, e))

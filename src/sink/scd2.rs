@@ -31,7 +31,7 @@ use smallvec::SmallVec;
 use super::error::{Result, SinkError};
 use super::lake::{Lake, LakeTable};
 use super::rewrite::{self, Rewrite};
-use super::table::{delta_error, writer_properties};
+use super::table::{delta_error, same_columns, writer_properties};
 use super::watermarks::{
     TxnPlan, last_offsets, partitions, plan_transactions, recorded, row_partitions,
     rows_after_watermarks,
@@ -334,16 +334,8 @@ impl ChangeShape {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let same = |expected: &Schema| {
-            expected.fields().len() == actual.fields().len()
-                && expected
-                    .fields()
-                    .iter()
-                    .zip(actual.fields())
-                    .all(|(e, a)| e.name() == a.name() && e.data_type() == a.data_type())
-        };
-        let positioned = same(&positioned_schema);
-        if !positioned && !same(&expected) {
+        let positioned = same_columns(&positioned_schema, &actual);
+        if !positioned && !same_columns(&expected, &actual) {
             return Err(SinkError::BatchSchema {
                 table: table.name.clone(),
                 what: "changes",

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Timelike as _};
 use deltalake::arrow::array::{ArrayRef, AsArray, BooleanArray, TimestampMicrosecondArray};
 use deltalake::arrow::compute::concat_batches;
-use deltalake::arrow::datatypes::{Schema, TimestampMicrosecondType};
+use deltalake::arrow::datatypes::TimestampMicrosecondType;
 use deltalake::kernel::{Add, LogicalFileView};
 use deltalake::logstore::object_store::{ObjectStore, ObjectStoreExt as _};
 use deltalake::parquet::arrow::ProjectionMask;
@@ -22,9 +22,6 @@ use deltalake::parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
 use deltalake::parquet::arrow::arrow_writer::{ArrowRowGroupWriterFactory, compute_leaves};
-// See `rewrite.rs` on the deprecation.
-#[allow(deprecated)]
-use deltalake::parquet::arrow::async_reader::ParquetObjectReader;
 use deltalake::parquet::column::writer::ColumnCloseResult;
 use deltalake::parquet::errors::ParquetError;
 use deltalake::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, RowGroupMetaData};
@@ -33,8 +30,8 @@ use deltalake::parquet::file::writer::{SerializedFileWriter, SerializedRowGroupW
 use serde_json::{Map, Value};
 
 use super::error::Result;
-use super::rewrite::{ClosedColumns, Rewrite};
-use super::table::writer_properties_builder;
+use super::rewrite::{ClosedColumns, Rewrite, object_reader};
+use super::table::{same_columns, writer_properties_builder};
 use crate::pipeline::schema::{EFFECTIVE_TO, IS_CURRENT};
 
 /// A file rewritten by splicing.
@@ -54,12 +51,7 @@ pub(super) async fn splice(
 ) -> Result<Option<Spliced>> {
     let path = file.object_store_path();
     let fail = |detail: &dyn std::fmt::Display| rewrite.file_error(&path, detail);
-    #[allow(deprecated)]
-    let mut reader = ParquetObjectReader::new(store.clone(), path.clone());
-    #[allow(deprecated)]
-    if let Ok(size) = u64::try_from(file.size()) {
-        reader = reader.with_file_size(size);
-    }
+    let mut reader = object_reader(store.clone(), &path, file.size());
     // The offset index (page locations) is carried over for copied chunks, so the new file
     // has one for every column like the files this sink writes.
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
@@ -203,16 +195,6 @@ pub(super) async fn splice(
         },
         closed,
     }))
-}
-
-/// Same column names and types, in the same order.
-fn same_columns(file: &Schema, table: &Schema) -> bool {
-    file.fields().len() == table.fields().len()
-        && file
-            .fields()
-            .iter()
-            .zip(table.fields())
-            .all(|(f, t)| f.name() == t.name() && f.data_type() == t.data_type())
 }
 
 /// Where a row group's column chunks lie in its file.

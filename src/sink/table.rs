@@ -191,6 +191,15 @@ pub(crate) fn delta_error(
     }
 }
 
+/// Same column names and types, in the same order.
+pub(crate) fn same_columns(a: &Schema, b: &Schema) -> bool {
+    a.fields().len() == b.fields().len()
+        && a.fields()
+            .iter()
+            .zip(b.fields())
+            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type())
+}
+
 /// A batch handed to the sink must have the table's columns (names and types, in order).
 pub(crate) fn check_batch_schema(
     table: &str,
