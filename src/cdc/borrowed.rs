@@ -12,8 +12,8 @@ use std::borrow::Cow;
 
 use smallvec::SmallVec;
 
-use super::coerce::{Cell, JsonRef, coerce_number_text, coerce_ref};
-use super::scan::{Scalar, Scanner, ends_plain_run};
+use super::coerce::{Cell, JsonRef, coerce_number, coerce_ref};
+use super::scan::{Scalar, Scanner, ends_plain_run, key_pattern};
 use crate::config::spec::{ColumnType, TableSpec};
 
 /// The metadata fields the decoder reads, each a string without escapes.
@@ -28,18 +28,23 @@ pub struct Metadata<'a> {
 /// The cells of one row, one per configured column: on the stack for tables of up to 32 columns.
 pub type Cells<'a> = SmallVec<[Option<Cell<'a>>; 32]>;
 
-/// Which configured column names are spelled in JSON exactly as they read: no quote, backslash or
-/// control character. Their keys are matched in place, without being read as strings first.
+/// The keys of the configured columns whose names are spelled in JSON exactly as they read (no
+/// quote, backslash or control character), as `"name":`. Those keys are matched in place,
+/// without being read as strings first.
 #[derive(Debug, Clone)]
 pub struct ColumnKeys {
-    plain: Vec<bool>,
+    patterns: Vec<Option<Box<[u8]>>>,
 }
 
 impl ColumnKeys {
     pub fn new(table: &TableSpec) -> ColumnKeys {
         let plain = |name: &str| !name.bytes().any(ends_plain_run);
         ColumnKeys {
-            plain: table.columns.iter().map(|c| plain(&c.name)).collect(),
+            patterns: table
+                .columns
+                .iter()
+                .map(|c| plain(&c.name).then(|| key_pattern(&c.name)))
+                .collect(),
         }
     }
 }
@@ -89,17 +94,22 @@ pub fn parse<'a>(
     })
 }
 
-/// The metadata fields in the order DMS and local capture write them, with the field each one
-/// fills (None: skipped).
-const METADATA_ORDER: [(&str, Option<MetadataField>); 7] = [
-    ("timestamp", Some(MetadataField::Timestamp)),
-    ("record-type", Some(MetadataField::RecordType)),
-    ("operation", Some(MetadataField::Operation)),
-    ("partition-key-type", None),
-    ("schema-name", None),
-    ("table-name", Some(MetadataField::TableName)),
-    ("transaction-id", None),
+/// The metadata fields in the order DMS and local capture write them, as key patterns (see
+/// [`key_pattern`]), with the field each one fills (None: skipped).
+const METADATA_ORDER: [(&[u8], Option<MetadataField>); 7] = [
+    (b"\"timestamp\":", Some(MetadataField::Timestamp)),
+    (b"\"record-type\":", Some(MetadataField::RecordType)),
+    (b"\"operation\":", Some(MetadataField::Operation)),
+    (b"\"partition-key-type\":", None),
+    (b"\"schema-name\":", None),
+    (b"\"table-name\":", Some(MetadataField::TableName)),
+    (b"\"transaction-id\":", None),
 ];
+
+/// The name in a key pattern.
+fn pattern_name(pattern: &[u8]) -> &[u8] {
+    &pattern[1..pattern.len() - 2]
+}
 
 #[derive(Debug, Clone, Copy)]
 enum MetadataField {
@@ -116,8 +126,14 @@ fn read_metadata<'a>(scanner: &mut Scanner<'a>) -> Option<Metadata<'a>> {
     let mut next = 0;
     let mut first = true;
     loop {
-        let expected = METADATA_ORDER.get(next).map(|(name, _)| (next, *name));
-        let position = |key: &str| METADATA_ORDER.iter().position(|(name, _)| *name == key);
+        let expected = METADATA_ORDER
+            .get(next)
+            .map(|(pattern, _)| (next, *pattern));
+        let position = |key: &str| {
+            METADATA_ORDER
+                .iter()
+                .position(|(pattern, _)| pattern_name(pattern) == key.as_bytes())
+        };
         let field = match next_member(scanner, &mut first, expected, position)? {
             Member::End => return Some(metadata),
             Member::Other => None,
@@ -161,10 +177,11 @@ fn read_row<'a>(
     let mut next = 0;
     let mut first = true;
     loop {
-        let expected = columns
+        let expected = keys
+            .patterns
             .get(next)
-            .filter(|_| keys.plain.get(next) == Some(&true))
-            .map(|column| (next, column.name.as_str()));
+            .and_then(Option::as_deref)
+            .map(|pattern| (next, pattern));
         match next_member(scanner, &mut first, expected, |key| table.column_index(key))? {
             Member::End => return Some(()),
             Member::Other => scanner.skip_value()?,
@@ -187,16 +204,16 @@ enum Member {
 }
 
 /// Reads the next key of an object (its `:` consumed). DMS and local capture write keys in a
-/// fixed order, so the name expected next (its position and a name whose spelling is its text)
-/// is compared in place first; any other key is read and looked up with `position`.
+/// fixed order, so the key expected next (its position and its pattern) is compared in place
+/// first; any other key is read and looked up with `position`.
 fn next_member(
     scanner: &mut Scanner<'_>,
     first: &mut bool,
-    expected: Option<(usize, &str)>,
+    expected: Option<(usize, &[u8])>,
     position: impl FnOnce(&str) -> Option<usize>,
 ) -> Option<Member> {
-    if let Some((at, name)) = expected
-        && scanner.next_key_is(first, name)
+    if let Some((at, pattern)) = expected
+        && scanner.next_key_is(first, pattern)
     {
         return Some(Member::Known(at));
     }
@@ -220,7 +237,7 @@ fn cell(value: Scalar<'_>, column_type: ColumnType) -> Option<Option<Cell<'_>>> 
                 .into_owned(),
         ),
         Scalar::Bool(b) => Some(coerce_ref(JsonRef::Bool(b), column_type).ok()?.into_owned()),
-        Scalar::Number(text) => Some(coerce_number_text(text, column_type)?),
+        Scalar::Number(number) => Some(coerce_number(&number, column_type)?),
     })
 }
 

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use serde_json::{Number, Value};
 
+use super::scan;
 use crate::config::spec::ColumnType;
 use crate::pipeline::decimal::{Decimal, DecimalFitError};
 
@@ -218,6 +219,55 @@ pub fn coerce_number_text(text: &str, column_type: ColumnType) -> Option<Cell<'s
                 .map(Cell::into_owned)
         }
     }
+}
+
+/// Powers of ten a double holds exactly.
+const EXACT_POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// [`coerce_number_text`] from a number the scanner has already taken apart. Plain integers into
+/// integer columns, and doubles whose digits and power of ten a double holds exactly (then one
+/// multiplication or division rounds correctly: Clinger's fast path), need no second reading of
+/// the text; every other number takes the text route.
+pub fn coerce_number(number: &scan::Number<'_>, column_type: ColumnType) -> Option<Cell<'static>> {
+    let signed = |value: u64| {
+        let value = i64::try_from(value).ok()?;
+        Some(if number.negative { -value } else { value })
+    };
+    let fast = match (column_type, number.digits, number.scale) {
+        // `-0` is a double to serde_json: the text route decides.
+        (ColumnType::Int, Some(digits), _)
+            if number.integral && !(number.negative && digits == 0) =>
+        {
+            signed(digits)
+                .and_then(|v| i32::try_from(v).ok())
+                .map(Cell::Int)
+        }
+        (ColumnType::Long, Some(digits), _)
+            if number.integral && !(number.negative && digits == 0) =>
+        {
+            signed(digits).map(Cell::Long)
+        }
+        (ColumnType::Double | ColumnType::Real, Some(digits), Some(scale))
+            if digits <= 1 << 53 && scale.unsigned_abs() <= 22 =>
+        {
+            let power = EXACT_POWERS_OF_TEN[scale.unsigned_abs() as usize];
+            let magnitude = if scale < 0 {
+                digits as f64 / power
+            } else {
+                digits as f64 * power
+            };
+            Some(Cell::Double(if number.negative {
+                -magnitude
+            } else {
+                magnitude
+            }))
+        }
+        _ => None,
+    };
+    fast.or_else(|| coerce_number_text(number.text, column_type))
 }
 
 /// `None`: not numeric at all. `Some(None)`: numeric but not an i64 (fraction or range).
@@ -473,6 +523,52 @@ mod tests {
                     _ => None,
                 };
                 prop_assert_eq!(read.map(f64::to_bits), expected.map(f64::to_bits), "{}", text);
+            }
+        }
+    }
+
+    proptest! {
+        /// A number taken apart by the scanner coerces, into every column type, to exactly what
+        /// its text does (doubles to the bit).
+        #[test]
+        fn a_scanned_number_coerces_as_its_text_does(
+            value in any::<f64>().prop_filter("finite", |v| v.is_finite()),
+            whole in any::<i64>(),
+            digits in "-?(0|[1-9][0-9]{0,24})(\\.[0-9]{1,24})?([eE][+-]?[0-9]{1,5})?",
+        ) {
+            let texts = [
+                value.to_string(),
+                format!("{value:e}"),
+                whole.to_string(),
+                (whole / 1_000_000).to_string(),
+                digits,
+            ];
+            let types = [
+                ColumnType::Int,
+                ColumnType::Long,
+                ColumnType::Double,
+                ColumnType::Real,
+                ColumnType::String,
+                ColumnType::Boolean,
+                ColumnType::Decimal { precision: 38, scale: 4 },
+            ];
+            for text in texts {
+                let mut scanner = scan::Scanner::new(text.as_bytes());
+                let Some(scan::Scalar::Number(number)) = scanner.scalar() else {
+                    return Err(TestCaseError::fail(format!("{text} not scanned as a number")));
+                };
+                prop_assert_eq!(number.text, text.as_str());
+                for ty in types {
+                    let bits = |cell: Option<Cell>| match cell {
+                        Some(Cell::Double(v)) => format!("{:x}", v.to_bits()),
+                        other => format!("{other:?}"),
+                    };
+                    prop_assert_eq!(
+                        bits(coerce_number(&number, ty)),
+                        bits(coerce_number_text(&text, ty)),
+                        "{} as {}", text, ty
+                    );
+                }
             }
         }
     }

@@ -17,10 +17,26 @@ const MAX_DEPTH: u32 = 64;
 pub enum Scalar<'a> {
     Null,
     Bool(bool),
-    /// The number's text, checked against JSON's number grammar.
-    Number(&'a str),
+    /// A number, checked against JSON's number grammar.
+    Number(Number<'a>),
     /// Borrowed unless the string had escapes.
     Text(Cow<'a, str>),
+}
+
+/// A JSON number as read: its text, and its digits gathered on the way, so that the common
+/// numbers need no second pass over the text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Number<'a> {
+    pub text: &'a str,
+    pub negative: bool,
+    /// The digits of the integer and fraction parts as one integer, when there are at most 19
+    /// of them (then they fit a `u64`).
+    pub digits: Option<u64>,
+    /// The power of ten the digits are scaled by (the exponent less the fraction's digit
+    /// count), when the exponent has at most four digits.
+    pub scale: Option<i32>,
+    /// Neither a fraction nor an exponent.
+    pub integral: bool,
 }
 
 /// A cursor over JSON text, not yet known to be UTF-8.
@@ -74,23 +90,34 @@ impl<'a> Scanner<'a> {
         Some(Some(key))
     }
 
-    /// Consumes the next key of an object and its `:` if the key is spelled exactly `"name"`;
-    /// otherwise consumes nothing and [`Scanner::next_key`] reads what is there. `name` must not
-    /// contain a quote, a backslash or a control character (then its spelling is its text).
-    pub fn next_key_is(&mut self, first: &mut bool, name: &str) -> bool {
+    /// Consumes the next key of an object and its `:` if the key is spelled exactly as `key`,
+    /// which is `"name":` (see [`key_pattern`]); otherwise consumes nothing and
+    /// [`Scanner::next_key`] reads what is there.
+    pub fn next_key_is(&mut self, first: &mut bool, key: &[u8]) -> bool {
+        // Compact JSON, as DMS and local capture write it: one comparison.
+        let at = self.pos + usize::from(!*first);
+        if let Some(rest) = self.bytes.get(at..at + key.len())
+            && (*first || self.bytes[self.pos] == b',')
+            && same_bytes(rest, key)
+        {
+            self.pos = at + key.len();
+            *first = false;
+            return true;
+        }
+        self.spaced_key_is(first, key)
+    }
+
+    /// [`Scanner::next_key_is`] with whitespace around the separators.
+    fn spaced_key_is(&mut self, first: &mut bool, key: &[u8]) -> bool {
         let start = self.pos;
         if !*first && self.eat(b',').is_none() {
             return false;
         }
         self.skip_whitespace();
-        let rest = &self.bytes[self.pos..];
-        let end = name.len() + 1;
-        if rest.len() > end
-            && rest[0] == b'"'
-            && rest[end] == b'"'
-            && &rest[1..end] == name.as_bytes()
-        {
-            self.pos += end + 1;
+        // The quoted name, without the `:`.
+        let quoted = &key[..key.len() - 1];
+        if self.bytes[self.pos..].starts_with(quoted) {
+            self.pos += quoted.len();
             if self.eat(b':').is_some() {
                 *first = false;
                 return true;
@@ -203,46 +230,114 @@ impl<'a> Scanner<'a> {
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?` at the cursor.
-    fn number(&mut self) -> Option<&'a str> {
+    fn number(&mut self) -> Option<Number<'a>> {
         let bytes = self.bytes;
         let start = self.pos;
         let mut end = start;
-        let digits = |mut at: usize| {
-            while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+        // Gathers the digits at `at` into `value` (up to 19 of them) and counts them.
+        let digits = |mut at: usize, value: &mut u64, count: &mut u32| {
+            while let Some(digit) = bytes
+                .get(at)
+                .map(|b| b.wrapping_sub(b'0'))
+                .filter(|d| *d < 10)
+            {
+                if *count < 19 {
+                    *value = *value * 10 + u64::from(digit);
+                }
+                *count += 1;
                 at += 1;
             }
             at
         };
-        if bytes.get(end) == Some(&b'-') {
+        let (mut significand, mut count) = (0, 0);
+        let negative = bytes.get(end) == Some(&b'-');
+        if negative {
             end += 1;
         }
+        // A leading `0` adds nothing to the digits.
         end = match bytes.get(end)? {
             b'0' => end + 1,
-            b'1'..=b'9' => digits(end + 1),
+            b'1'..=b'9' => digits(end, &mut significand, &mut count),
             _ => return None,
         };
+        let mut integral = true;
+        let mut fraction_digits = 0;
         if bytes.get(end) == Some(&b'.') {
+            integral = false;
             let fraction = end + 1;
-            end = digits(fraction);
+            let before = count;
+            end = digits(fraction, &mut significand, &mut count);
             if end == fraction {
                 return None;
             }
+            fraction_digits = count - before;
         }
+        let mut exponent: Option<i32> = Some(0);
         if let Some(b'e' | b'E') = bytes.get(end) {
+            integral = false;
             end += 1;
-            if let Some(b'+' | b'-') = bytes.get(end) {
-                end += 1;
-            }
-            let exponent = end;
-            end = digits(exponent);
-            if end == exponent {
+            let sign = match bytes.get(end) {
+                Some(b'-') => {
+                    end += 1;
+                    -1
+                }
+                Some(b'+') => {
+                    end += 1;
+                    1
+                }
+                _ => 1,
+            };
+            let (mut value, mut exponent_digits) = (0, 0);
+            let first = end;
+            end = digits(first, &mut value, &mut exponent_digits);
+            if end == first {
                 return None;
             }
+            exponent = (exponent_digits <= 4).then_some(sign * value as i32);
         }
         self.pos = end;
-        // SAFETY: the grammar above only admits ASCII digits, signs, `.`, `e` and `E`.
-        Some(unsafe { std::str::from_utf8_unchecked(&bytes[start..end]) })
+        Some(Number {
+            // SAFETY: the grammar above only admits ASCII digits, signs, `.`, `e` and `E`.
+            text: unsafe { std::str::from_utf8_unchecked(&bytes[start..end]) },
+            negative,
+            digits: (count <= 19).then_some(significand),
+            scale: exponent.map(|e| e - fraction_digits as i32),
+            integral,
+        })
     }
+}
+
+/// `"name":`, the spelling of an object key [`Scanner::next_key_is`] matches. `name` must not
+/// contain a quote, a backslash or a control character (then its spelling is its text).
+pub fn key_pattern(name: &str) -> Box<[u8]> {
+    format!("\"{name}\":").into_bytes().into_boxed_slice()
+}
+
+/// `a == b` for slices of one length, without a call to `memcmp`: keys are a few bytes long, and
+/// the call cost more than the comparison.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    if n < 8 {
+        return a == b;
+    }
+    let mut at = 0;
+    while at + 8 <= n {
+        if word(a, at) != word(b, at) {
+            return false;
+        }
+        at += 8;
+    }
+    // The last, partial word, read overlapping the one before.
+    at == n || word(a, n - 8) == word(b, n - 8)
 }
 
 /// Whether `byte` ends a run of plain string bytes: a quote, a backslash or a control character.
@@ -319,7 +414,7 @@ mod tests {
                     // Each member's key is first tried as one of a few plain names.
                     let guessed = ["a", "b", "ab", ""]
                         .into_iter()
-                        .find(|name| scanner.next_key_is(&mut first, name));
+                        .find(|name| scanner.next_key_is(&mut first, &key_pattern(name)));
                     let key = match guessed {
                         Some(name) => name.to_owned(),
                         None => match scanner.next_key(&mut first)? {
@@ -340,7 +435,7 @@ mod tests {
             _ => Some(match scanner.scalar()? {
                 Scalar::Null => Value::Null,
                 Scalar::Bool(b) => Value::Bool(b),
-                Scalar::Number(n) => serde_json::from_str(n).ok()?,
+                Scalar::Number(n) => serde_json::from_str(n.text).ok()?,
                 Scalar::Text(s) => Value::String(s.into_owned()),
             }),
         }
@@ -354,7 +449,16 @@ mod tests {
             scanner.scalar(),
             Some(Scalar::Text(Cow::Owned("a\"b\u{e9}".into())))
         );
-        assert_eq!(scanner.scalar(), Some(Scalar::Number("-0.5e+3")));
+        assert_eq!(
+            scanner.scalar(),
+            Some(Scalar::Number(Number {
+                text: "-0.5e+3",
+                negative: true,
+                digits: Some(5),
+                scale: Some(2),
+                integral: false,
+            }))
+        );
         assert_eq!(scanner.scalar(), Some(Scalar::Bool(true)));
         assert_eq!(scanner.scalar(), Some(Scalar::Null));
         assert!(scanner.at_end());
