@@ -10,10 +10,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use deltalake::arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray, UInt32Array};
+use deltalake::arrow::array::{
+    ArrayRef, AsArray, RecordBatch, RecordBatchOptions, StringArray, UInt32Array,
+};
 use deltalake::arrow::compute::take;
 
-use crate::config::spec::{MetricKind, Severity, TableSpec};
+use crate::config::spec::{CompliancePredicate, MetricKind, Severity, TableSpec};
 
 use super::error::{PipelineError, Result, arrow_context};
 use super::metrics::{
@@ -246,21 +248,42 @@ fn build_changes(
     RecordBatch::try_new(changes_schema(table), columns).map_err(context)
 }
 
-/// The data columns (config names and types) at the given rows, for metrics.
+/// The data columns the checks read (config names and types) at the given rows, for metrics:
+/// every column when a compliance expression may name any of them.
 fn take_source_columns(
     table: &TableSpec,
     rows: &RecordBatch,
     selected: &[u32],
 ) -> Result<RecordBatch> {
     let indices = UInt32Array::from(selected.to_vec());
-    let columns = (0..table.columns.len())
-        .map(|i| take(rows.column(i).as_ref(), &indices, None))
+    let any_column = table.checks.iter().any(|c| {
+        matches!(
+            c.kind,
+            MetricKind::Compliance {
+                predicate: CompliancePredicate::Expression(_),
+                ..
+            }
+        )
+    });
+    let read = |name: &str| {
+        any_column
+            || table
+                .checks
+                .iter()
+                .any(|c| c.column.as_deref() == Some(name))
+    };
+    let (fields, columns): (Vec<_>, Vec<_>) = source_fields(table)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, field)| read(field.name()))
+        .map(|(i, field)| take(rows.column(i).as_ref(), &indices, None).map(|c| (field, c)))
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(arrow_context(&table.name, "selecting rows to measure"))?;
-    let schema = Arc::new(deltalake::arrow::datatypes::Schema::new(source_fields(
-        table,
-    )));
-    RecordBatch::try_new(schema, columns)
+        .map_err(arrow_context(&table.name, "selecting rows to measure"))?
+        .into_iter()
+        .unzip();
+    let schema = Arc::new(deltalake::arrow::datatypes::Schema::new(fields));
+    let options = RecordBatchOptions::new().with_row_count(Some(selected.len()));
+    RecordBatch::try_new_with_options(schema, columns, &options)
         .map_err(arrow_context(&table.name, "selecting rows to measure"))
 }
 

@@ -5,9 +5,10 @@
 //! events are ordered by that column first (NULLs first), then by Kafka position. The last event
 //! per key is the key's final state; with `track_intermediate` every event is a change, in order.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
+use std::hash::Hash;
 
-use deltalake::arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use deltalake::arrow::compute::{SortColumn, lexsort_to_indices, take};
 use deltalake::arrow::datatypes::{Int32Type, Int64Type};
 use deltalake::arrow::row::{RowConverter, SortField};
@@ -43,21 +44,7 @@ pub(crate) fn select(
     let key = key_column(table, rows)?;
     let ordered = order(table, rows, participants)?;
 
-    let converter = RowConverter::new(vec![SortField::new(key.data_type().clone())])
-        .map_err(arrow_context(&table.name, "comparing primary keys"))?;
-    let keys = converter
-        .convert_columns(&[key])
-        .map_err(arrow_context(&table.name, "comparing primary keys"))?;
-    // The keys are Arrow's row format (a few bytes each): a fast hasher, not SipHash.
-    let mut last_position: HashMap<_, usize, rustc_hash::FxBuildHasher> =
-        HashMap::with_capacity_and_hasher(ordered.len(), Default::default());
-    for (position, &row) in ordered.iter().enumerate() {
-        last_position.insert(keys.row(row as usize), position);
-    }
-    let mut is_last = vec![false; ordered.len()];
-    for &position in last_position.values() {
-        is_last[position] = true;
-    }
+    let is_last = last_of_each_key(table, &key, &ordered)?;
 
     let changes = if table.scd2.track_intermediate {
         ordered.clone()
@@ -76,6 +63,39 @@ pub(crate) fn select(
         .map(|(&row, _)| row)
         .collect();
     Ok(Selection { changes, current })
+}
+
+/// Per position in `ordered`: whether it is its key's last event there. Integer keys (the
+/// common case) are compared as integers; others in Arrow's row format.
+fn last_of_each_key(table: &TableSpec, key: &ArrayRef, ordered: &[u32]) -> Result<Vec<bool>> {
+    if let Some(keys) = key.as_primitive_opt::<Int32Type>() {
+        return Ok(last_of(ordered, |row| {
+            keys.is_valid(row).then(|| keys.value(row))
+        }));
+    }
+    if let Some(keys) = key.as_primitive_opt::<Int64Type>() {
+        return Ok(last_of(ordered, |row| {
+            keys.is_valid(row).then(|| keys.value(row))
+        }));
+    }
+    let converter = RowConverter::new(vec![SortField::new(key.data_type().clone())])
+        .map_err(arrow_context(&table.name, "comparing primary keys"))?;
+    let keys = converter
+        .convert_columns(std::slice::from_ref(key))
+        .map_err(arrow_context(&table.name, "comparing primary keys"))?;
+    Ok(last_of(ordered, |row| keys.row(row)))
+}
+
+/// Walks `ordered` from the end: a key met for the first time there is at its last event.
+fn last_of<K: Hash + Eq>(ordered: &[u32], key: impl Fn(usize) -> K) -> Vec<bool> {
+    // The keys are integers or a few bytes of row format: a fast hasher, not SipHash.
+    let mut seen: HashSet<K, rustc_hash::FxBuildHasher> =
+        HashSet::with_capacity_and_hasher(ordered.len(), Default::default());
+    let mut is_last = vec![false; ordered.len()];
+    for (position, &row) in ordered.iter().enumerate().rev() {
+        is_last[position] = seen.insert(key(row as usize));
+    }
+    is_last
 }
 
 pub(crate) fn key_column(table: &TableSpec, rows: &RecordBatch) -> Result<ArrayRef> {
@@ -134,9 +154,44 @@ fn kafka_order(table: &TableSpec, rows: &RecordBatch, participants: &[u32]) -> R
         .as_primitive_opt::<Int64Type>()
         .ok_or_else(|| mismatch(OFFSET))?
         .values();
-    let mut ordered = participants.to_vec();
-    ordered.sort_unstable_by_key(|&row| (partitions[row as usize], offsets[row as usize]));
+    let position = |row: &u32| (partitions[*row as usize], offsets[*row as usize]);
+    // Kafka hands out each partition's records in offset order, so the batch is usually in order
+    // within each partition: grouping by partition (a counting sort, arrival order kept) then
+    // orders it, which the check confirms; a full sort is only the fallback.
+    let mut ordered =
+        group_by_partition(participants, partitions).unwrap_or_else(|| participants.to_vec());
+    if !ordered.is_sorted_by_key(position) {
+        ordered.sort_unstable_by_key(position);
+    }
     Ok(ordered)
+}
+
+/// `rows` grouped by partition in ascending order, each group in the order given; None when
+/// the partition numbers span too wide a range for a counting sort.
+fn group_by_partition(rows: &[u32], partitions: &[i32]) -> Option<Vec<u32>> {
+    const MAX_SPAN: i64 = 4096;
+    let partition = |row: u32| partitions[row as usize];
+    let low = rows.iter().map(|&r| partition(r)).min()?;
+    let high = rows.iter().map(|&r| partition(r)).max()?;
+    let span = i64::from(high) - i64::from(low) + 1;
+    if span > MAX_SPAN {
+        return None;
+    }
+    let slot = |row: u32| (i64::from(partition(row)) - i64::from(low)) as usize;
+    let mut starts = vec![0_usize; span as usize + 1];
+    for &row in rows {
+        starts[slot(row) + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut grouped = vec![0; rows.len()];
+    for &row in rows {
+        let at = &mut starts[slot(row)];
+        grouped[*at] = row;
+        *at += 1;
+    }
+    Some(grouped)
 }
 
 fn kafka_column<'r>(table: &TableSpec, rows: &'r RecordBatch, name: &str) -> Result<&'r ArrayRef> {
@@ -239,5 +294,50 @@ mod tests {
         let selection =
             select(&spec(), &batch, &[0, 2], &[false; 3]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(selection.changes, [0, 2]);
+    }
+
+    proptest::proptest! {
+        /// Whatever the arrival order, partition numbers and keys, the selection is the last
+        /// event per key in (partition, offset) order, as a plain sort and map find it.
+        #[test]
+        fn selection_follows_the_kafka_position_of_each_key(
+            events in proptest::collection::vec((0_i32..6, 0_i32..3, proptest::bool::ANY), 1..60),
+            wide in proptest::bool::ANY,
+            shuffle in proptest::collection::vec(0_usize..60, 60),
+        ) {
+            // Offsets unique per partition, in arrival order or not.
+            let mut events: Vec<(i32, Option<i32>, i32, i64)> = events
+                .iter()
+                .enumerate()
+                .map(|(i, &(key, partition, _))| {
+                    let partition = if wide { partition * 5_000 - 5_000 } else { partition };
+                    (key, None, partition, i as i64)
+                })
+                .collect();
+            for (i, &j) in shuffle.iter().enumerate().take(events.len()) {
+                if events[0].0 % 2 == 0 {
+                    let j = j % events.len();
+                    events.swap(i, j);
+                }
+            }
+            let batch = rows(&events);
+            let participants: Vec<u32> = (0..events.len() as u32).collect();
+            let selection = select(&spec(), &batch, &participants, &vec![false; events.len()])
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut expected = participants.clone();
+            expected.sort_by_key(|&row| (events[row as usize].2, events[row as usize].3));
+            let mut last = std::collections::HashMap::new();
+            for (position, &row) in expected.iter().enumerate() {
+                last.insert(events[row as usize].0, position);
+            }
+            let expected: Vec<u32> = expected
+                .iter()
+                .enumerate()
+                .filter(|(position, row)| last[&events[**row as usize].0] == *position)
+                .map(|(_, &row)| row)
+                .collect();
+            proptest::prop_assert_eq!(&selection.changes, &expected);
+            proptest::prop_assert_eq!(&selection.current, &expected);
+        }
     }
 }

@@ -9,6 +9,7 @@ use deltalake::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array,
     Int64Array, StringArray, TimestampMicrosecondArray,
 };
+use deltalake::arrow::buffer::NullBuffer;
 use deltalake::arrow::datatypes::{
     DataType, Date32Type, Decimal128Type, Float64Type, Int32Type, Int64Type, TimeUnit,
     TimestampMicrosecondType,
@@ -70,6 +71,20 @@ impl<'a> ColumnValues<'a> {
 
     pub(crate) fn is_null(&self, row: usize) -> bool {
         self.array().is_null(row)
+    }
+
+    /// The column's validity, None when it has no NULLs.
+    pub(crate) fn nulls(self) -> Option<&'a NullBuffer> {
+        match self {
+            ColumnValues::Utf8(a) => a.nulls(),
+            ColumnValues::Int32(a) => a.nulls(),
+            ColumnValues::Int64(a) => a.nulls(),
+            ColumnValues::Float64(a) => a.nulls(),
+            ColumnValues::Boolean(a) => a.nulls(),
+            ColumnValues::Timestamp(a) => a.nulls(),
+            ColumnValues::Date(a) => a.nulls(),
+            ColumnValues::Decimal(a, _) => a.nulls(),
+        }
     }
 
     pub(crate) fn is_string(&self) -> bool {
