@@ -552,10 +552,14 @@ mod tests {
                 ColumnType::Boolean,
                 ColumnType::Decimal { precision: 38, scale: 4 },
             ];
-            for text in texts {
-                let mut scanner = scan::Scanner::new(text.as_bytes());
+            // Followed by the end of the text, or by more bytes than a word the scanner reads.
+            let followed = texts
+                .iter()
+                .flat_map(|text| [(text, text.clone()), (text, format!("{text},\"next\":12345678}}"))]);
+            for (text, document) in followed {
+                let mut scanner = scan::Scanner::new(document.as_bytes());
                 let Some(scan::Scalar::Number(number)) = scanner.scalar() else {
-                    return Err(TestCaseError::fail(format!("{text} not scanned as a number")));
+                    return Err(TestCaseError::fail(format!("{document} not scanned as a number")));
                 };
                 prop_assert_eq!(number.text, text.as_str());
                 for ty in types {
@@ -565,7 +569,7 @@ mod tests {
                     };
                     prop_assert_eq!(
                         bits(coerce_number(&number, ty)),
-                        bits(coerce_number_text(&text, ty)),
+                        bits(coerce_number_text(text, ty)),
                         "{} as {}", text, ty
                     );
                 }
