@@ -10,10 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use deltalake::arrow::array::{
-    ArrayRef, AsArray, RecordBatch, RecordBatchOptions, StringArray, UInt32Array,
-};
-use deltalake::arrow::compute::take;
+use deltalake::arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions, StringArray};
 
 use crate::config::spec::{CompliancePredicate, MetricKind, Severity, TableSpec};
 
@@ -28,6 +25,7 @@ use super::reason;
 use super::rules::{self, RuleOutcome};
 use super::scd2;
 use super::schema::{OPERATION, SOURCE_TS, changes_schema, decoded_schema, source_fields};
+use super::selection::RowSelection;
 use super::transforms;
 use super::values::ColumnValues;
 
@@ -221,11 +219,12 @@ fn build_changes(
     selected: &[u32],
 ) -> Result<RecordBatch> {
     let context = arrow_context(&table.name, "building SCD2 changes");
-    let indices = UInt32Array::from(selected.to_vec());
+    let selection = RowSelection::new(selected, rows.num_rows());
     let mut columns = Vec::with_capacity(transformed.len() + 2);
     for column in transformed {
         columns.push(
-            take(column.as_ref(), &indices, None)
+            selection
+                .apply(column.as_ref())
                 .map_err(arrow_context(&table.name, "building SCD2 changes"))?,
         );
     }
@@ -242,7 +241,8 @@ fn build_changes(
         .column_by_name(SOURCE_TS)
         .ok_or_else(|| schema_error(table, "no _source_ts column"))?;
     columns.push(
-        take(source_ts.as_ref(), &indices, None)
+        selection
+            .apply(source_ts.as_ref())
             .map_err(arrow_context(&table.name, "building SCD2 changes"))?,
     );
     RecordBatch::try_new(changes_schema(table), columns).map_err(context)
@@ -255,7 +255,7 @@ fn take_source_columns(
     rows: &RecordBatch,
     selected: &[u32],
 ) -> Result<RecordBatch> {
-    let indices = UInt32Array::from(selected.to_vec());
+    let selection = RowSelection::new(selected, rows.num_rows());
     let any_column = table.checks.iter().any(|c| {
         matches!(
             c.kind,
@@ -276,7 +276,7 @@ fn take_source_columns(
         .into_iter()
         .enumerate()
         .filter(|(_, field)| read(field.name()))
-        .map(|(i, field)| take(rows.column(i).as_ref(), &indices, None).map(|c| (field, c)))
+        .map(|(i, field)| selection.apply(rows.column(i).as_ref()).map(|c| (field, c)))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(arrow_context(&table.name, "selecting rows to measure"))?
         .into_iter()

@@ -14,6 +14,7 @@ pub mod reason;
 pub mod rules;
 pub mod scd2;
 pub mod schema;
+mod selection;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod transforms;
