@@ -227,7 +227,7 @@ async fn measure(opts: &BenchOptions, work: &Path, bootstrap: &str) -> anyhow::R
 
 /// The shipped config's `vehicle_telemetry` table, alone, with `max_batch_records` instead of
 /// the config's `settings.max_batch_records` when given.
-fn telemetry_config(max_batch_records: Option<u64>) -> anyhow::Result<ConfigSpec> {
+pub fn telemetry_config(max_batch_records: Option<u64>) -> anyhow::Result<ConfigSpec> {
     let ctx = crate::config::LoadContext {
         stack_name: "bench".into(),
         account_id: None,
@@ -266,7 +266,7 @@ fn table(spec: &ConfigSpec) -> &TableSpec {
 }
 
 /// Realistic vehicle telemetry changes, ~1% of them failing a range rule.
-struct Workload {
+pub struct Workload {
     mix: Mix,
     rng: SmallRng,
     next_id: i64,
@@ -276,7 +276,7 @@ struct Workload {
 }
 
 impl Workload {
-    fn new(mix: Mix, messages: usize, seed: u64) -> Workload {
+    pub fn new(mix: Mix, messages: usize, seed: u64) -> Workload {
         Workload {
             mix,
             rng: SmallRng::seed_from_u64(seed),
@@ -288,7 +288,7 @@ impl Workload {
     }
 
     /// The next change: its key and its DMS message.
-    fn next(&mut self, table: &TableSpec) -> (Vec<u8>, Vec<u8>) {
+    pub fn next(&mut self, table: &TableSpec) -> (Vec<u8>, Vec<u8>) {
         self.clock += chrono::Duration::milliseconds(1);
         let roll: f64 = self.rng.random();
         let op = match self.mix {
