@@ -73,16 +73,28 @@ pub fn parse<'a>(
     let mut metadata = None;
     let mut has_data = false;
     let mut first = true;
-    while let Some(key) = scanner.next_key(&mut first)? {
-        match &*key {
-            "metadata" if metadata.is_none() => metadata = Some(read_metadata(&mut scanner)?),
-            "data" if !has_data => {
+    let mut next = 0;
+    loop {
+        let expected = ENVELOPE_ORDER.get(next).map(|pattern| (next, *pattern));
+        let position = |key: &str| {
+            ENVELOPE_ORDER
+                .iter()
+                .position(|pattern| pattern_name(pattern) == key.as_bytes())
+        };
+        match next_member(&mut scanner, &mut first, expected, position)? {
+            Member::End => break,
+            Member::Known(DATA) if !has_data => {
                 read_row(table, keys, &mut scanner, cells)?;
                 has_data = true;
+                next = DATA + 1;
+            }
+            Member::Known(METADATA) if metadata.is_none() => {
+                metadata = Some(read_metadata(&mut scanner)?);
+                next = METADATA + 1;
             }
             // A repeated field: the general decoder's last-one-wins rules apply.
-            "metadata" | "data" => return None,
-            _ => scanner.skip_value()?,
+            Member::Known(_) => return None,
+            Member::Other => scanner.skip_value()?,
         }
     }
     if !scanner.at_end() {
@@ -93,6 +105,11 @@ pub fn parse<'a>(
         has_data,
     })
 }
+
+/// The envelope's fields in the order DMS and local capture write them, as key patterns.
+const ENVELOPE_ORDER: [&[u8]; 2] = [b"\"data\":", b"\"metadata\":"];
+const DATA: usize = 0;
+const METADATA: usize = 1;
 
 /// The metadata fields in the order DMS and local capture write them, as key patterns (see
 /// [`key_pattern`]), with the field each one fills (None: skipped).

@@ -410,7 +410,79 @@ fn digits(bytes: &[u8]) -> Option<u32> {
 
 /// Microseconds since the epoch of [`parse_timestamp`].
 pub fn parse_timestamp_micros(text: &str) -> Option<i64> {
-    parse_timestamp(text).map(|ts| ts.timestamp_micros())
+    utc_micros_fixed(text).or_else(|| parse_timestamp(text).map(|ts| ts.timestamp_micros()))
+}
+
+/// `YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z]` (UTC, as DMS writes every record's commit time) as
+/// microseconds, counted directly from the fields; None for any other text, which
+/// [`parse_timestamp`] then reads. Building chrono's date and time values first was a visible
+/// cost per record.
+fn utc_micros_fixed(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    if bytes.len() < 19
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || !matches!(bytes[10], b'T' | b't' | b' ')
+        || bytes[13] != b':'
+        || bytes[16] != b':'
+    {
+        return None;
+    }
+    let year = i64::from(digits(&bytes[..4])?);
+    let (month, day) = (digits(&bytes[5..7])?, digits(&bytes[8..10])?);
+    let (hour, minute, second) = (
+        digits(&bytes[11..13])?,
+        digits(&bytes[14..16])?,
+        digits(&bytes[17..19])?,
+    );
+    if !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let mut rest = &bytes[19..];
+    let mut micros = 0;
+    if let [b'.', fraction @ ..] = rest {
+        let count = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
+        if count == 0 || count > 9 {
+            return None;
+        }
+        // Nanoseconds, then truncated to microseconds as chrono does.
+        micros = i64::from(digits(&fraction[..count])? * 10_u32.pow((9 - count) as u32)) / 1000;
+        rest = &fraction[count..];
+    }
+    if !matches!(rest, [] | [b'Z'] | [b'z']) {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
+    Some(seconds * 1_000_000 + micros)
+}
+
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month = i64::from(month);
+    let day_of_year =
+        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 /// `Z`, empty (UTC), `+HH`, `+HHMM`, `+HH:MM`, `+HH:MM:SS` (PostgreSQL prints seconds for
@@ -507,6 +579,39 @@ mod tests {
             if let Some(fixed) = parse_timestamp_fixed(&text) {
                 prop_assert_eq!(Some(fixed), parse_timestamp_general(&text), "{}", text);
             }
+            if let Some(micros) = utc_micros_fixed(&text) {
+                prop_assert_eq!(Some(micros), parse_timestamp_general(&text).map(|ts| ts.timestamp_micros()), "{}", text);
+            }
+        }
+
+        /// UTC timestamps counted from their fields are chrono's, to the microsecond, over
+        /// years 0 to 9999, leap days and sub-microsecond digits included; near misses (a day
+        /// past the month's end, an hour of 24) are refused by both.
+        #[test]
+        fn utc_timestamps_counted_directly_are_chronos(
+            seconds in -62_167_219_200_i64..253_402_300_800,
+            nanos in 0_u32..1_000_000_000,
+            digits in 0_usize..=9,
+            zone in prop::sample::select(vec!["", "Z", "z"]),
+            day in 28_u32..=32,
+            hour in 22_u32..=24,
+        ) {
+            let ts = DateTime::from_timestamp(seconds, nanos).expect("in range");
+            let fraction = if digits == 0 {
+                String::new()
+            } else {
+                format!(".{:09}", nanos)[..=digits].to_string()
+            };
+            let text = format!("{}T{}{fraction}{zone}", ts.format("%Y-%m-%d"), ts.format("%H:%M:%S"));
+            let expected = parse_timestamp_general(&text).map(|ts| ts.timestamp_micros());
+            prop_assert!(expected.is_some());
+            prop_assert_eq!(utc_micros_fixed(&text), expected, "{}", text);
+            let edge = format!("{}-{day:02} {hour:02}:00:00Z", ts.format("%Y-%m"));
+            prop_assert_eq!(
+                utc_micros_fixed(&edge),
+                parse_timestamp_general(&edge).map(|ts| ts.timestamp_micros()),
+                "{}", edge
+            );
         }
 
         /// Number text read into a double column is the double serde_json reads from it, to
@@ -574,6 +679,26 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn utc_timestamps_counted_directly_know_the_leap_years() {
+        for (date, valid) in [
+            ("2000-02-29", true),
+            ("0000-02-29", true),
+            ("2024-02-29", true),
+            ("1900-02-29", false),
+            ("2100-02-29", false),
+            ("2023-02-29", false),
+            ("2023-04-31", false),
+            ("2023-12-31", true),
+            ("2023-13-01", false),
+        ] {
+            let text = format!("{date}T23:59:59.999999Z");
+            let expected = parse_timestamp_general(&text).map(|ts| ts.timestamp_micros());
+            assert_eq!(expected.is_some(), valid, "{text}");
+            assert_eq!(utc_micros_fixed(&text), expected, "{text}");
         }
     }
 
