@@ -34,6 +34,8 @@ pub type Cells<'a> = SmallVec<[Option<Cell<'a>>; 32]>;
 #[derive(Debug, Clone)]
 pub struct ColumnKeys {
     patterns: Vec<Option<Box<[u8]>>>,
+    /// The primary key's position among the columns.
+    pub primary_key: Option<usize>,
 }
 
 impl ColumnKeys {
@@ -45,6 +47,10 @@ impl ColumnKeys {
                 .iter()
                 .map(|c| plain(&c.name).then(|| key_pattern(&c.name)))
                 .collect(),
+            primary_key: table
+                .primary_key
+                .as_ref()
+                .and_then(|key| table.column_index(key)),
         }
     }
 }
@@ -160,7 +166,10 @@ fn read_metadata<'a>(scanner: &mut Scanner<'a>) -> Option<Metadata<'a>> {
             }
         };
         let Some(field) = field else {
-            scanner.skip_value()?;
+            // These are strings and numbers: read in place, without the general skip's call.
+            if scanner.scalar().is_none() {
+                scanner.skip_value()?;
+            }
             continue;
         };
         let slot = match field {

@@ -231,6 +231,7 @@ const EXACT_POWERS_OF_TEN: [f64; 23] = [
 /// integer columns, and doubles whose digits and power of ten a double holds exactly (then one
 /// multiplication or division rounds correctly: Clinger's fast path), need no second reading of
 /// the text; every other number takes the text route.
+#[inline]
 pub fn coerce_number(number: &scan::Number<'_>, column_type: ColumnType) -> Option<Cell<'static>> {
     let signed = |value: u64| {
         let value = i64::try_from(value).ok()?;

@@ -351,8 +351,8 @@ fn decode_common<'a>(
     if !record.has_data {
         return None;
     }
-    if let Some(key) = &table.primary_key {
-        cells.get(table.column_index(key)?)?.as_ref()?;
+    if table.primary_key.is_some() {
+        cells.get(keys.primary_key?)?.as_ref()?;
     }
     Some(Outcome::Row {
         operation,
