@@ -183,28 +183,35 @@ fn float_range_failures(
         min.unwrap_or(f64::NEG_INFINITY),
         max.unwrap_or(f64::INFINITY),
     );
-    let outside = |value: f64| !(value >= low && value <= high);
-    let nulls = values.nulls();
-    let failed = |row: usize, value: f64| {
-        evaluate[row]
-            && if nulls.is_some_and(|n| n.is_null(row)) {
-                !rule.allow_null
-            } else {
-                outside(value)
-            }
-    };
-    let rows = evaluate.len();
-    Some(match values {
-        ColumnValues::Float64(a) => (0..rows).map(|row| failed(row, a.value(row))).collect(),
-        ColumnValues::Int32(a) => (0..rows)
-            .map(|row| failed(row, f64::from(a.value(row))))
-            .collect(),
+    // Values first, in a loop without branches; then the NULL rows, if any, are set apart.
+    fn compare<T: Copy>(values: &[T], evaluate: &[bool], inside: impl Fn(T) -> bool) -> Vec<bool> {
+        values
+            .iter()
+            .zip(evaluate)
+            .map(|(&value, &evaluated)| evaluated & !inside(value))
+            .collect()
+    }
+    let mut failed = match values {
+        ColumnValues::Float64(a) => compare(a.values(), evaluate, |v| v >= low && v <= high),
+        ColumnValues::Int32(a) => compare(a.values(), evaluate, |v| {
+            let v = f64::from(v);
+            v >= low && v <= high
+        }),
         // As `Numeric` compares them: bounds are doubles.
-        ColumnValues::Int64(a) => (0..rows)
-            .map(|row| failed(row, a.value(row) as f64))
-            .collect(),
+        ColumnValues::Int64(a) => compare(a.values(), evaluate, |v| {
+            let v = v as f64;
+            v >= low && v <= high
+        }),
         _ => return None,
-    })
+    };
+    if let Some(nulls) = values.nulls().filter(|n| n.null_count() > 0) {
+        for (row, failed) in failed.iter_mut().enumerate() {
+            if nulls.is_null(row) {
+                *failed = evaluate[row] && !rule.allow_null;
+            }
+        }
+    }
+    Some(failed)
 }
 
 /// Whether one non-unique rule fails one row.
