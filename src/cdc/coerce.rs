@@ -549,6 +549,28 @@ mod tests {
 
     use super::*;
 
+    /// `seconds` and `nanos` since the epoch written `YYYY-MM-DD{separator}HH:MM:SS`, with the
+    /// first `digits` digits of the fraction, and `zone`.
+    fn timestamp_text(
+        seconds: i64,
+        nanos: u32,
+        digits: usize,
+        separator: &str,
+        zone: &str,
+    ) -> String {
+        let ts = DateTime::from_timestamp(seconds, nanos).expect("in range");
+        let fraction = if digits == 0 {
+            String::new()
+        } else {
+            format!(".{:09}", nanos)[..=digits].to_string()
+        };
+        format!(
+            "{}{separator}{}{fraction}{zone}",
+            ts.format("%Y-%m-%d"),
+            ts.format("%H:%M:%S")
+        )
+    }
+
     proptest! {
         /// The positional parser agrees with chrono's wherever it answers, and answers for the
         /// shapes PostgreSQL and DMS write.
@@ -560,13 +582,7 @@ mod tests {
             separator in prop::sample::select(vec!["T", " ", "t"]),
             zone in prop::sample::select(vec!["", "Z", "+00", "+02", "-05:30", "+0530", "+01:00:00", " +03"]),
         ) {
-            let ts = DateTime::from_timestamp(seconds, nanos).expect("in range");
-            let fraction = if digits == 0 {
-                String::new()
-            } else {
-                format!(".{:09}", nanos)[..=digits].to_string()
-            };
-            let text = format!("{}{separator}{}{fraction}{zone}", ts.format("%Y-%m-%d"), ts.format("%H:%M:%S"));
+            let text = timestamp_text(seconds, nanos, digits, separator, zone);
             let fixed = parse_timestamp_fixed(&text);
             prop_assert!(fixed.is_some(), "{text} not read by position");
             prop_assert_eq!(fixed, parse_timestamp_general(&text), "{}", text);
@@ -597,17 +613,11 @@ mod tests {
             day in 28_u32..=32,
             hour in 22_u32..=24,
         ) {
-            let ts = DateTime::from_timestamp(seconds, nanos).expect("in range");
-            let fraction = if digits == 0 {
-                String::new()
-            } else {
-                format!(".{:09}", nanos)[..=digits].to_string()
-            };
-            let text = format!("{}T{}{fraction}{zone}", ts.format("%Y-%m-%d"), ts.format("%H:%M:%S"));
+            let text = timestamp_text(seconds, nanos, digits, "T", zone);
             let expected = parse_timestamp_general(&text).map(|ts| ts.timestamp_micros());
             prop_assert!(expected.is_some());
             prop_assert_eq!(utc_micros_fixed(&text), expected, "{}", text);
-            let edge = format!("{}-{day:02} {hour:02}:00:00Z", ts.format("%Y-%m"));
+            let edge = format!("{}-{day:02} {hour:02}:00:00Z", &text[..7]);
             prop_assert_eq!(
                 utc_micros_fixed(&edge),
                 parse_timestamp_general(&edge).map(|ts| ts.timestamp_micros()),
