@@ -355,41 +355,75 @@ fn parse_timestamp_general(text: &str) -> Option<DateTime<Utc>> {
 /// instead of through chrono's format interpreter (several times faster, and every record has at
 /// least one timestamp). None for any other shape: [`parse_timestamp`] then decides.
 fn parse_timestamp_fixed(text: &str) -> Option<DateTime<Utc>> {
+    let fields = timestamp_fields(text)?;
+    let date = NaiveDate::from_ymd_opt(i32::try_from(fields.year).ok()?, fields.month, fields.day)?;
+    let time =
+        NaiveTime::from_hms_nano_opt(fields.hour, fields.minute, fields.second, fields.nanos)?;
+    let local = NaiveDateTime::new(date, time);
+    if fields.is_utc() {
+        // UTC, as DMS writes it: no offset to apply.
+        return Some(local.and_utc());
+    }
+    let offset = parse_zone(fields.zone.trim_start())?;
+    offset
+        .from_local_datetime(&local)
+        .single()
+        .map(|ts| ts.with_timezone(&Utc))
+}
+
+/// The fields of `YYYY-MM-DD[T ]HH:MM:SS[.fraction]`, read by position, and the zone text after
+/// them; their ranges are left to the caller.
+struct TimestampFields<'a> {
+    year: u32,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+    nanos: u32,
+    zone: &'a str,
+}
+
+impl TimestampFields<'_> {
+    /// No zone, or `Z`.
+    fn is_utc(&self) -> bool {
+        matches!(self.zone, "" | "Z" | "z")
+    }
+}
+
+/// None for any other shape than [`TimestampFields`] reads.
+fn timestamp_fields(text: &str) -> Option<TimestampFields<'_>> {
     let bytes = text.as_bytes();
     if bytes.len() < 19
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
         || !matches!(bytes[10], b'T' | b't' | b' ')
         || bytes[13] != b':'
         || bytes[16] != b':'
     {
         return None;
     }
-    let date = parse_date_fixed(&text[..10])?;
-    let (hour, minute, second) = (
-        digits(&bytes[11..13])?,
-        digits(&bytes[14..16])?,
-        digits(&bytes[17..19])?,
-    );
-    let mut rest = &text[19..];
+    let mut end = 19;
     let mut nanos = 0;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let count = fraction.bytes().take_while(u8::is_ascii_digit).count();
+    if let [b'.', fraction @ ..] = &bytes[19..] {
+        let count = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
         if count == 0 || count > 9 {
             return None;
         }
-        nanos = digits(&fraction.as_bytes()[..count])? * 10_u32.pow((9 - count) as u32);
-        rest = &fraction[count..];
+        nanos = digits(&fraction[..count])? * 10_u32.pow((9 - count) as u32);
+        end = 20 + count;
     }
-    let time = NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)?;
-    let local = NaiveDateTime::new(date, time);
-    if matches!(rest, "" | "Z" | "z") {
-        // UTC, as DMS writes it: no offset to apply.
-        return Some(local.and_utc());
-    }
-    let offset = parse_zone(rest.trim_start())?;
-    offset
-        .from_local_datetime(&local)
-        .single()
-        .map(|ts| ts.with_timezone(&Utc))
+    Some(TimestampFields {
+        year: digits(&bytes[..4])?,
+        month: digits(&bytes[5..7])?,
+        day: digits(&bytes[8..10])?,
+        hour: digits(&bytes[11..13])?,
+        minute: digits(&bytes[14..16])?,
+        second: digits(&bytes[17..19])?,
+        nanos,
+        // Every byte before `end` is ASCII, so `end` is a character boundary.
+        zone: text.get(end..)?,
+    })
 }
 
 /// Exactly `YYYY-MM-DD`.
@@ -419,49 +453,23 @@ pub fn parse_timestamp_micros(text: &str) -> Option<i64> {
 /// [`parse_timestamp`] then reads. Building chrono's date and time values first was a visible
 /// cost per record.
 fn utc_micros_fixed(text: &str) -> Option<i64> {
-    let bytes = text.as_bytes();
-    if bytes.len() < 19
-        || bytes[4] != b'-'
-        || bytes[7] != b'-'
-        || !matches!(bytes[10], b'T' | b't' | b' ')
-        || bytes[13] != b':'
-        || bytes[16] != b':'
+    let fields = timestamp_fields(text)?;
+    let year = i64::from(fields.year);
+    if !fields.is_utc()
+        || !(1..=12).contains(&fields.month)
+        || fields.day == 0
+        || fields.day > days_in_month(year, fields.month)
+        || fields.hour > 23
+        || fields.minute > 59
+        || fields.second > 59
     {
         return None;
     }
-    let year = i64::from(digits(&bytes[..4])?);
-    let (month, day) = (digits(&bytes[5..7])?, digits(&bytes[8..10])?);
-    let (hour, minute, second) = (
-        digits(&bytes[11..13])?,
-        digits(&bytes[14..16])?,
-        digits(&bytes[17..19])?,
-    );
-    if !(1..=12).contains(&month)
-        || day == 0
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return None;
-    }
-    let mut rest = &bytes[19..];
-    let mut micros = 0;
-    if let [b'.', fraction @ ..] = rest {
-        let count = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
-        if count == 0 || count > 9 {
-            return None;
-        }
-        // Nanoseconds, then truncated to microseconds as chrono does.
-        micros = i64::from(digits(&fraction[..count])? * 10_u32.pow((9 - count) as u32)) / 1000;
-        rest = &fraction[count..];
-    }
-    if !matches!(rest, [] | [b'Z'] | [b'z']) {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
-    Some(seconds * 1_000_000 + micros)
+    let days = days_from_civil(year, fields.month, fields.day);
+    let seconds =
+        days * 86_400 + i64::from(fields.hour * 3600 + fields.minute * 60 + fields.second);
+    // Nanoseconds truncated to microseconds, as chrono does.
+    Some(seconds * 1_000_000 + i64::from(fields.nanos / 1000))
 }
 
 fn days_in_month(year: i64, month: u32) -> u32 {
