@@ -81,13 +81,7 @@ pub fn parse<'a>(
     let mut first = true;
     let mut next = 0;
     loop {
-        let expected = ENVELOPE_ORDER.get(next).map(|pattern| (next, *pattern));
-        let position = |key: &str| {
-            ENVELOPE_ORDER
-                .iter()
-                .position(|pattern| pattern_name(pattern) == key.as_bytes())
-        };
-        match next_member(&mut scanner, &mut first, expected, position)? {
+        match next_in_order(&mut scanner, &mut first, &ENVELOPE_ORDER, |p| p, next)? {
             Member::End => break,
             Member::Known(DATA) if !has_data => {
                 read_row(table, keys, &mut scanner, cells)?;
@@ -149,15 +143,7 @@ fn read_metadata<'a>(scanner: &mut Scanner<'a>) -> Option<Metadata<'a>> {
     let mut next = 0;
     let mut first = true;
     loop {
-        let expected = METADATA_ORDER
-            .get(next)
-            .map(|(pattern, _)| (next, *pattern));
-        let position = |key: &str| {
-            METADATA_ORDER
-                .iter()
-                .position(|(pattern, _)| pattern_name(pattern) == key.as_bytes())
-        };
-        let field = match next_member(scanner, &mut first, expected, position)? {
+        let field = match next_in_order(scanner, &mut first, &METADATA_ORDER, |(p, _)| p, next)? {
             Member::End => return Some(metadata),
             Member::Other => None,
             Member::Known(p) => {
@@ -247,6 +233,24 @@ fn next_member(
         Some(key) => position(&key).map_or(Member::Other, Member::Known),
         None => Member::End,
     })
+}
+
+/// [`next_member`] for an object whose keys are written in the order of `order` (the key pattern
+/// of each entry given by `pattern`), `next` being the position expected next.
+fn next_in_order<T>(
+    scanner: &mut Scanner<'_>,
+    first: &mut bool,
+    order: &[T],
+    pattern: impl Fn(&T) -> &[u8],
+    next: usize,
+) -> Option<Member> {
+    let expected = order.get(next).map(|entry| (next, pattern(entry)));
+    let position = |key: &str| {
+        order
+            .iter()
+            .position(|entry| pattern_name(pattern(entry)) == key.as_bytes())
+    };
+    next_member(scanner, first, expected, position)
 }
 
 /// A scalar coerced to a column's type: `Some(None)` for null, None when it does not coerce.

@@ -249,8 +249,6 @@ impl<'a> Scanner<'a> {
         let bytes = self.bytes;
         let start = self.pos;
         let mut end = start;
-        let digits =
-            |at: usize, value: &mut u64, count: &mut u32| gather_digits(bytes, at, value, count);
         let (mut significand, mut count) = (0, 0);
         let negative = bytes.get(end) == Some(&b'-');
         if negative {
@@ -259,7 +257,7 @@ impl<'a> Scanner<'a> {
         // A leading `0` adds nothing to the digits.
         end = match bytes.get(end)? {
             b'0' => end + 1,
-            b'1'..=b'9' => digits(end, &mut significand, &mut count),
+            b'1'..=b'9' => gather_digits(bytes, end, &mut significand, &mut count),
             _ => return None,
         };
         let mut integral = true;
@@ -268,7 +266,7 @@ impl<'a> Scanner<'a> {
             integral = false;
             let fraction = end + 1;
             let before = count;
-            end = digits(fraction, &mut significand, &mut count);
+            end = gather_digits(bytes, fraction, &mut significand, &mut count);
             if end == fraction {
                 return None;
             }
@@ -291,7 +289,7 @@ impl<'a> Scanner<'a> {
             };
             let (mut value, mut exponent_digits) = (0, 0);
             let first = end;
-            end = digits(first, &mut value, &mut exponent_digits);
+            end = gather_digits(bytes, first, &mut value, &mut exponent_digits);
             if end == first {
                 return None;
             }
