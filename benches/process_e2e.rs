@@ -45,6 +45,7 @@ fn main() {
         // The end-to-end and latency runs' processor runs as `dqetl bench processor`, in a
         // process of its own.
         dqetl: env!("CARGO_BIN_EXE_dqetl").into(),
+        consumer_options: Vec::new(),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

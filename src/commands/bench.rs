@@ -35,6 +35,8 @@ pub struct BenchProcessorArgs {
     /// Run as a group member with this trigger interval until SIGTERM, instead of draining.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub follow: Option<Duration>,
+    #[arg(long = "consumer-option", value_parser = consumer_option)]
+    pub consumer_options: Vec<(String, String)>,
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +66,21 @@ pub struct BenchProcessArgs {
     /// (faster, to see more of the processor itself).
     #[arg(long, value_enum, default_value = "sqlite")]
     pub broker_storage: BrokerStorageArg,
+    /// A librdkafka property of the consumers, as the config's `kafka.consumer_options` sets
+    /// it, e.g. `fetch.wait.max.ms=25` (repeatable).
+    #[arg(long = "consumer-option", value_name = "KEY=VALUE", value_parser = consumer_option)]
+    pub consumer_options: Vec<(String, String)>,
+}
+
+/// `KEY=VALUE`, a property librdkafka accepts.
+fn consumer_option(text: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = text.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+        return Err(format!("expected KEY=VALUE, found {text:?}"));
+    };
+    let (key, value) = (key.trim(), value.trim());
+    crate::config::validate::librdkafka_accepts(key, value)
+        .map_err(|reason| format!("librdkafka refuses `{key}`: {reason}"))?;
+    Ok((key.to_string(), value.to_string()))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -94,6 +111,7 @@ pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<(
                 lake: args.lake,
                 max_batch_records: args.max_batch_records,
                 follow: args.follow,
+                consumer_options: args.consumer_options,
             };
             let run = bench::run_processor(&args, stop).await?;
             return super::print_stdout(&format!("{}\n", serde_json::to_string(&run)?));
@@ -117,6 +135,7 @@ pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<(
             BrokerStorageArg::Memory => BrokerStorage::Memory,
         },
         dqetl: std::env::current_exe().context("locating the dqetl binary")?,
+        consumer_options: args.consumer_options,
     };
     let report = bench::run(&options).await?;
     if global.json {

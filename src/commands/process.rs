@@ -92,6 +92,7 @@ pub async fn run(global: &GlobalArgs, args: ProcessArgs) -> anyhow::Result<()> {
             .unwrap_or(spec.settings.trigger_interval),
         max_batch_records: spec.settings.max_batch_records as usize,
         max_batch_bytes: spec.settings.max_batch_bytes as usize,
+        consumer_options: spec.kafka.consumer_options.clone(),
     };
     let processor = Processor::new(&spec, lake, opts).await?;
     let (stop_tx, stop_rx) = watch::channel(false);

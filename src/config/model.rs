@@ -51,6 +51,9 @@ pub struct KafkaSettings {
     pub partitions: Option<i32>,
     /// dqetl: consumer group of the processor (default `dqetl-<stack>`).
     pub consumer_group: Option<String>,
+    /// dqetl: librdkafka properties of the processor's consumer, over dqetl's own settings
+    /// (e.g. `fetch.wait.max.ms: 25`).
+    pub consumer_options: Option<BTreeMap<String, Value>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]

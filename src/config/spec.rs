@@ -267,6 +267,8 @@ pub struct KafkaSpec {
     pub sasl_username: Option<String>,
     pub partitions: i32,
     pub consumer_group: Option<String>,
+    /// librdkafka properties of the processor's consumer, checked by librdkafka itself.
+    pub consumer_options: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]

@@ -531,6 +531,7 @@ pub(crate) mod tests {
                 sasl_username: None,
                 partitions: 3,
                 consumer_group: None,
+                consumer_options: Vec::new(),
             },
             schema_name: "public".into(),
             tables,

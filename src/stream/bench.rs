@@ -81,6 +81,9 @@ pub struct BenchOptions {
     /// The `dqetl` binary that runs the processor of the end-to-end and latency runs
     /// (`dqetl bench processor`).
     pub dqetl: PathBuf,
+    /// librdkafka properties of the processor's and the raw consumer's consumers, as the
+    /// config's `kafka.consumer_options` sets them.
+    pub consumer_options: Vec<(String, String)>,
 }
 
 /// The storage of the benchmark's own tansu broker.
@@ -111,6 +114,8 @@ pub struct BenchReport {
     pub machine: Machine,
     /// The broker measured against: `tansu (SQLite storage)`, or the address given.
     pub broker: String,
+    /// The consumers' librdkafka properties beyond dqetl's own (`--consumer-option`).
+    pub consumer_options: Vec<(String, String)>,
     pub messages: usize,
     pub partitions: i32,
     pub core: CoreResult,
@@ -186,7 +191,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
 }
 
 async fn measure(opts: &BenchOptions, work: &Path, bootstrap: &str) -> anyhow::Result<BenchReport> {
-    let base = telemetry_config(opts.max_batch_records)?;
+    let mut base = telemetry_config(opts.max_batch_records)?;
+    base.kafka.consumer_options = opts.consumer_options.clone();
     tracing::info!(
         events = opts.messages.min(200_000),
         "measuring the pure core"
@@ -217,6 +223,7 @@ async fn measure(opts: &BenchOptions, work: &Path, bootstrap: &str) -> anyhow::R
             Some(bootstrap) => format!("at {bootstrap}"),
             None => format!("tansu ({} storage)", opts.broker_storage),
         },
+        consumer_options: opts.consumer_options.clone(),
         messages: opts.messages,
         partitions: PARTITIONS,
         core,
@@ -423,7 +430,7 @@ async fn end_to_end(
     let produce_per_second = opts.messages as f64 / produced.seconds;
 
     tracing::info!(%mix, "consuming with rdkafka alone");
-    let raw_seconds = raw_consume(bootstrap, &topic, opts.messages).await?;
+    let raw_seconds = raw_consume(bootstrap, &topic, opts.messages, &opts.consumer_options).await?;
 
     tracing::info!(%mix, "processing end to end (--once, in a process of its own)");
     let (run, peak) = ProcessorProcess::start(
@@ -435,6 +442,7 @@ async fn end_to_end(
             lake: lake_dir.to_path_buf(),
             max_batch_records: opts.max_batch_records,
             follow: None,
+            consumer_options: opts.consumer_options.clone(),
         },
     )?
     .finish()
@@ -475,6 +483,8 @@ pub struct ProcessorArgs {
     /// Run as a group member with this trigger interval until stopped (SIGTERM), instead of
     /// draining the topic (`--once`).
     pub follow: Option<Duration>,
+    /// The config's `kafka.consumer_options`.
+    pub consumer_options: Vec<(String, String)>,
 }
 
 /// What that process reports on its standard output, as JSON.
@@ -494,7 +504,8 @@ pub async fn run_processor(
     args: &ProcessorArgs,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<ProcessorRun> {
-    let spec = with_topic(&telemetry_config(args.max_batch_records)?, &args.topic);
+    let mut spec = with_topic(&telemetry_config(args.max_batch_records)?, &args.topic);
+    spec.kafka.consumer_options = args.consumer_options.clone();
     let lake = Lake::new(LakeLayout::local(&args.lake), Default::default());
     let options = process_options(
         &args.bootstrap,
@@ -542,6 +553,9 @@ impl ProcessorProcess {
             .arg(&args.lake);
         if let Some(records) = args.max_batch_records {
             command.args(["--max-batch-records", &records.to_string()]);
+        }
+        for (key, value) in &args.consumer_options {
+            command.args(["--consumer-option", &format!("{key}={value}")]);
         }
         if let Some(interval) = args.follow {
             command.args([
@@ -638,6 +652,7 @@ async fn latency(
             lake: lake_dir.to_path_buf(),
             max_batch_records: opts.max_batch_records,
             follow: Some(opts.trigger_interval),
+            consumer_options: opts.consumer_options.clone(),
         },
     )?;
     // The group assignment takes a moment; latency counts from the first produced record.
@@ -717,6 +732,7 @@ fn process_options(
         trigger_interval,
         max_batch_records: spec.settings.max_batch_records as usize,
         max_batch_bytes: spec.settings.max_batch_bytes as usize,
+        consumer_options: spec.kafka.consumer_options.clone(),
     }
 }
 
@@ -803,7 +819,12 @@ async fn delivered(
 }
 
 /// Reads `count` records of the topic with rdkafka alone; returns the seconds it took.
-async fn raw_consume(bootstrap: &str, topic: &str, count: usize) -> anyhow::Result<f64> {
+async fn raw_consume(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    consumer_options: &[(String, String)],
+) -> anyhow::Result<f64> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", bootstrap)
         .set(
@@ -812,6 +833,9 @@ async fn raw_consume(bootstrap: &str, topic: &str, count: usize) -> anyhow::Resu
         )
         .set("enable.auto.commit", "false");
     super::consumer::fetch_settings(&mut cfg);
+    for (key, value) in consumer_options {
+        cfg.set(key, value);
+    }
     let consumer: StreamConsumer = cfg.create().context("creating the consumer")?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
@@ -1056,9 +1080,18 @@ impl fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "workload: vehicle_telemetry DMS messages, {} per mix, {} partitions, broker {}\n",
+            "workload: vehicle_telemetry DMS messages, {} per mix, {} partitions, broker {}",
             self.messages, self.partitions, self.broker
         )?;
+        if !self.consumer_options.is_empty() {
+            let options: Vec<String> = self
+                .consumer_options
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect();
+            writeln!(f, "consumer options: {}", options.join(", "))?;
+        }
+        writeln!(f)?;
         writeln!(f, "| measurement | mix | result | peak RSS |")?;
         writeln!(f, "|---|---|---|---|")?;
         writeln!(

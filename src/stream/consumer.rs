@@ -131,6 +131,11 @@ pub fn client_config(kafka: &KafkaConnection) -> ClientConfig {
 }
 
 pub(super) fn create(opts: &ProcessOptions) -> KafkaResult<Consumer> {
+    consumer_config(opts).create_with_context(ProcessorContext::default())
+}
+
+/// The processor's consumer settings: dqetl's, then the config's `consumer_options` over them.
+fn consumer_config(opts: &ProcessOptions) -> ClientConfig {
     let mut cfg = client_config(&opts.kafka);
     cfg.set("group.id", &opts.group)
         // Offsets are committed by the loop after the Delta commits, never automatically.
@@ -144,7 +149,10 @@ pub(super) fn create(opts: &ProcessOptions) -> KafkaResult<Consumer> {
         .set("reconnect.backoff.ms", "200")
         .set("reconnect.backoff.max.ms", "10000");
     fetch_settings(&mut cfg);
-    cfg.create_with_context(ProcessorContext::default())
+    for (key, value) in &opts.consumer_options {
+        cfg.set(key, value);
+    }
+    cfg
 }
 
 /// How the processor fetches (the benchmark's bare consumer uses the same).
@@ -156,6 +164,8 @@ pub(crate) fn fetch_settings(cfg: &mut ClientConfig) {
         .set("queued.max.messages.kbytes", "16384")
         // A fetch with nothing new returns after 100 ms instead of librdkafka's 500: records that
         // arrive meanwhile are not held back that long before their micro-batch sees them.
+        // tansu holds every fetch this long, new records or not, and answers at most 5 MiB, so
+        // this also bounds what it serves: ~50 MiB/s (see `kafka.consumer_options` in README).
         .set("fetch.wait.max.ms", "100");
 }
 
@@ -180,4 +190,42 @@ pub(super) fn fetched_end(consumer: &Consumer, topic: &str, partition: i32) -> O
     };
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
         .then_some(high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::Partitions;
+
+    #[test]
+    fn the_configs_consumer_options_override_dqetls_settings() {
+        let opts = ProcessOptions {
+            kafka: KafkaConnection {
+                bootstrap_servers: "127.0.0.1:9092".into(),
+                ..KafkaConnection::default()
+            },
+            group: "g".into(),
+            tables: Vec::new(),
+            once: false,
+            partitions: Partitions::Group,
+            trigger_interval: Duration::from_secs(1),
+            max_batch_records: 10,
+            max_batch_bytes: 10,
+            consumer_options: vec![
+                ("fetch.wait.max.ms".into(), "25".into()),
+                ("client.rack".into(), "eu-1a".into()),
+            ],
+        };
+        let cfg = consumer_config(&opts);
+        assert_eq!(cfg.get("fetch.wait.max.ms"), Some("25"));
+        assert_eq!(cfg.get("client.rack"), Some("eu-1a"));
+        // dqetl's own settings stay where no option replaces them.
+        assert_eq!(cfg.get("enable.auto.commit"), Some("false"));
+        assert_eq!(cfg.get("max.partition.fetch.bytes"), Some("10485760"));
+        let plain = consumer_config(&ProcessOptions {
+            consumer_options: Vec::new(),
+            ..opts
+        });
+        assert_eq!(plain.get("fetch.wait.max.ms"), Some("100"));
+    }
 }

@@ -38,4 +38,6 @@ pub struct ProcessOptions {
     pub trigger_interval: Duration,
     pub max_batch_records: usize,
     pub max_batch_bytes: usize,
+    /// librdkafka properties over the consumer's own (the config's `kafka.consumer_options`).
+    pub consumer_options: Vec<(String, String)>,
 }

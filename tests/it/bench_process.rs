@@ -10,6 +10,7 @@ fn a_small_benchmark_reports_every_phase_and_the_processor_process_memory() {
         .args(["--mix", "insert-heavy", "--broker-storage", "memory"])
         .args(["--latency-duration", "1s", "--rate", "2000"])
         .args(["--trigger-interval", "250ms"])
+        .args(["--consumer-option", "fetch.wait.max.ms=25"])
         .env("RUST_LOG", "off")
         .output()
         .expect("dqetl runs");
@@ -20,6 +21,10 @@ fn a_small_benchmark_reports_every_phase_and_the_processor_process_memory() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
 
+    assert_eq!(
+        report["consumer_options"],
+        serde_json::json!([["fetch.wait.max.ms", "25"]])
+    );
     assert_eq!(report["core"]["events"], 3000);
     let mix = &report["mixes"][0];
     assert_eq!(mix["mix"], "insert-heavy");
@@ -43,4 +48,20 @@ fn a_small_benchmark_reports_every_phase_and_the_processor_process_memory() {
 
     assert_eq!(report["latency"]["records"], 2000);
     assert!(report["latency"]["p99_ms"].as_u64().is_some(), "{report}");
+}
+
+#[test]
+fn a_consumer_option_librdkafka_refuses_stops_the_benchmark_before_it_starts() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dqetl"))
+        .args(["bench", "process", "--broker-storage", "memory"])
+        .args(["--consumer-option", "fetch.wait.max.msec=25"])
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("dqetl runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fetch.wait.max.msec") && stderr.contains("No such configuration property"),
+        "{stderr}"
+    );
 }

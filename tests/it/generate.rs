@@ -112,6 +112,7 @@ fn config(tables: Vec<TableSpec>) -> ConfigSpec {
             sasl_username: None,
             partitions: 3,
             consumer_group: None,
+            consumer_options: Vec::new(),
         },
         schema_name: "public".into(),
         tables,

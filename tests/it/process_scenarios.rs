@@ -203,6 +203,7 @@ impl Flow {
             trigger_interval: Duration::from_secs(10),
             max_batch_records: 10_000,
             max_batch_bytes: 64 << 20,
+            consumer_options: Vec::new(),
         }
     }
 
@@ -1445,6 +1446,7 @@ async fn the_tables_of_one_batch_are_applied_together_and_tables_limits_them() {
             trigger_interval: Duration::from_secs(10),
             max_batch_records: 10_000,
             max_batch_bytes: 64 << 20,
+            consumer_options: Vec::new(),
         };
         let (spec, layout) = (spec.clone(), layout.clone());
         async move {

@@ -751,6 +751,7 @@ async fn the_lake_works_on_s3_with_concurrent_writers() {
             sasl_username: None,
             partitions: 1,
             consumer_group: None,
+            consumer_options: Vec::new(),
         },
         schema_name: "public".into(),
         tables: vec![vehicles(HardDeletes::Close, false)],

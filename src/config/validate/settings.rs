@@ -1,12 +1,13 @@
 //! The sections around the tables: `settings`, `kafka`, `source_database`.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use regex::Regex;
 
 use crate::config::diagnostics::did_you_mean;
-use crate::config::model::{KafkaSettings, Settings, SourceDatabase};
+use crate::config::model::{KafkaSettings, Settings, SourceDatabase, Value};
 use crate::config::spec::{KafkaSpec, SettingsSpec};
 use crate::config::validate::checker::{Checker, MAX_IDENTIFIER_LEN, is_identifier};
 
@@ -143,6 +144,8 @@ pub(super) fn kafka(c: &mut Checker, kafka: Option<&KafkaSettings>) -> Option<Ka
         c.error("kafka.consumer_group", "consumer_group is empty");
         ok = false;
     }
+    let consumer_options = consumer_options(c, k.consumer_options.as_ref());
+    ok &= consumer_options.is_some();
     ok.then(|| KafkaSpec {
         bootstrap_servers,
         security_protocol: k.security_protocol.clone(),
@@ -150,7 +153,99 @@ pub(super) fn kafka(c: &mut Checker, kafka: Option<&KafkaSettings>) -> Option<Ka
         sasl_username: k.sasl_username.clone(),
         partitions,
         consumer_group: k.consumer_group.clone(),
+        consumer_options: consumer_options.unwrap_or_default(),
     })
+}
+
+/// Consumer properties dqetl sets itself, and the key that sets them instead.
+const OWNED_CONSUMER_OPTIONS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "kafka.bootstrap_servers"),
+    ("metadata.broker.list", "kafka.bootstrap_servers"),
+    ("group.id", "kafka.consumer_group"),
+    ("security.protocol", "kafka.security_protocol"),
+    ("sasl.mechanism", "kafka.sasl_mechanism"),
+    ("sasl.mechanisms", "kafka.sasl_mechanism"),
+    ("sasl.username", "kafka.sasl_username"),
+];
+
+/// Properties whose change would break exactly-once delivery: offsets are committed by the
+/// processor after the Delta commits, and positions come from the lake.
+const EXACTLY_ONCE_OPTIONS: &[&str] = &[
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+];
+
+/// `kafka.consumer_options`: scalar values, none of the properties dqetl owns, no secrets, and
+/// each property known to librdkafka with a value it accepts (checked by librdkafka itself,
+/// without connecting anywhere).
+fn consumer_options(
+    c: &mut Checker,
+    options: Option<&BTreeMap<String, Value>>,
+) -> Option<Vec<(String, String)>> {
+    let mut ok = true;
+    let mut checked = Vec::new();
+    for (key, value) in options.into_iter().flatten() {
+        let path = format!("kafka.consumer_options.{key}");
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => {
+                c.error(
+                    &path,
+                    format!("`{key}` must be a string, a number or a boolean"),
+                );
+                ok = false;
+                continue;
+            }
+        };
+        let lower = key.to_ascii_lowercase();
+        if let Some((_, instead)) = OWNED_CONSUMER_OPTIONS.iter().find(|(k, _)| *k == lower) {
+            c.error_hint(
+                &path,
+                format!("`{key}` is set by dqetl"),
+                Some(format!("use `{instead}`")),
+            );
+            ok = false;
+        } else if EXACTLY_ONCE_OPTIONS.contains(&lower.as_str()) {
+            c.error(
+                &path,
+                format!(
+                    "`{key}` is set by dqetl: offsets are committed after the Delta commits and \
+                     positions come from the lake"
+                ),
+            );
+            ok = false;
+        } else if lower.contains("password") || lower.contains("secret") {
+            // Not echoed back: the value is a secret.
+            c.error_hint(
+                &path,
+                format!("`{key}` holds a secret, which does not belong in the config file"),
+                Some("the SASL password comes from DQETL_KAFKA_PASSWORD".into()),
+            );
+            ok = false;
+        } else if let Err(reason) = librdkafka_accepts(key, &text) {
+            c.error(&path, format!("librdkafka refuses `{key}`: {reason}"));
+            ok = false;
+        } else {
+            checked.push((key.clone(), text));
+        }
+    }
+    ok.then_some(checked)
+}
+
+/// Sets the property on a fresh librdkafka configuration (no client, no network); the reason
+/// librdkafka gives when it refuses it.
+pub fn librdkafka_accepts(key: &str, value: &str) -> Result<(), String> {
+    let mut cfg = rdkafka::ClientConfig::new();
+    cfg.set(key, value);
+    match cfg.create_native_config() {
+        Ok(_) => Ok(()),
+        Err(rdkafka::error::KafkaError::ClientConfig(_, description, _, _)) => Err(description),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// Kafka client settings are upper-case names; matched case-insensitively like librdkafka does.
@@ -217,5 +312,102 @@ mod tests {
         assert!(parse_interval("soon").is_err());
         assert!(parse_interval("15").is_err());
         assert!(parse_interval("").is_err());
+    }
+
+    fn validated(kafka: &str) -> crate::config::validate::ValidationReport {
+        let text = format!(
+            "\
+kafka:
+{kafka}
+tables:
+  - name: t
+    primary_key: id
+    schema:
+      - {{name: id, type: integer, nullable: false}}
+"
+        );
+        let ctx = crate::config::load::LoadContext {
+            stack_name: "s".into(),
+            account_id: None,
+        };
+        let loaded = crate::config::load::load_str_with_env(&text, "t.yaml", &ctx, &|_| None)
+            .expect("loads");
+        crate::config::validate::validate(&loaded)
+    }
+
+    #[test]
+    fn consumer_options_reach_the_spec_as_librdkafka_texts() {
+        let report = validated(
+            "  consumer_options:\n    fetch.wait.max.ms: 25\n    check.crcs: true\n    client.rack: eu-1a",
+        );
+        let spec = report.spec.expect("valid");
+        assert_eq!(
+            spec.kafka.consumer_options,
+            [
+                ("check.crcs".to_string(), "true".to_string()),
+                ("client.rack".to_string(), "eu-1a".to_string()),
+                ("fetch.wait.max.ms".to_string(), "25".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn consumer_options_that_break_delivery_leak_secrets_or_librdkafka_refuses_are_errors() {
+        let report = validated(
+            "  consumer_options:\n    group.id: other\n    enable.auto.commit: true\n    \
+             sasl.password: hunter2\n    fetch.wait.max.msec: 25\n    fetch.wait.max.ms: soon\n    \
+             fetch.min.bytes: [1]",
+        );
+        assert!(report.spec.is_none());
+        let errors: Vec<(&str, &str, usize)> = report
+            .errors
+            .iter()
+            .map(|e| (e.path.as_str(), e.message.as_str(), e.line))
+            .collect();
+        let find = |path: &str| {
+            errors
+                .iter()
+                .find(|(p, _, _)| *p == path)
+                .unwrap_or_else(|| panic!("no error at {path}: {errors:?}"))
+        };
+        assert!(
+            find("kafka.consumer_options.group.id")
+                .1
+                .contains("set by dqetl")
+        );
+        assert_eq!(
+            report
+                .errors
+                .iter()
+                .find(|e| e.path == "kafka.consumer_options.group.id")
+                .and_then(|e| e.hint.as_deref()),
+            Some("use `kafka.consumer_group`")
+        );
+        assert!(
+            find("kafka.consumer_options.enable.auto.commit")
+                .1
+                .contains("Delta commits")
+        );
+        let secret = find("kafka.consumer_options.sasl.password");
+        assert!(secret.1.contains("secret") && !secret.1.contains("hunter2"));
+        assert!(
+            find("kafka.consumer_options.fetch.wait.max.msec")
+                .1
+                .contains("No such configuration property")
+        );
+        assert!(
+            find("kafka.consumer_options.fetch.wait.max.ms")
+                .1
+                .contains("librdkafka refuses")
+        );
+        assert!(
+            find("kafka.consumer_options.fetch.min.bytes")
+                .1
+                .contains("a string, a number")
+        );
+        // Each error points at its own line of the file.
+        assert_eq!(find("kafka.consumer_options.group.id").2, 3);
+        assert_eq!(find("kafka.consumer_options.fetch.min.bytes").2, 8);
+        assert!(!format!("{:?}", report.errors).contains("hunter2"));
     }
 }
