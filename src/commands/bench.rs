@@ -35,6 +35,7 @@ pub struct BenchProcessorArgs {
     /// Run as a group member with this trigger interval until SIGTERM, instead of draining.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub follow: Option<Duration>,
+    /// A librdkafka property of the consumer, `KEY=VALUE` (repeatable).
     #[arg(long = "consumer-option", value_parser = consumer_option)]
     pub consumer_options: Vec<(String, String)>,
 }

@@ -191,8 +191,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
 }
 
 async fn measure(opts: &BenchOptions, work: &Path, bootstrap: &str) -> anyhow::Result<BenchReport> {
-    let mut base = telemetry_config(opts.max_batch_records)?;
-    base.kafka.consumer_options = opts.consumer_options.clone();
+    let base = telemetry_config(opts.max_batch_records)?;
     tracing::info!(
         events = opts.messages.min(200_000),
         "measuring the pure core"
