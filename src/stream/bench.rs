@@ -831,10 +831,7 @@ async fn raw_consume(
             format!("bench-raw-{:08x}", rand::random::<u32>()),
         )
         .set("enable.auto.commit", "false");
-    super::consumer::fetch_settings(&mut cfg);
-    for (key, value) in consumer_options {
-        cfg.set(key, value);
-    }
+    super::consumer::fetch_settings(&mut cfg, consumer_options);
     let consumer: StreamConsumer = cfg.create().context("creating the consumer")?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {

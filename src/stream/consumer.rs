@@ -148,15 +148,13 @@ fn consumer_config(opts: &ProcessOptions) -> ClientConfig {
         .set("max.poll.interval.ms", "600000")
         .set("reconnect.backoff.ms", "200")
         .set("reconnect.backoff.max.ms", "10000");
-    fetch_settings(&mut cfg);
-    for (key, value) in &opts.consumer_options {
-        cfg.set(key, value);
-    }
+    fetch_settings(&mut cfg, &opts.consumer_options);
     cfg
 }
 
-/// How the processor fetches (the benchmark's bare consumer uses the same).
-pub(crate) fn fetch_settings(cfg: &mut ClientConfig) {
+/// How the processor fetches, then `overrides` (the config's `consumer_options`) over everything
+/// set so far. The benchmark's bare consumer uses the same.
+pub(crate) fn fetch_settings(cfg: &mut ClientConfig, overrides: &[(String, String)]) {
     cfg.set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "10485760")
         // librdkafka prefetches up to 64 MiB per partition by default, which alone would exceed
@@ -171,6 +169,9 @@ pub(crate) fn fetch_settings(cfg: &mut ClientConfig) {
         // tansu holds every fetch this long, new records or not, and answers at most 5 MiB, so
         // this also bounds what it serves: ~50 MiB/s (see `kafka.consumer_options` in README).
         .set("fetch.wait.max.ms", "100");
+    for (key, value) in overrides {
+        cfg.set(key, value);
+    }
 }
 
 /// The partition's end as the broker reported it in its latest fetch response to this consumer;
