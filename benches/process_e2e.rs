@@ -46,6 +46,7 @@ fn main() {
         // process of its own.
         dqetl: env!("CARGO_BIN_EXE_dqetl").into(),
         consumer_options: Vec::new(),
+        partitions: 3,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -71,6 +71,9 @@ pub struct BenchProcessArgs {
     /// it, e.g. `fetch.wait.max.ms=25` (repeatable).
     #[arg(long = "consumer-option", value_name = "KEY=VALUE", value_parser = consumer_option)]
     pub consumer_options: Vec<(String, String)>,
+    /// Partitions of the benchmark's topics (the config's `kafka.partitions` default).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub partitions: i32,
 }
 
 /// `KEY=VALUE`, a property librdkafka accepts.
@@ -137,6 +140,7 @@ pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<(
         },
         dqetl: std::env::current_exe().context("locating the dqetl binary")?,
         consumer_options: args.consumer_options,
+        partitions: args.partitions,
     };
     let report = bench::run(&options).await?;
     if global.json {

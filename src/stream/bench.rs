@@ -84,6 +84,8 @@ pub struct BenchOptions {
     /// librdkafka properties of the processor's and the raw consumer's consumers, as the
     /// config's `kafka.consumer_options` sets them.
     pub consumer_options: Vec<(String, String)>,
+    /// Partitions of each topic the benchmark creates.
+    pub partitions: i32,
 }
 
 /// The storage of the benchmark's own tansu broker.
@@ -167,7 +169,6 @@ pub struct LatencyResult {
     pub peak: PeakMemory,
 }
 
-const PARTITIONS: i32 = 3;
 const CORE_BATCH: usize = 10_000;
 
 /// Runs every measurement. Progress goes to the log (`RUST_LOG=info`).
@@ -224,7 +225,7 @@ async fn measure(opts: &BenchOptions, work: &Path, bootstrap: &str) -> anyhow::R
         },
         consumer_options: opts.consumer_options.clone(),
         messages: opts.messages,
-        partitions: PARTITIONS,
+        partitions: opts.partitions,
         core,
         mixes,
         latency,
@@ -411,7 +412,7 @@ async fn end_to_end(
     lake_dir: &Path,
 ) -> anyhow::Result<MixResult> {
     let topic = format!("bench-{mix}-{:08x}", rand::random::<u32>());
-    create_topics(bootstrap, &[(&topic, PARTITIONS)])
+    create_topics(bootstrap, &[(&topic, opts.partitions)])
         .await
         .context("creating the topic")?;
     let spec = with_topic(base, &topic);
@@ -429,7 +430,14 @@ async fn end_to_end(
     let produce_per_second = opts.messages as f64 / produced.seconds;
 
     tracing::info!(%mix, "consuming with rdkafka alone");
-    let raw_seconds = raw_consume(bootstrap, &topic, opts.messages, &opts.consumer_options).await?;
+    let raw_seconds = raw_consume(
+        bootstrap,
+        &topic,
+        opts.partitions,
+        opts.messages,
+        &opts.consumer_options,
+    )
+    .await?;
 
     tracing::info!(%mix, "processing end to end (--once, in a process of its own)");
     let (run, peak) = ProcessorProcess::start(
@@ -636,7 +644,7 @@ async fn latency(
     lake_dir: &Path,
 ) -> anyhow::Result<LatencyResult> {
     let topic = format!("bench-latency-{:08x}", rand::random::<u32>());
-    create_topics(bootstrap, &[(&topic, PARTITIONS)])
+    create_topics(bootstrap, &[(&topic, opts.partitions)])
         .await
         .context("creating the topic")?;
     let spec = with_topic(base, &topic);
@@ -821,6 +829,7 @@ async fn delivered(
 async fn raw_consume(
     bootstrap: &str,
     topic: &str,
+    partitions: i32,
     count: usize,
     consumer_options: &[(String, String)],
 ) -> anyhow::Result<f64> {
@@ -834,7 +843,7 @@ async fn raw_consume(
     super::consumer::fetch_settings(&mut cfg, consumer_options);
     let consumer: StreamConsumer = cfg.create().context("creating the consumer")?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
+    for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     let started = Instant::now();

@@ -11,6 +11,7 @@ fn a_small_benchmark_reports_every_phase_and_the_processor_process_memory() {
         .args(["--latency-duration", "1s", "--rate", "2000"])
         .args(["--trigger-interval", "250ms"])
         .args(["--consumer-option", "fetch.wait.max.ms=25"])
+        .args(["--partitions", "2"])
         .env("RUST_LOG", "off")
         .output()
         .expect("dqetl runs");
@@ -25,6 +26,7 @@ fn a_small_benchmark_reports_every_phase_and_the_processor_process_memory() {
         report["consumer_options"],
         serde_json::json!([["fetch.wait.max.ms", "25"]])
     );
+    assert_eq!(report["partitions"], 2);
     assert_eq!(report["core"]["events"], 3000);
     let mix = &report["mixes"][0];
     assert_eq!(mix["mix"], "insert-heavy");
