@@ -1,9 +1,14 @@
 //! Table upkeep: micro-batches leave many small files; compaction rewrites them into few large
-//! ones (a `dataChange = false` commit, so readers and txn watermarks are unaffected).
+//! ones (a `dataChange = false` commit, so readers and txn watermarks are unaffected). Every
+//! commit that rewrites files leaves the old ones on storage for readers of older versions;
+//! vacuum deletes those no version younger than the retention needs.
 //! Checkpoints need no call: every commit's post-commit hook writes one each
 //! `delta.checkpointInterval` (100) versions.
 
+use std::time::Duration;
+
 use deltalake::operations::optimize::OptimizeType;
+use deltalake::operations::vacuum::VacuumMode;
 
 use super::error::Result;
 use super::lake::{Lake, LakeTable};
@@ -16,6 +21,12 @@ pub struct Compaction {
     pub files_added: u64,
     /// The version the compaction committed; `None` when there was nothing to compact.
     pub version: Option<u64>,
+}
+
+/// What a vacuum did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vacuum {
+    pub files_deleted: u64,
 }
 
 impl Lake {
@@ -43,6 +54,42 @@ impl Lake {
                 }
                 Err(source) => {
                     lock.retry_or_fail(delta_error(&name, &location, "compact", source))
+                        .await?
+                }
+            }
+        }
+    }
+
+    /// Deletes the files of a table that no version committed within `retention` still uses:
+    /// the ones commits replaced (SCD2 rewrites, compactions) and the ones a writer that died
+    /// mid-commit left behind, once older than `retention`. Versions older than that can no
+    /// longer be read (time travel). `None` when the table does not exist yet. Runs under the
+    /// table's lock: this process commits nothing to the table meanwhile.
+    pub async fn vacuum(&self, table: LakeTable, retention: Duration) -> Result<Option<Vacuum>> {
+        let name = table.name();
+        let location = table.location(self.layout());
+        let mut lock = self.lock(table).await;
+        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        loop {
+            let Some(target) = lock.latest_existing().await? else {
+                return Ok(None);
+            };
+            // Full: a listing of the table's folder, so files no commit ever recorded (a killed
+            // writer's) go too, not only those the log marks as removed.
+            let vacuum = target
+                .vacuum()
+                .with_retention_period(retention)
+                .with_enforce_retention_duration(false)
+                .with_mode(VacuumMode::Full);
+            match vacuum.await {
+                Ok((vacuumed, metrics)) => {
+                    let outcome = Vacuum {
+                        files_deleted: metrics.files_deleted.len() as u64,
+                    };
+                    return Ok(Some(lock.keep(Some(vacuumed), outcome)));
+                }
+                Err(source) => {
+                    lock.retry_or_fail(delta_error(&name, &location, "vacuum", source))
                         .await?
                 }
             }

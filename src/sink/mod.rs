@@ -19,7 +19,7 @@ mod watermarks;
 
 pub use error::{Result, SinkError};
 pub use lake::{Lake, LakeTable};
-pub use maintain::Compaction;
+pub use maintain::{Compaction, Vacuum};
 pub use scd2::CommitOutcome;
 pub use table::open_existing as open_table;
 pub use watermarks::{Watermarks, app_id, rows_after_watermarks};
@@ -53,6 +53,7 @@ mod futures_are_send {
         is_send(&lake.load_state("s"));
         is_send(&lake.table_version(&LakeTable::Metrics));
         is_send(&lake.compact(LakeTable::Metrics));
+        is_send(&lake.vacuum(LakeTable::Metrics, std::time::Duration::ZERO));
         is_send(&lake.resume_offsets("t", "g", &[]));
     }
 }
