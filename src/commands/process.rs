@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::cli::{GlobalArgs, Target};
 use crate::config::layout::LakeLayout;
 use crate::sink::Lake;
-use crate::stream::{KafkaConnection, Partitions, ProcessOptions, Processor};
+use crate::stream::{KafkaConnection, Maintenance, Partitions, ProcessOptions, Processor};
 
 #[derive(Debug, Args)]
 pub struct ProcessArgs {
@@ -93,6 +93,7 @@ pub async fn run(global: &GlobalArgs, args: ProcessArgs) -> anyhow::Result<()> {
         max_batch_records: spec.settings.max_batch_records as usize,
         max_batch_bytes: spec.settings.max_batch_bytes as usize,
         consumer_options: spec.kafka.consumer_options.clone(),
+        maintenance: Maintenance::from_settings(&spec.settings),
     };
     let processor = Processor::new(&spec, lake, opts).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -119,6 +120,13 @@ pub async fn run(global: &GlobalArgs, args: ProcessArgs) -> anyhow::Result<()> {
                 t.deletes,
                 t.control_records,
                 t.skipped_already_applied
+            );
+        }
+        let m = &summary.maintenance;
+        if m.rounds > 0 {
+            println!(
+                "  table maintenance: {} rounds, {} small files compacted, {} files vacuumed, {} failed steps",
+                m.rounds, m.files_compacted, m.files_vacuumed, m.failures
             );
         }
     }

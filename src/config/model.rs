@@ -39,6 +39,12 @@ pub struct Settings {
     pub max_batch_records: Option<u64>,
     /// dqetl: upper bound of payload bytes per micro-batch (default 64 MiB).
     pub max_batch_bytes: Option<u64>,
+    /// dqetl: how often `dqetl process` compacts and vacuums the tables it writes, e.g.
+    /// "1 hour" (the default); 0 turns it off.
+    pub maintenance_interval: Option<Value>,
+    /// dqetl: how long files a commit replaced stay on storage for readers of older versions
+    /// before maintenance deletes them (default "7 days").
+    pub vacuum_retention: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]

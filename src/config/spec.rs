@@ -279,6 +279,10 @@ pub struct SettingsSpec {
     pub trigger_interval: Duration,
     pub max_batch_records: u64,
     pub max_batch_bytes: u64,
+    /// How often the processor compacts and vacuums its tables; `None`: never.
+    pub maintenance_interval: Option<Duration>,
+    /// Files replaced longer ago than this are deleted by maintenance.
+    pub vacuum_retention: Duration,
 }
 
 /// A validated config: what every command runs on.

@@ -523,6 +523,8 @@ pub(crate) mod tests {
                 trigger_interval: std::time::Duration::from_secs(15),
                 max_batch_records: 100_000,
                 max_batch_bytes: 1 << 20,
+                maintenance_interval: None,
+                vacuum_retention: std::time::Duration::from_secs(7 * 24 * 3600),
             },
             kafka: KafkaSpec {
                 bootstrap_servers: None,

@@ -29,7 +29,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
 use super::latency::LatencySummary;
-use super::options::{KafkaConnection, Partitions, ProcessOptions};
+use super::options::{KafkaConnection, Maintenance, Partitions, ProcessOptions};
 use super::processor::Processor;
 use crate::cdc::decode::{RawMessage, decode};
 use crate::cdc::encode::encode;
@@ -740,6 +740,7 @@ fn process_options(
         max_batch_records: spec.settings.max_batch_records as usize,
         max_batch_bytes: spec.settings.max_batch_bytes as usize,
         consumer_options: spec.kafka.consumer_options.clone(),
+        maintenance: Maintenance::from_settings(&spec.settings),
     }
 }
 

@@ -220,6 +220,7 @@ mod tests {
                 ("fetch.wait.max.ms".into(), "25".into()),
                 ("client.rack".into(), "eu-1a".into()),
             ],
+            maintenance: None,
         };
         let cfg = consumer_config(&opts);
         assert_eq!(cfg.get("fetch.wait.max.ms"), Some("25"));

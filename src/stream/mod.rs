@@ -38,6 +38,7 @@ pub mod bench;
 mod consumer;
 mod intake;
 mod latency;
+mod maintenance;
 mod options;
 mod processor;
 mod progress;
@@ -46,6 +47,7 @@ mod watermarks;
 
 pub use consumer::client_config;
 pub use latency::LatencySummary;
-pub use options::{KafkaConnection, Partitions, ProcessOptions};
+pub use maintenance::MaintenanceTotals;
+pub use options::{KafkaConnection, Maintenance, Partitions, ProcessOptions};
 pub use processor::{ProcessSummary, Processor, TableTotals};
 pub use topics::{TopicOutcome, create_topics};

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::config::spec::SettingsSpec;
+
 /// How to reach the broker. The password, when there is one, comes from the environment
 /// (`DQETL_KAFKA_PASSWORD`, injected by ECS from Secrets Manager), never from argv or files.
 #[derive(Debug, Clone, Default)]
@@ -40,4 +42,26 @@ pub struct ProcessOptions {
     pub max_batch_bytes: usize,
     /// librdkafka properties over the consumer's own (the config's `kafka.consumer_options`).
     pub consumer_options: Vec<(String, String)>,
+    /// Table upkeep between batches; `None`: none.
+    pub maintenance: Option<Maintenance>,
+}
+
+/// How the processor keeps its tables (the config's `settings.maintenance_interval` and
+/// `settings.vacuum_retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Maintenance {
+    /// From the start, and from one round to the next.
+    pub interval: Duration,
+    /// Files replaced longer ago than this are deleted.
+    pub vacuum_retention: Duration,
+}
+
+impl Maintenance {
+    /// What the config's settings ask for; `None` when they turn maintenance off.
+    pub fn from_settings(settings: &SettingsSpec) -> Option<Maintenance> {
+        settings.maintenance_interval.map(|interval| Maintenance {
+            interval,
+            vacuum_retention: settings.vacuum_retention,
+        })
+    }
 }

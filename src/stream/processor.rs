@@ -18,6 +18,7 @@ use super::batcher::{self, Bounds, Cadence, Drain, stop_requested};
 use super::consumer::{self, Consumer, Starts};
 use super::intake::{Intake, TableBatch};
 use super::latency::{Histogram, LatencySummary};
+use super::maintenance::{self, MaintenanceTotals, Schedule};
 use super::options::{Partitions, ProcessOptions};
 use crate::config::spec::{ConfigSpec, TableSpec};
 use crate::pipeline::plan::BatchStats;
@@ -34,6 +35,8 @@ pub struct ProcessSummary {
     pub per_table: BTreeMap<String, TableTotals>,
     /// From each applied record's producer timestamp to its batch's last commit.
     pub latency: LatencySummary,
+    /// Compaction and vacuum rounds between batches.
+    pub maintenance: MaintenanceTotals,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -195,6 +198,10 @@ impl Processor {
             partitions = ?self.opts.partitions, "processor started"
         );
         let mut cadence = Cadence::default();
+        let mut upkeep = self
+            .opts
+            .maintenance
+            .map(|m| Schedule::new(m, tokio::time::Instant::now()));
         // A batch collected while the previous one was applied, to apply next.
         let mut collected: Option<Intake> = None;
         loop {
@@ -276,6 +283,12 @@ impl Processor {
                 // the next start.
                 tracing::info!("stop requested; the batch in flight was applied");
                 break;
+            }
+            if let Some(schedule) = upkeep.as_mut()
+                && schedule.due(tokio::time::Instant::now())
+            {
+                self.maintain(schedule.retention(), &mut shutdown).await;
+                schedule.done(tokio::time::Instant::now());
             }
             if let Some(drain) = drain.as_mut() {
                 // Read positions only grow: the batch collected meanwhile may be ahead of the marks.
@@ -375,6 +388,23 @@ impl Processor {
             );
         }
         Ok(())
+    }
+
+    /// One round of table maintenance. A stop request abandons it: what it did so far stands,
+    /// and what it had written but not committed is an orphan the next round deletes.
+    async fn maintain(&mut self, retention: Duration, shutdown: &mut watch::Receiver<bool>) {
+        let round = maintenance::round(
+            &self.lake,
+            &self.specs,
+            retention,
+            &mut self.summary.maintenance,
+        );
+        tokio::select! {
+            _ = round => {}
+            _ = stop_requested(shutdown) => {
+                tracing::info!("stop requested; table maintenance left for the next start");
+            }
+        }
     }
 
     /// The next offset to read per partition: after the lowest mark of the table's destinations.

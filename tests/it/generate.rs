@@ -104,6 +104,8 @@ fn config(tables: Vec<TableSpec>) -> ConfigSpec {
             trigger_interval: Duration::from_secs(15),
             max_batch_records: 100_000,
             max_batch_bytes: 64 << 20,
+            maintenance_interval: None,
+            vacuum_retention: std::time::Duration::from_secs(7 * 24 * 3600),
         },
         kafka: KafkaSpec {
             bootstrap_servers: None,

@@ -204,6 +204,7 @@ impl Flow {
             max_batch_records: 10_000,
             max_batch_bytes: 64 << 20,
             consumer_options: Vec::new(),
+            maintenance: None,
         }
     }
 
@@ -1447,6 +1448,7 @@ async fn the_tables_of_one_batch_are_applied_together_and_tables_limits_them() {
             max_batch_records: 10_000,
             max_batch_bytes: 64 << 20,
             consumer_options: Vec::new(),
+            maintenance: None,
         };
         let (spec, layout) = (spec.clone(), layout.clone());
         async move {

@@ -21,6 +21,8 @@ fn config(tables: Vec<TableSpec>) -> ConfigSpec {
             trigger_interval: Duration::from_secs(10),
             max_batch_records: 1000,
             max_batch_bytes: 1 << 20,
+            maintenance_interval: None,
+            vacuum_retention: std::time::Duration::from_secs(7 * 24 * 3600),
         },
         kafka: KafkaSpec {
             bootstrap_servers: None,

@@ -660,6 +660,128 @@ async fn compaction_merges_small_files_and_keeps_rows_and_watermarks() {
     crate::sink_scd2::assert_invariants(&versions(&t).await);
 }
 
+/// The parquet files under a table's folder (the log excluded), relative to it.
+pub fn parquet_files_on_disk(dir: &std::path::Path) -> Vec<String> {
+    let mut found: Vec<String> = walk(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .filter(|p| !p.components().any(|c| c.as_os_str() == "_delta_log"))
+        .map(|p| {
+            p.strip_prefix(dir)
+                .expect("under the table")
+                .display()
+                .to_string()
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read table folder") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn vacuum_deletes_replaced_and_orphaned_files_older_than_the_retention_and_keeps_rows() {
+    let t = TestLake::new();
+    let data = LakeTable::Data("vehicles".into());
+    let table = vehicles(HardDeletes::Close, false);
+    assert_eq!(
+        t.lake
+            .vacuum(data.clone(), std::time::Duration::ZERO)
+            .await
+            .expect("vacuum"),
+        None,
+        "no table yet"
+    );
+    for id in 0..3i64 {
+        let batch = changes(&table, &[insert(id, "ana", 10.0, "2026-03-01T09:00:00Z")]);
+        t.lake
+            .commit_changes(&table, &batch, &ends(&[(0, id)]), GROUP, Utc::now())
+            .await
+            .expect("commit");
+    }
+    // Closing key 1 rewrites its file: the old one stays on disk for older versions.
+    let batch = changes(&table, &[update(1, "ana", 14.0, "2026-03-01T09:04:00Z")]);
+    t.lake
+        .commit_changes(&table, &batch, &ends(&[(0, 3)]), GROUP, Utc::now())
+        .await
+        .expect("commit");
+    let folder = t.dir.path().join("vehicles");
+    // What a writer killed before its commit leaves behind.
+    std::fs::write(folder.join("part-orphan.parquet"), b"never committed").expect("orphan");
+    let before = versions(&t).await;
+    let on_disk = parquet_files_on_disk(&folder);
+
+    let kept = t
+        .lake
+        .vacuum(data.clone(), std::time::Duration::from_secs(3600))
+        .await
+        .expect("vacuum")
+        .expect("table exists");
+    assert_eq!(kept.files_deleted, 0, "everything is younger than an hour");
+    assert_eq!(parquet_files_on_disk(&folder), on_disk);
+
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let done = t
+        .lake
+        .vacuum(data.clone(), std::time::Duration::from_secs(1))
+        .await
+        .expect("vacuum")
+        .expect("table exists");
+    let live: Vec<String> = {
+        let mut live: Vec<String> = dqetl::sink::open_table(
+            "vehicles",
+            &t.layout().data_table("vehicles"),
+            &HashMap::new(),
+        )
+        .await
+        .expect("open")
+        .expect("table exists")
+        .snapshot()
+        .expect("snapshot")
+        .log_data()
+        .iter()
+        .map(|f| f.path().to_string())
+        .collect();
+        live.sort();
+        live
+    };
+    assert_eq!(
+        parquet_files_on_disk(&folder),
+        live,
+        "only the files of the latest version are left"
+    );
+    assert_eq!(done.files_deleted as usize, on_disk.len() - live.len());
+    assert!(
+        done.files_deleted >= 2,
+        "the replaced file and the orphan: {done:?}"
+    );
+    assert_eq!(versions(&t).await, before, "vacuum changes no row");
+
+    // The next commit works on the vacuumed table, from this handle and from another one.
+    let batch = changes(&table, &[update(2, "ana", 15.0, "2026-03-01T09:05:00Z")]);
+    t.reopen()
+        .commit_changes(&table, &batch, &ends(&[(0, 4)]), GROUP, Utc::now())
+        .await
+        .expect("commit");
+    let batch = changes(&table, &[update(0, "ana", 16.0, "2026-03-01T09:06:00Z")]);
+    t.lake
+        .commit_changes(&table, &batch, &ends(&[(0, 5)]), GROUP, Utc::now())
+        .await
+        .expect("commit");
+    crate::sink_scd2::assert_invariants(&versions(&t).await);
+}
+
 /// A moto S3 server on a free local port, stopped when dropped.
 struct S3Server {
     child: std::process::Child,
@@ -743,6 +865,8 @@ async fn the_lake_works_on_s3_with_concurrent_writers() {
             trigger_interval: std::time::Duration::from_secs(10),
             max_batch_records: 10,
             max_batch_bytes: 1 << 20,
+            maintenance_interval: None,
+            vacuum_retention: std::time::Duration::from_secs(7 * 24 * 3600),
         },
         kafka: dqetl::config::spec::KafkaSpec {
             bootstrap_servers: None,

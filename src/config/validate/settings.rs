@@ -14,6 +14,9 @@ use crate::config::validate::checker::{Checker, MAX_IDENTIFIER_LEN, is_identifie
 pub const DEFAULT_TRIGGER_INTERVAL: Duration = Duration::from_secs(15);
 pub const DEFAULT_MAX_BATCH_RECORDS: u64 = 100_000;
 pub const DEFAULT_MAX_BATCH_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Delta's own default (`delta.deletedFileRetentionDuration`): a week of time travel.
+pub const DEFAULT_VACUUM_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_PARTITIONS: i32 = 3;
 pub const DEFAULT_SCHEMA_NAME: &str = "public";
 /// The original's marker for "the target fills in the brokers" (MSK lookup on AWS, the local broker).
@@ -65,6 +68,31 @@ pub(super) fn settings(c: &mut Checker, settings: Option<&Settings>) -> Option<S
         s.max_batch_bytes,
         DEFAULT_MAX_BATCH_BYTES,
     );
+    // Zero turns maintenance off.
+    let maintenance_interval = duration(
+        c,
+        "settings.maintenance_interval",
+        s.maintenance_interval.as_ref(),
+        DEFAULT_MAINTENANCE_INTERVAL,
+    )
+    .map(|d| (!d.is_zero()).then_some(d));
+    let vacuum_retention = match duration(
+        c,
+        "settings.vacuum_retention",
+        s.vacuum_retention.as_ref(),
+        DEFAULT_VACUUM_RETENTION,
+    ) {
+        Some(d) if d.is_zero() => {
+            c.error_hint(
+                "settings.vacuum_retention",
+                "vacuum_retention must be longer than zero: a query reading the table while \
+                 maintenance runs could lose the files it reads",
+                Some("write a duration such as \"7 days\" or \"1 hour\"".into()),
+            );
+            None
+        }
+        other => other,
+    };
     Some(SettingsSpec {
         checkpoint_location: s.checkpoint_location.clone(),
         quarantine_path: s.quarantine_path.clone(),
@@ -72,7 +100,42 @@ pub(super) fn settings(c: &mut Checker, settings: Option<&Settings>) -> Option<S
         trigger_interval: trigger_interval?,
         max_batch_records: max_batch_records?,
         max_batch_bytes: max_batch_bytes?,
+        maintenance_interval: maintenance_interval?,
+        vacuum_retention: vacuum_retention?,
     })
+}
+
+/// A duration setting (`default` when absent), or None after reporting what is wrong. A bare
+/// zero is the plain way to say "never"; other numbers need a unit.
+fn duration(
+    c: &mut Checker,
+    path: &str,
+    value: Option<&Value>,
+    default: Duration,
+) -> Option<Duration> {
+    let key = path.rsplit('.').next().unwrap_or(path);
+    let hint = || Some("write a duration such as \"1 hour\", \"7 days\" or \"30m\"".to_string());
+    let text = match value {
+        None => return Some(default),
+        Some(Value::Number(n)) if n.as_f64() == Some(0.0) => return Some(Duration::ZERO),
+        Some(Value::String(text)) if text.trim() == "0" => return Some(Duration::ZERO),
+        Some(Value::String(text)) => text,
+        Some(other) => {
+            c.error_hint(
+                path,
+                format!("invalid {key} {other}: a duration needs its unit"),
+                hint(),
+            );
+            return None;
+        }
+    };
+    match parse_interval(text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            c.error_hint(path, format!("invalid {key} {text:?}: {e}"), hint());
+            None
+        }
+    }
 }
 
 fn positive(c: &mut Checker, path: &str, value: Option<u64>, default: u64) -> Option<u64> {
@@ -315,10 +378,15 @@ mod tests {
     }
 
     fn validated(kafka: &str) -> crate::config::validate::ValidationReport {
+        validated_with("kafka", kafka)
+    }
+
+    /// A config with `body` under the top-level `section`.
+    fn validated_with(section: &str, body: &str) -> crate::config::validate::ValidationReport {
         let text = format!(
             "\
-kafka:
-{kafka}
+{section}:
+{body}
 tables:
   - name: t
     primary_key: id
@@ -333,6 +401,73 @@ tables:
         let loaded = crate::config::load::load_str_with_env(&text, "t.yaml", &ctx, &|_| None)
             .expect("loads");
         crate::config::validate::validate(&loaded)
+    }
+
+    #[test]
+    fn maintenance_defaults_to_hourly_with_a_week_of_retention_and_zero_turns_it_off() {
+        let defaults = validated_with("settings", "  trigger_interval: 10s")
+            .spec
+            .expect("valid");
+        assert_eq!(
+            defaults.settings.maintenance_interval,
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            defaults.settings.vacuum_retention,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        let set = validated_with(
+            "settings",
+            "  maintenance_interval: \"30 minutes\"\n  vacuum_retention: 2h",
+        )
+        .spec
+        .expect("valid");
+        assert_eq!(
+            set.settings.maintenance_interval,
+            Some(Duration::from_secs(1800))
+        );
+        assert_eq!(set.settings.vacuum_retention, Duration::from_secs(7200));
+        for off in ["0", "0s", "\"0 seconds\""] {
+            let spec = validated_with("settings", &format!("  maintenance_interval: {off}"))
+                .spec
+                .expect("valid");
+            assert_eq!(spec.settings.maintenance_interval, None, "{off}");
+        }
+    }
+
+    #[test]
+    fn a_zero_retention_or_an_unreadable_duration_is_an_error_at_its_line() {
+        let report = validated_with(
+            "settings",
+            "  maintenance_interval: often\n  vacuum_retention: 0",
+        );
+        assert!(report.spec.is_none());
+        let errors: Vec<(&str, usize)> = report
+            .errors
+            .iter()
+            .map(|e| (e.path.as_str(), e.line))
+            .collect();
+        assert_eq!(
+            errors,
+            vec![
+                ("settings.maintenance_interval", 2),
+                ("settings.vacuum_retention", 3)
+            ]
+        );
+        assert!(
+            report.errors[0]
+                .message
+                .contains("invalid maintenance_interval \"often\""),
+            "{}",
+            report.errors[0].message
+        );
+        assert!(
+            report.errors[1]
+                .message
+                .contains("vacuum_retention must be longer than zero"),
+            "{}",
+            report.errors[1].message
+        );
     }
 
     #[test]
