@@ -125,8 +125,8 @@ pub async fn run(global: &GlobalArgs, args: ProcessArgs) -> anyhow::Result<()> {
         let m = &summary.maintenance;
         if m.rounds > 0 {
             println!(
-                "  table maintenance: {} rounds, {} small files compacted, {} files vacuumed, {} failed steps",
-                m.rounds, m.files_compacted, m.files_vacuumed, m.failures
+                "  table maintenance: {} rounds, {} small files compacted, {} files vacuumed, {} log entries removed, {} failed steps",
+                m.rounds, m.files_compacted, m.files_vacuumed, m.log_entries_removed, m.failures
             );
         }
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::kernel::transaction::TransactionError;
+use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::{DeltaTable, DeltaTableError};
 
 use super::error::{Result, SinkError};
@@ -66,6 +67,8 @@ pub struct Lake {
     pub(crate) state_store: OnceLock<Arc<dyn deltalake::logstore::object_store::ObjectStore>>,
     /// See [`Lake::with_splice_min_rows`].
     pub(crate) splice_min_rows: usize,
+    /// Checkpoints being written in the background (see [`TableLock::keep`]).
+    checkpoints: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Data files of at least one full row group are spliced when a commit closes versions in them.
@@ -82,6 +85,7 @@ impl Lake {
             notes: Mutex::new(HashMap::new()),
             state_store: OnceLock::new(),
             splice_min_rows: SPLICE_MIN_ROWS,
+            checkpoints: Mutex::new(Vec::new()),
         }
     }
 
@@ -127,6 +131,49 @@ impl Lake {
     /// The current version of a table; `None` when it does not exist yet.
     pub async fn table_version(&self, table: &LakeTable) -> Result<Option<u64>> {
         Ok(self.latest_existing(table).await?.and_then(|t| t.version()))
+    }
+
+    /// Writes a checkpoint of a table this process just committed to, in the background, when
+    /// the commit's version is due for one: every `delta.checkpointInterval` (100) versions, at
+    /// the versions delta-rs's own post-commit hook would choose (99, 199, ...). A failed
+    /// checkpoint only makes readers replay more of the log, until the next one.
+    fn checkpoint_if_due(&self, table: &LakeTable, committed: &DeltaTable) {
+        let (Some(version), Ok(snapshot)) = (committed.version(), committed.snapshot()) else {
+            return;
+        };
+        let interval = snapshot.table_config().checkpoint_interval().get();
+        if !(version + 1).is_multiple_of(interval) {
+            return;
+        }
+        let (committed, name) = (committed.clone(), table.name());
+        let handle = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match deltalake::checkpoints::create_checkpoint(&committed, None).await {
+                Ok(()) => tracing::debug!(
+                    table = %name, version, took_ms = started.elapsed().as_millis() as u64,
+                    "checkpoint written"
+                ),
+                Err(error) => tracing::warn!(
+                    table = %name, version, %error,
+                    "writing a checkpoint failed; readers replay more of the log until the next one"
+                ),
+            }
+        });
+        let mut pending = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain(|h| !h.is_finished());
+        pending.push(handle);
+    }
+
+    /// Waits for the checkpoints still being written in the background, so that a process that
+    /// stops leaves them written.
+    pub async fn settle(&self) {
+        let pending =
+            std::mem::take(&mut *self.checkpoints.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in pending {
+            if let Err(error) = handle.await {
+                tracing::warn!(%error, "a checkpoint task ended abnormally");
+            }
+        }
     }
 
     /// Takes this process's lock on a table for one read-decide-commit cycle.
@@ -199,9 +246,12 @@ impl TableLock<'_> {
         Ok(self.cached.clone())
     }
 
-    /// Keeps the state a commit produced and hands back the outcome.
+    /// Keeps the state a commit produced and hands back the outcome; writes a checkpoint in
+    /// the background when the commit's version is due for one. Commits through a lock leave
+    /// checkpoints to this (see [`super::table::lake_commit_properties`]).
     pub(crate) fn keep<T>(&mut self, committed: Option<DeltaTable>, outcome: T) -> T {
         if let Some(t) = committed {
+            self.lake.checkpoint_if_due(&self.table, &t);
             *self.cached = Some(t);
         }
         outcome

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::VacuumMode;
+use deltalake::table::config::TablePropertiesExt as _;
 
 use super::error::Result;
 use super::lake::{Lake, LakeTable};
-use super::table::delta_error;
+use super::table::{delta_error, lake_commit_properties};
 
 /// What a compaction did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +43,11 @@ impl Lake {
                 return Ok(None);
             };
             let before = target.version();
-            match target.optimize().with_type(OptimizeType::Compact).await {
+            let compact = target
+                .optimize()
+                .with_type(OptimizeType::Compact)
+                .with_commit_properties(lake_commit_properties(Vec::new()));
+            match compact.await {
                 Ok((compacted, metrics)) => {
                     let version = compacted.version().filter(|v| Some(*v) != before);
                     let outcome = Compaction {
@@ -80,7 +85,8 @@ impl Lake {
                 .vacuum()
                 .with_retention_period(retention)
                 .with_enforce_retention_duration(false)
-                .with_mode(VacuumMode::Full);
+                .with_mode(VacuumMode::Full)
+                .with_commit_properties(lake_commit_properties(Vec::new()));
             match vacuum.await {
                 Ok((vacuumed, metrics)) => {
                     let outcome = Vacuum {
@@ -94,5 +100,26 @@ impl Lake {
                 }
             }
         }
+    }
+
+    /// Deletes the table's log entries older than its `delta.logRetentionDuration` (30 days by
+    /// default) that a later checkpoint makes unnecessary; returns how many. Nothing when the
+    /// table does not exist yet, or when its `delta.enableExpiredLogCleanup` is false.
+    pub async fn clean_log(&self, table: LakeTable) -> Result<usize> {
+        let name = table.name();
+        let location = table.location(self.layout());
+        let Some(target) = self.latest_existing(&table).await? else {
+            return Ok(0);
+        };
+        let enabled = target
+            .snapshot()
+            .map(|s| s.table_config().enable_expired_log_cleanup())
+            .unwrap_or(false);
+        if !enabled {
+            return Ok(0);
+        }
+        deltalake::checkpoints::cleanup_metadata(&target, None)
+            .await
+            .map_err(|source| delta_error(&name, &location, "log cleanup", source))
     }
 }

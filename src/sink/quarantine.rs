@@ -6,13 +6,12 @@ use std::collections::BTreeMap;
 use deltalake::DeltaTable;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 
 use super::error::Result;
 use super::lake::{Lake, LakeTable};
 use super::scd2::CommitOutcome;
-use super::table::delta_error;
+use super::table::{delta_error, lake_commit_properties};
 use super::watermarks::{
     TxnPlan, last_offsets, partitions, plan_transactions, recorded, row_partitions,
     rows_after_watermarks,
@@ -109,7 +108,7 @@ pub(crate) async fn append(
     target
         .write(vec![rows])
         .with_save_mode(SaveMode::Append)
-        .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
+        .with_commit_properties(lake_commit_properties(txns))
         .await
         .map_err(|source| delta_error(name, &location, "append", source))
 }

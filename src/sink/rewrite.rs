@@ -21,7 +21,7 @@ use deltalake::arrow::array::{
 };
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, LogicalFileView, Transaction};
 // Deprecated in parquet 59 in favour of hand-written `AsyncFileReader`s; it is what delta-rs's
 // own data file reader still uses, and it does what is needed here (ranged reads by row group).
@@ -37,7 +37,7 @@ use futures::StreamExt as _;
 use super::error::{Result, SinkError};
 use super::scd2::key_rows;
 use super::splice::{Spliced, splice};
-use super::table::{delta_error, writer_properties};
+use super::table::{delta_error, lake_commit_properties, writer_properties};
 use crate::config::spec::TableSpec;
 use crate::pipeline::schema::{EFFECTIVE_TO, IS_CURRENT};
 
@@ -219,7 +219,7 @@ impl Rewrite<'_> {
             }],
             not_matched_by_source_predicates: Vec::new(),
         };
-        CommitBuilder::from(CommitProperties::default().with_application_transactions(txns))
+        CommitBuilder::from(lake_commit_properties(txns))
             .with_actions(actions)
             .build(Some(snapshot), target.log_store(), operation)
             .await

@@ -24,14 +24,13 @@ use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampM
 use deltalake::arrow::row::{OwnedRow, Row, RowConverter, Rows, SortField};
 use deltalake::datafusion::common::Column;
 use deltalake::datafusion::prelude::{Expr, SessionConfig, SessionContext, lit};
-use deltalake::kernel::transaction::CommitProperties;
 use futures::StreamExt as _;
 use smallvec::SmallVec;
 
 use super::error::{Result, SinkError};
 use super::lake::{Lake, LakeTable};
 use super::rewrite::{self, Rewrite};
-use super::table::{delta_error, same_columns, writer_properties};
+use super::table::{delta_error, lake_commit_properties, same_columns, writer_properties};
 use super::watermarks::{
     TxnPlan, last_offsets, partitions, plan_transactions, recorded, row_partitions,
     rows_after_watermarks,
@@ -947,7 +946,7 @@ async fn merge(
         .merge(staged_df, predicate)
         .with_source_alias("s")
         .with_target_alias("t")
-        .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
+        .with_commit_properties(lake_commit_properties(txns))
         .with_writer_properties(writer_properties(&data_table_schema(table)))
         .when_matched_update(|update| {
             update

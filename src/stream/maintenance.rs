@@ -1,7 +1,8 @@
 //! Table upkeep between micro-batches, every `settings.maintenance_interval`: the append-only
 //! tables (`<table>_quarantine`, `dq_metrics`, a small file per batch) are compacted, and every
 //! table the processor writes is vacuumed, so the files SCD2 commits replace do not pile up on
-//! storage. Data tables are not compacted: their commits already gather small files when they
+//! storage, and log entries past the log retention are removed (batch commits leave that to
+//! maintenance: delta-rs lists the whole log to do it). Data tables are not compacted: their commits already gather small files when they
 //! rewrite them, and larger files would make every commit that touches one rewrite more.
 //!
 //! A failed step is logged and counted, never fatal: the batches matter more, and the next round
@@ -55,6 +56,8 @@ pub struct MaintenanceTotals {
     pub files_compacted: u64,
     /// Files vacuum deleted.
     pub files_vacuumed: u64,
+    /// Log entries past the tables' log retention that were deleted.
+    pub log_entries_removed: u64,
     /// Steps that failed (each logged).
     pub failures: u64,
 }
@@ -96,11 +99,19 @@ pub(super) async fn round(
                 tracing::warn!(table = %table.name(), error = %error, "vacuum failed; the next round tries again");
             }
         }
+        match lake.clean_log(table.clone()).await {
+            Ok(removed) => totals.log_entries_removed += removed as u64,
+            Err(error) => {
+                totals.failures += 1;
+                tracing::warn!(table = %table.name(), error = %error, "log cleanup failed; the next round tries again");
+            }
+        }
     }
     totals.rounds += 1;
     tracing::info!(
         files_compacted = totals.files_compacted - before.files_compacted,
         files_vacuumed = totals.files_vacuumed - before.files_vacuumed,
+        log_entries_removed = totals.log_entries_removed - before.log_entries_removed,
         failures = totals.failures - before.failures,
         retention = %humantime::format_duration(retention),
         took_ms = started.elapsed().as_millis() as u64,

@@ -302,6 +302,7 @@ impl Processor {
                 }
             }
         }
+        self.lake.settle().await;
         self.summary.latency = self.latency.summary();
         Ok(self.summary)
     }

@@ -660,6 +660,65 @@ async fn compaction_merges_small_files_and_keeps_rows_and_watermarks() {
     crate::sink_scd2::assert_invariants(&versions(&t).await);
 }
 
+#[tokio::test]
+async fn a_checkpoint_is_written_in_the_background_every_hundred_versions() {
+    let t = TestLake::new();
+    let log = t.dir.path().join("dq_metrics").join("_delta_log");
+    let checkpoints = || -> Vec<String> {
+        let mut found: Vec<String> = std::fs::read_dir(&log)
+            .map(|entries| {
+                entries
+                    .map(|e| {
+                        e.expect("log entry")
+                            .file_name()
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+                    .filter(|name| name.contains(".checkpoint."))
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        found
+    };
+    let rows = [metric("vehicles", "Size", None, 1.0, None)];
+    let mut last = 0;
+    for offset in 0..101 {
+        let outcome = t
+            .lake
+            .append_metrics(
+                "vehicles",
+                offset,
+                &rows,
+                &ends(&[(0, offset)]),
+                GROUP,
+                Utc::now(),
+            )
+            .await
+            .expect("append");
+        if let CommitOutcome::Committed { version, .. } = outcome {
+            last = version;
+        }
+    }
+    assert!(last >= 100, "versions up to {last}");
+    t.lake.settle().await;
+    assert_eq!(
+        checkpoints(),
+        vec!["00000000000000000099.checkpoint.parquet".to_string()],
+        "one checkpoint, at version 99 as delta-rs places them"
+    );
+    let pointer: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(log.join("_last_checkpoint")).expect("_last_checkpoint"),
+    )
+    .expect("JSON");
+    assert_eq!(pointer["version"], 99);
+    // Another reader loads the table from the checkpoint and sees every row.
+    assert_eq!(
+        count(&t.layout().metrics_table(), "SELECT count(*) FROM t").await,
+        101
+    );
+}
+
 /// The parquet files under a table's folder (the log excluded), relative to it.
 pub fn parquet_files_on_disk(dir: &std::path::Path) -> Vec<String> {
     let mut found: Vec<String> = walk(dir)
