@@ -2,7 +2,6 @@
 //! compacts the quarantine and metrics tables and vacuums every table it writes; rows stay as
 //! they were.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,39 +9,11 @@ use dqetl::sink::LakeTable;
 use dqetl::stream::{Maintenance, ProcessOptions};
 use serde_json::{Value, json};
 
-use crate::process_scenarios::{Flow, delete, insert, totals, update};
+use crate::process_scenarios::{Flow, ORDERS, delete, insert, totals, update};
 use crate::sink_exactly_once::parquet_files_on_disk;
 
-const ORDERS: &str = r#"
-tables:
-  - name: orders
-    topic: {topic}
-    primary_key: id
-    schema:
-      - {name: id, type: integer, nullable: false}
-      - {name: amount, type: double}
-    dq_rules:
-      - {id: amount_range, type: range, column: amount, params: {min: 0, max: 1000}}
-    deequ_checks:
-      - {metric: size, threshold: 1}
-"#;
-
-/// The files of a table's latest version, relative to its folder, sorted.
 async fn live_files(flow: &Flow, table: &LakeTable) -> Vec<String> {
-    let location = table.location(&flow.layout());
-    let opened = dqetl::sink::open_table(&table.name(), &location, &HashMap::new())
-        .await
-        .expect("open table")
-        .expect("table exists");
-    let mut files: Vec<String> = opened
-        .snapshot()
-        .expect("snapshot")
-        .log_data()
-        .iter()
-        .map(|f| f.path().to_string())
-        .collect();
-    files.sort();
-    files
+    crate::sink_exactly_once::live_files(&table.name(), &table.location(&flow.layout())).await
 }
 
 fn folder(flow: &Flow, table: &LakeTable) -> std::path::PathBuf {

@@ -472,7 +472,7 @@ pub async fn assert_invariants(layout: &LakeLayout, config: &ConfigSpec, table: 
     }
 }
 
-const ORDERS: &str = r#"
+pub const ORDERS: &str = r#"
 tables:
   - name: orders
     topic: {topic}

@@ -719,6 +719,22 @@ async fn a_checkpoint_is_written_in_the_background_every_hundred_versions() {
     );
 }
 
+/// The files of a table's latest version, relative to its folder, sorted.
+pub async fn live_files(name: &str, location: &str) -> Vec<String> {
+    let mut live: Vec<String> = dqetl::sink::open_table(name, location, &HashMap::new())
+        .await
+        .expect("open table")
+        .expect("table exists")
+        .snapshot()
+        .expect("snapshot")
+        .log_data()
+        .iter()
+        .map(|f| f.path().to_string())
+        .collect();
+    live.sort();
+    live
+}
+
 /// The parquet files under a table's folder (the log excluded), relative to it.
 pub fn parquet_files_on_disk(dir: &std::path::Path) -> Vec<String> {
     let mut found: Vec<String> = walk(dir)
@@ -797,24 +813,7 @@ async fn vacuum_deletes_replaced_and_orphaned_files_older_than_the_retention_and
         .await
         .expect("vacuum")
         .expect("table exists");
-    let live: Vec<String> = {
-        let mut live: Vec<String> = dqetl::sink::open_table(
-            "vehicles",
-            &t.layout().data_table("vehicles"),
-            &HashMap::new(),
-        )
-        .await
-        .expect("open")
-        .expect("table exists")
-        .snapshot()
-        .expect("snapshot")
-        .log_data()
-        .iter()
-        .map(|f| f.path().to_string())
-        .collect();
-        live.sort();
-        live
-    };
+    let live = live_files("vehicles", &t.layout().data_table("vehicles")).await;
     assert_eq!(
         parquet_files_on_disk(&folder),
         live,
