@@ -251,7 +251,10 @@ impl TableLock<'_> {
     /// checkpoints to this (see [`super::table::lake_commit_properties`]).
     pub(crate) fn keep<T>(&mut self, committed: Option<DeltaTable>, outcome: T) -> T {
         if let Some(t) = committed {
-            self.lake.checkpoint_if_due(&self.table, &t);
+            // A maintenance step with nothing to do hands back the version it found.
+            if t.version() != self.cached.as_ref().and_then(|c| c.version()) {
+                self.lake.checkpoint_if_due(&self.table, &t);
+            }
             *self.cached = Some(t);
         }
         outcome

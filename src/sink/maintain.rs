@@ -2,8 +2,8 @@
 //! ones (a `dataChange = false` commit, so readers and txn watermarks are unaffected). Every
 //! commit that rewrites files leaves the old ones on storage for readers of older versions;
 //! vacuum deletes those no version younger than the retention needs.
-//! Checkpoints need no call: every commit's post-commit hook writes one each
-//! `delta.checkpointInterval` (100) versions.
+//! Checkpoints are written in the background after the commit that reaches one (see
+//! `TableLock::keep`); expired log entries are removed by [`Lake::clean_log`].
 
 use std::time::Duration;
 

@@ -178,11 +178,12 @@ fn check_schema(
 }
 
 /// The properties of every commit made through a table lock: the transaction actions (a batch's;
-/// none for maintenance), and none of delta-rs's post-commit work. A checkpoint (every `delta.checkpointInterval` versions) is written in the
-/// background instead (see [`super::lake::TableLock::keep`]), so the batch that reaches one does
-/// not wait for it: it took ~300 ms on a 300,000-row table, a latency spike every 100 batches.
-/// Expired log files are removed by table maintenance, not after every commit, which listed the
-/// whole `_delta_log` folder each time (up to 30 days of commits).
+/// none for maintenance), and none of delta-rs's post-commit work. A checkpoint (every
+/// `delta.checkpointInterval` versions) is written in the background instead (see
+/// [`super::lake::TableLock::keep`]), so the batch that reaches one does not wait for it: it took
+/// ~300 ms on a 300,000-row table, a latency spike every 100 batches. Expired log files are
+/// removed by table maintenance, not after every commit, which listed the whole `_delta_log`
+/// folder each time (up to 30 days of commits).
 pub(crate) fn lake_commit_properties(
     txns: Vec<deltalake::kernel::Transaction>,
 ) -> deltalake::kernel::transaction::CommitProperties {

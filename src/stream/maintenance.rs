@@ -1,9 +1,10 @@
 //! Table upkeep between micro-batches, every `settings.maintenance_interval`: the append-only
-//! tables (`<table>_quarantine`, `dq_metrics`, a small file per batch) are compacted, and every
-//! table the processor writes is vacuumed, so the files SCD2 commits replace do not pile up on
-//! storage, and log entries past the log retention are removed (batch commits leave that to
-//! maintenance: delta-rs lists the whole log to do it). Data tables are not compacted: their commits already gather small files when they
-//! rewrite them, and larger files would make every commit that touches one rewrite more.
+//! tables (`<table>_quarantine`, `dq_metrics`, a small file per batch) are compacted; every table
+//! the processor writes is vacuumed, so the files SCD2 commits replace do not pile up on storage;
+//! and log entries past the log retention are removed (batch commits leave that to maintenance:
+//! delta-rs lists the whole log to do it). Data tables are not compacted: their commits already
+//! gather small files when they rewrite them, and larger files would make every commit that
+//! touches one rewrite more.
 //!
 //! A failed step is logged and counted, never fatal: the batches matter more, and the next round
 //! tries again.
@@ -15,7 +16,7 @@ use tokio::time::Instant;
 
 use super::options::Maintenance;
 use crate::config::spec::TableSpec;
-use crate::sink::{Lake, LakeTable};
+use crate::sink::{Lake, LakeTable, SinkError};
 
 /// When the next round is due.
 #[derive(Debug)]
@@ -86,25 +87,16 @@ pub(super) async fn round(
         if compact {
             match lake.compact(table.clone()).await {
                 Ok(done) => totals.files_compacted += done.map_or(0, |d| d.files_removed),
-                Err(error) => {
-                    totals.failures += 1;
-                    tracing::warn!(table = %table.name(), error = %error, "compaction failed; the next round tries again");
-                }
+                Err(error) => failed(totals, &table, "compaction", error),
             }
         }
         match lake.vacuum(table.clone(), retention).await {
             Ok(done) => totals.files_vacuumed += done.map_or(0, |d| d.files_deleted),
-            Err(error) => {
-                totals.failures += 1;
-                tracing::warn!(table = %table.name(), error = %error, "vacuum failed; the next round tries again");
-            }
+            Err(error) => failed(totals, &table, "vacuum", error),
         }
         match lake.clean_log(table.clone()).await {
             Ok(removed) => totals.log_entries_removed += removed as u64,
-            Err(error) => {
-                totals.failures += 1;
-                tracing::warn!(table = %table.name(), error = %error, "log cleanup failed; the next round tries again");
-            }
+            Err(error) => failed(totals, &table, "log cleanup", error),
         }
     }
     totals.rounds += 1;
@@ -116,6 +108,14 @@ pub(super) async fn round(
         retention = %humantime::format_duration(retention),
         took_ms = started.elapsed().as_millis() as u64,
         "table maintenance done"
+    );
+}
+
+fn failed(totals: &mut MaintenanceTotals, table: &LakeTable, step: &str, error: SinkError) {
+    totals.failures += 1;
+    tracing::warn!(
+        table = %table.name(), step, error = format!("{:#}", anyhow::Error::new(error)),
+        "table maintenance step failed; the next round tries again"
     );
 }
 
