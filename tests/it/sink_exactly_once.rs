@@ -1011,25 +1011,54 @@ async fn the_lake_works_on_s3_with_concurrent_writers() {
             .as_deref(),
         Some(&b"{}"[..])
     );
-    let metrics =
-        dqetl::sink::open_table("dq_metrics", &layout.metrics_table(), &s3.storage_options())
-            .await
-            .expect("open")
-            .expect("exists");
+    let options = s3.storage_options();
+    assert_eq!(count_rows(&layout.metrics_table(), &options).await, 9);
+
+    // Maintenance on S3: the data file the update replaced is deleted, dq_metrics' small files
+    // are compacted, and every row stays.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let vacuumed = fresh
+        .vacuum(
+            LakeTable::Data("vehicles".into()),
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        .expect("vacuum on s3")
+        .expect("table exists");
+    assert!(vacuumed.files_deleted >= 1, "{vacuumed:?}");
+    let compacted = fresh
+        .compact(LakeTable::Metrics)
+        .await
+        .expect("compact on s3")
+        .expect("table exists");
+    assert!(compacted.files_removed >= 9, "{compacted:?}");
+    assert_eq!(count_rows(&layout.metrics_table(), &options).await, 9);
+    assert_eq!(
+        count_rows(&layout.data_table("vehicles"), &options).await,
+        2
+    );
+}
+
+/// The rows of a Delta table on S3.
+async fn count_rows(location: &str, options: &HashMap<String, String>) -> i64 {
+    let table = dqetl::sink::open_table("t", location, options)
+        .await
+        .expect("open")
+        .expect("exists");
     let ctx = deltalake::datafusion::prelude::SessionContext::new();
-    metrics
+    table
         .update_datafusion_session(&ctx.state())
         .expect("object store");
-    ctx.register_table("m", metrics.table_provider().await.expect("provider"))
+    ctx.register_table("t", table.table_provider().await.expect("provider"))
         .expect("register");
     let counted = ctx
-        .sql("SELECT count(*) FROM m")
+        .sql("SELECT count(*) FROM t")
         .await
         .expect("plan")
         .collect()
         .await
         .expect("run");
-    assert_eq!(counted[0].column(0).as_primitive::<Int64Type>().value(0), 9);
+    counted[0].column(0).as_primitive::<Int64Type>().value(0)
 }
 
 /// Changes that carry their Kafka positions, as `positioned_changes_schema` describes.
