@@ -5,6 +5,7 @@
 //! Checkpoints are written in the background after the commit that reaches one (see
 //! `TableLock::keep`); expired log entries are removed by [`Lake::clean_log`].
 
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use deltalake::operations::optimize::OptimizeType;
@@ -13,7 +14,7 @@ use deltalake::table::config::TablePropertiesExt as _;
 
 use super::error::Result;
 use super::lake::{Lake, LakeTable};
-use super::table::{delta_error, lake_commit_properties};
+use super::table::{delta_error, lake_commit_properties, writer_properties};
 
 /// What a compaction did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,27 @@ pub struct Compaction {
     pub files_added: u64,
     /// The version the compaction committed; `None` when there was nothing to compact.
     pub version: Option<u64>,
+}
+
+/// The byte size of `rows` rows of the table's files, on average; None without rows to go by.
+fn data_file_target_size(
+    snapshot: &deltalake::table::state::DeltaTableState,
+    rows: usize,
+) -> Option<NonZeroU64> {
+    let (bytes, records) =
+        snapshot
+            .log_data()
+            .iter()
+            .fold((0_u64, 0_u64), |(bytes, records), file| {
+                (
+                    bytes + u64::try_from(file.size()).unwrap_or(0),
+                    records + file.num_records().unwrap_or(0) as u64,
+                )
+            });
+    if records == 0 {
+        return None;
+    }
+    NonZeroU64::new((bytes as f64 / records as f64 * rows as f64).ceil() as u64)
 }
 
 /// What a vacuum did.
@@ -34,7 +56,13 @@ impl Lake {
     /// Compacts a table's small files. `None` when the table does not exist yet. Runs under the
     /// same per-table lock as this process's commits; a conflict with another writer is retried
     /// on a fresh read, and a MERGE that loses to a compaction is retried the same way.
+    ///
+    /// A data table's files are gathered into files of about the splice threshold's rows
+    /// (32,768; see [`Lake::with_splice_min_rows`]), as the SCD2 commits gather the small files
+    /// they rewrite, not delta-rs's 100 MiB: every commit that closes a version in a file
+    /// rewrites it, and larger files would make each of those rewrite more.
     pub async fn compact(&self, table: LakeTable) -> Result<Option<Compaction>> {
+        let is_data = matches!(table, LakeTable::Data(_));
         let name = table.name();
         let location = table.location(self.layout());
         let mut lock = self.lock(table).await;
@@ -43,10 +71,21 @@ impl Lake {
                 return Ok(None);
             };
             let before = target.version();
-            let compact = target
+            // A data table's file size and writer settings, from its files and schema.
+            let sized = match target.snapshot() {
+                Ok(snapshot) if is_data => data_file_target_size(snapshot, self.splice_min_rows)
+                    .map(|size| (size, snapshot.snapshot().arrow_schema())),
+                _ => None,
+            };
+            let mut compact = target
                 .optimize()
                 .with_type(OptimizeType::Compact)
                 .with_commit_properties(lake_commit_properties(Vec::new()));
+            if let Some((size, schema)) = sized {
+                compact = compact
+                    .with_target_size(size)
+                    .with_writer_properties(writer_properties(&schema));
+            }
             match compact.await {
                 Ok((compacted, metrics)) => {
                     let version = compacted.version().filter(|v| Some(*v) != before);

@@ -1,10 +1,9 @@
-//! Table upkeep between micro-batches, every `settings.maintenance_interval`: the append-only
-//! tables (`<table>_quarantine`, `dq_metrics`, a small file per batch) are compacted; every table
-//! the processor writes is vacuumed, so the files SCD2 commits replace do not pile up on storage;
-//! and log entries past the log retention are removed (batch commits leave that to maintenance:
-//! delta-rs lists the whole log to do it). Data tables are not compacted: their commits already
-//! gather small files when they rewrite them, and larger files would make every commit that
-//! touches one rewrite more.
+//! Table upkeep between micro-batches, every `settings.maintenance_interval`: every table the
+//! processor writes is compacted (each batch adds a small file to it; a data table's files are
+//! gathered up to the size its SCD2 commits keep them at, see [`Lake::compact`]) and vacuumed,
+//! so the files commits replace do not pile up on storage; and log entries past the log
+//! retention are removed (batch commits leave that to maintenance: delta-rs lists the whole log
+//! to do it).
 //!
 //! A failed step is logged and counted, never fatal: the batches matter more, and the next round
 //! tries again.
@@ -63,14 +62,14 @@ pub struct MaintenanceTotals {
     pub failures: u64,
 }
 
-/// The tables a round keeps, each with whether it is compacted.
-fn tables(specs: &[TableSpec]) -> Vec<(LakeTable, bool)> {
+/// The tables a round keeps.
+fn tables(specs: &[TableSpec]) -> Vec<LakeTable> {
     let mut tables = Vec::with_capacity(specs.len() * 2 + 1);
     for spec in specs {
-        tables.push((LakeTable::Data(spec.name.clone()), false));
-        tables.push((LakeTable::Quarantine(spec.name.clone()), true));
+        tables.push(LakeTable::Data(spec.name.clone()));
+        tables.push(LakeTable::Quarantine(spec.name.clone()));
     }
-    tables.push((LakeTable::Metrics, true));
+    tables.push(LakeTable::Metrics);
     tables
 }
 
@@ -83,12 +82,10 @@ pub(super) async fn round(
 ) {
     let started = Instant::now();
     let before = totals.clone();
-    for (table, compact) in tables(specs) {
-        if compact {
-            match lake.compact(table.clone()).await {
-                Ok(done) => totals.files_compacted += done.map_or(0, |d| d.files_removed),
-                Err(error) => failed(totals, &table, "compaction", error),
-            }
+    for table in tables(specs) {
+        match lake.compact(table.clone()).await {
+            Ok(done) => totals.files_compacted += done.map_or(0, |d| d.files_removed),
+            Err(error) => failed(totals, &table, "compaction", error),
         }
         match lake.vacuum(table.clone(), retention).await {
             Ok(done) => totals.files_vacuumed += done.map_or(0, |d| d.files_deleted),
@@ -148,15 +145,15 @@ mod tests {
     }
 
     #[test]
-    fn quarantine_and_metrics_tables_are_compacted_data_tables_only_vacuumed() {
+    fn a_round_keeps_each_tables_data_and_quarantine_and_the_shared_metrics_once() {
         let spec = crate::stream::bench::telemetry_config(None).expect("shipped config");
         let found = tables(&spec.tables);
         assert_eq!(
             found,
             vec![
-                (LakeTable::Data("vehicle_telemetry".into()), false),
-                (LakeTable::Quarantine("vehicle_telemetry".into()), true),
-                (LakeTable::Metrics, true),
+                LakeTable::Data("vehicle_telemetry".into()),
+                LakeTable::Quarantine("vehicle_telemetry".into()),
+                LakeTable::Metrics,
             ]
         );
     }

@@ -1,6 +1,5 @@
 //! Table maintenance in `dqetl process`: between batches, once its interval is up, the processor
-//! compacts the quarantine and metrics tables and vacuums every table it writes; rows stay as
-//! they were.
+//! compacts and vacuums every table it writes; rows stay as they were.
 
 use std::path::Path;
 use std::time::Duration;

@@ -719,6 +719,52 @@ async fn a_checkpoint_is_written_in_the_background_every_hundred_versions() {
     );
 }
 
+#[tokio::test]
+async fn a_data_tables_compaction_gathers_files_up_to_the_splice_threshold_not_beyond() {
+    let t = TestLake::new();
+    // Files of at most about 12 rows: a bin holds two of the 5-row files, not three.
+    let lake = t.reopen().with_splice_min_rows(12);
+    let table = vehicles(HardDeletes::Close, false);
+    for batch in 0..6i64 {
+        let rows: Vec<_> = (0..5)
+            .map(|i| insert(batch * 5 + i, "ana", 10.0, "2026-03-01T09:00:00Z"))
+            .collect();
+        lake.commit_changes(
+            &table,
+            &changes(&table, &rows),
+            &ends(&[(0, batch)]),
+            GROUP,
+            Utc::now(),
+        )
+        .await
+        .expect("commit");
+    }
+    let before = versions(&t).await;
+    let done = lake
+        .compact(LakeTable::Data("vehicles".into()))
+        .await
+        .expect("compact")
+        .expect("table exists");
+    assert_eq!((done.files_removed, done.files_added), (6, 3), "{done:?}");
+    let opened = dqetl::sink::open_table(
+        "vehicles",
+        &t.layout().data_table("vehicles"),
+        &HashMap::new(),
+    )
+    .await
+    .expect("open")
+    .expect("table exists");
+    let rows: Vec<usize> = opened
+        .snapshot()
+        .expect("snapshot")
+        .log_data()
+        .iter()
+        .map(|f| f.num_records().expect("row count"))
+        .collect();
+    assert_eq!(rows, vec![10, 10, 10]);
+    assert_eq!(versions(&t).await, before, "compaction changes no row");
+}
+
 /// The files of a table's latest version, relative to its folder, sorted.
 pub async fn live_files(name: &str, location: &str) -> Vec<String> {
     let mut live: Vec<String> = dqetl::sink::open_table(name, location, &HashMap::new())
