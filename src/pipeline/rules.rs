@@ -191,17 +191,12 @@ fn float_range_failures(
             .map(|(&value, &evaluated)| evaluated & !inside(value))
             .collect()
     }
+    let inside = |v: f64| v >= low && v <= high;
     let mut failed = match values {
-        ColumnValues::Float64(a) => compare(a.values(), evaluate, |v| v >= low && v <= high),
-        ColumnValues::Int32(a) => compare(a.values(), evaluate, |v| {
-            let v = f64::from(v);
-            v >= low && v <= high
-        }),
+        ColumnValues::Float64(a) => compare(a.values(), evaluate, inside),
+        ColumnValues::Int32(a) => compare(a.values(), evaluate, |v| inside(f64::from(v))),
         // As `Numeric` compares them: bounds are doubles.
-        ColumnValues::Int64(a) => compare(a.values(), evaluate, |v| {
-            let v = v as f64;
-            v >= low && v <= high
-        }),
+        ColumnValues::Int64(a) => compare(a.values(), evaluate, |v| inside(v as f64)),
         _ => return None,
     };
     if let Some(nulls) = values.nulls().filter(|n| n.null_count() > 0) {

@@ -71,7 +71,7 @@ async fn third_batch(t: &TestLake, table: &TableSpec) {
     commit(t, table, &third, 3).await;
 }
 
-async fn data_table(t: &TestLake) -> DeltaTable {
+pub async fn data_table(t: &TestLake) -> DeltaTable {
     dqetl::sink::open_table(
         "vehicles",
         &t.layout().data_table("vehicles"),
@@ -83,7 +83,7 @@ async fn data_table(t: &TestLake) -> DeltaTable {
 }
 
 /// The table's files: (path relative to the table, rows).
-fn files(table: &DeltaTable) -> Vec<(String, usize)> {
+pub fn files(table: &DeltaTable) -> Vec<(String, usize)> {
     table
         .snapshot()
         .expect("snapshot")

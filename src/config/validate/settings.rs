@@ -9,7 +9,7 @@ use regex::Regex;
 use crate::config::diagnostics::did_you_mean;
 use crate::config::model::{KafkaSettings, Settings, SourceDatabase, Value};
 use crate::config::spec::{KafkaSpec, SettingsSpec};
-use crate::config::validate::checker::{Checker, MAX_IDENTIFIER_LEN, is_identifier};
+use crate::config::validate::checker::{Checker, MAX_IDENTIFIER_LEN, describe, is_identifier};
 
 pub const DEFAULT_TRIGGER_INTERVAL: Duration = Duration::from_secs(15);
 pub const DEFAULT_MAX_BATCH_RECORDS: u64 = 100_000;
@@ -123,7 +123,10 @@ fn duration(
         Some(other) => {
             c.error_hint(
                 path,
-                format!("invalid {key} {other}: a duration needs its unit"),
+                format!(
+                    "invalid {key} {}: a duration needs its unit",
+                    describe(other)
+                ),
                 hint(),
             );
             return None;
