@@ -9,6 +9,7 @@ pub mod cdc;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod error_chain;
 pub mod generate;
 pub mod pg;
 pub mod pipeline;

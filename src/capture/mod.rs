@@ -42,6 +42,7 @@ pub use pg_walstream::CancellationToken;
 pub use slot::{SlotLag, slot_lag};
 
 use crate::config::spec::ConfigSpec;
+use crate::error_chain::error_chain;
 use crate::pg::TlsSettings;
 use delivered::Delivered;
 use emit::Emitter;
@@ -376,16 +377,4 @@ async fn server_time(client: &tokio_postgres::Client) -> Result<DateTime<Utc>> {
         .await
         .map_err(source::query_err("reading the server clock"))?;
     Ok(row.get(0))
-}
-
-/// `error: cause: cause` on one line, for logs.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -114,6 +114,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+    use crate::error_chain::error_chain;
 
     #[test]
     fn the_connection_string_wins_over_the_defaults() {
@@ -164,15 +165,5 @@ mod tests {
         let chain = error_chain(&err);
         assert!(chain.contains("DQETL_PG_URL"), "{chain}");
         assert!(!chain.contains("s3cret-pw"), "{chain}");
-    }
-
-    fn error_chain(error: &dyn std::error::Error) -> String {
-        let mut text = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            text = format!("{text}: {cause}");
-            source = cause.source();
-        }
-        text
     }
 }

@@ -119,22 +119,6 @@ impl AwsError {
     }
 }
 
-/// An error with its whole source chain on one line, each cause once (for reports that hold a
-/// failure as text).
-pub fn error_chain(e: &dyn StdError) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
-
 /// Turns an SDK result into an [`AwsError::Api`] naming the service and operation.
 pub(crate) trait ApiResultExt<T> {
     fn api(self, service: &'static str, operation: &'static str) -> Result<T, AwsError>;

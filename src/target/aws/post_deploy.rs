@@ -11,12 +11,13 @@ use serde::Serialize;
 
 use crate::config::layout::LakeLayout;
 use crate::config::spec::ConfigSpec;
+use crate::error_chain::error_chain;
 use crate::pipeline::schema::{METRICS_TABLE, quarantine_table_name};
 use crate::target::aws::athena::{Athena, register_delta_table_sql};
 use crate::target::aws::clients::AwsClients;
 use crate::target::aws::dms::{self, StartDecision};
 use crate::target::aws::ecs::{self, JobCommand, JobResult, Jobs};
-use crate::target::aws::error::{ApiResultExt, AwsError, error_chain};
+use crate::target::aws::error::{ApiResultExt, AwsError};
 use crate::target::aws::outputs::StackOutputs;
 
 /// Which steps run.

@@ -7,12 +7,13 @@ use serde::Serialize;
 
 use crate::config::layout::LakeLayout;
 use crate::config::spec::ConfigSpec;
+use crate::error_chain::error_chain;
 use crate::pipeline::schema::{METRICS_TABLE, quarantine_table_name};
 use crate::target::aws::assets;
 use crate::target::aws::clients::AwsClients;
 use crate::target::aws::dms::{self, TableStatisticsApi, TableStats, TaskInfo};
 use crate::target::aws::ecs::{self, ServiceCounts};
-use crate::target::aws::error::{AwsError, error_chain};
+use crate::target::aws::error::AwsError;
 use crate::target::aws::msk::{ClusterSummary, MskApi, scram_brokers};
 use crate::target::aws::outputs::StackOutputs;
 use crate::target::aws::post_deploy::split_s3_url;

@@ -19,6 +19,7 @@ use super::kafka::{self, TopicLag};
 use super::lifecycle;
 use super::ports;
 use super::stack::{self, LocalState, StackDir, Worker};
+use crate::error_chain::error_chain;
 
 /// One probe's outcome: a value, or why there is none.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -409,18 +410,6 @@ pub fn number(row: &Row, key: &str) -> u64 {
         Some(serde_json::Value::String(s)) => s.parse().unwrap_or(0),
         _ => 0,
     }
-}
-
-/// "error: cause: cause", for reports.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -122,16 +122,7 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// "error: cause: cause" for panic messages.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use dqetl::error_chain::error_chain;
 
 fn start_postgres() -> Result<TestPostgres, String> {
     let root = run_root()?;
