@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::options::Maintenance;
 use crate::config::spec::TableSpec;
+use crate::error_chain::error_chain;
 use crate::sink::{Lake, LakeTable, SinkError};
 
 /// When the next round is due.
@@ -111,7 +112,7 @@ pub(super) async fn round(
 fn failed(totals: &mut MaintenanceTotals, table: &LakeTable, step: &str, error: SinkError) {
     totals.failures += 1;
     tracing::warn!(
-        table = %table.name(), step, error = format!("{:#}", anyhow::Error::new(error)),
+        table = %table.name(), step, error = error_chain(&error),
         "table maintenance step failed; the next round tries again"
     );
 }

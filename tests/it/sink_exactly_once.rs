@@ -665,19 +665,11 @@ async fn a_checkpoint_is_written_in_the_background_every_hundred_versions() {
     let t = TestLake::new();
     let log = t.dir.path().join("dq_metrics").join("_delta_log");
     let checkpoints = || -> Vec<String> {
-        let mut found: Vec<String> = std::fs::read_dir(&log)
-            .map(|entries| {
-                entries
-                    .map(|e| {
-                        e.expect("log entry")
-                            .file_name()
-                            .to_string_lossy()
-                            .into_owned()
-                    })
-                    .filter(|name| name.contains(".checkpoint."))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut found: Vec<String> = walk(&log)
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .filter(|name| name.contains(".checkpoint."))
+            .collect();
         found.sort();
         found
     };
