@@ -15,6 +15,7 @@ mod scd2;
 mod splice;
 mod state;
 mod table;
+mod upload;
 mod watermarks;
 
 pub use error::{Result, SinkError};

@@ -32,6 +32,7 @@ use serde_json::{Map, Value};
 use super::error::Result;
 use super::rewrite::{ClosedColumns, Rewrite, object_reader};
 use super::table::{same_columns, writer_properties_builder};
+use super::upload::{StoredFile, Written};
 use crate::pipeline::schema::{EFFECTIVE_TO, IS_CURRENT};
 
 /// A file rewritten by splicing.
@@ -63,16 +64,64 @@ pub(super) async fn splice(
     {
         return Ok(None);
     }
+    // Named as delta-rs names the files it writes.
+    let name = format!("part-00000-{}-c000.snappy.parquet", uuid::Uuid::new_v4());
+    let mut stored = StoredFile::new(store.clone(), deltalake::Path::from(name.as_str()));
+    let (closed, summary) =
+        match copy_with_closes(rewrite, &store, &path, &source, &mut stored).await {
+            Ok(copied) => copied,
+            Err(e) => {
+                stored.abandon().await;
+                return Err(e);
+            }
+        };
+    let written = stored.path().clone();
+    let size = stored
+        .finish()
+        .await
+        .map_err(|e| rewrite.file_error(&written, e))?;
+    let size = i64::try_from(size).map_err(|e| rewrite.file_error(&written, e))?;
+    let stats = file
+        .stats()
+        .map(|stats| summary.patch(&stats, EFFECTIVE_TO, IS_CURRENT))
+        .transpose()
+        .map_err(|e| fail(&e))?;
+    Ok(Some(Spliced {
+        add: Add {
+            path: name,
+            size,
+            partition_values: Default::default(),
+            modification_time: chrono::Utc::now().timestamp_millis(),
+            data_change: true,
+            stats,
+            tags: None,
+            deletion_vector: None,
+            base_row_id: None,
+            default_row_commit_version: None,
+            clustering_provider: None,
+        },
+        closed,
+    }))
+}
+
+/// Writes the spliced file into `stored`, moving it on to the store column chunk by column
+/// chunk; returns the versions it closed and what the two rewritten columns now hold.
+async fn copy_with_closes(
+    rewrite: &Rewrite<'_>,
+    store: &Arc<dyn ObjectStore>,
+    path: &deltalake::Path,
+    source: &ArrowReaderMetadata,
+    stored: &mut StoredFile,
+) -> Result<(usize, ColumnSummary)> {
+    let fail = |detail: &dyn std::fmt::Display| rewrite.file_error(path, detail);
     let to_index = rewrite.index(EFFECTIVE_TO)?;
     let current_index = rewrite.index(IS_CURRENT)?;
     let metadata = source.metadata().clone();
     let props = writer_properties_builder(&rewrite.schema)
         .set_key_value_metadata(metadata.file_metadata().key_value_metadata().cloned())
         .build();
-    // Sized for the whole file up front: growing a buffer of megabytes copies it over.
-    let capacity = usize::try_from(file.size()).unwrap_or(0);
     let mut writer = SerializedFileWriter::new(
-        Vec::with_capacity(capacity),
+        stored.writer(),
         metadata.file_metadata().schema_descr().root_schema_ptr(),
         Arc::new(props),
     )
@@ -92,7 +141,7 @@ pub(super) async fn splice(
     for (group, row_group) in metadata.row_groups().iter().enumerate() {
         let range = byte_range(row_group).map_err(|e| fail(&e))?;
         let bytes = store
-            .get_range(&path, range.clone())
+            .get_range(path, range.clone())
             .await
             .map_err(|e| fail(&e))?;
         let chunk = RowGroupBytes {
@@ -122,6 +171,7 @@ pub(super) async fn splice(
                 summary.observe(to, current);
                 for column in 0..row_group.num_columns() {
                     copy_chunk(&mut out, &chunk, &metadata, group, column).map_err(|e| fail(&e))?;
+                    stored.store_written().await.map_err(|e| fail(&e))?;
                 }
             }
             Some(ClosedColumns {
@@ -145,6 +195,7 @@ pub(super) async fn splice(
                     let Some((_, array)) = replaced.iter().find(|(i, _)| *i == column) else {
                         copy_chunk(&mut out, &chunk, &metadata, group, column)
                             .map_err(|e| fail(&e))?;
+                        stored.store_written().await.map_err(|e| fail(&e))?;
                         continue;
                     };
                     let Some(mut encoder) = encoders.get_mut(column).and_then(Option::take) else {
@@ -159,42 +210,15 @@ pub(super) async fn splice(
                         .close()
                         .and_then(|chunk| chunk.append_to_row_group(&mut out))
                         .map_err(|e| fail(&e))?;
+                    stored.store_written().await.map_err(|e| fail(&e))?;
                 }
             }
         }
         out.close().map_err(|e| fail(&e))?;
     }
-    // Writes the footer.
-    let bytes = writer.into_inner().map_err(|e| fail(&e))?;
-    // Named as delta-rs names the files it writes.
-    let name = format!("part-00000-{}-c000.snappy.parquet", uuid::Uuid::new_v4());
-    let written = deltalake::Path::from(name.as_str());
-    let size = bytes.len() as i64;
-    store
-        .put(&written, Bytes::from(bytes).into())
-        .await
-        .map_err(|e| rewrite.file_error(&written, e))?;
-    let stats = file
-        .stats()
-        .map(|stats| summary.patch(&stats, EFFECTIVE_TO, IS_CURRENT))
-        .transpose()
-        .map_err(|e| fail(&e))?;
-    Ok(Some(Spliced {
-        add: Add {
-            path: name,
-            size,
-            partition_values: Default::default(),
-            modification_time: chrono::Utc::now().timestamp_millis(),
-            data_change: true,
-            stats,
-            tags: None,
-            deletion_vector: None,
-            base_row_id: None,
-            default_row_commit_version: None,
-            clustering_provider: None,
-        },
-        closed,
-    }))
+    // Writes the footer into `stored`'s buffer; `finish` stores it.
+    writer.into_inner().map_err(|e| fail(&e))?;
+    Ok((closed, summary))
 }
 
 /// Where a row group's column chunks lie in its file.
@@ -258,7 +282,7 @@ impl ChunkReader for RowGroupBytes {
 
 /// Appends a column chunk of the source row group as it is encoded.
 fn copy_chunk(
-    out: &mut SerializedRowGroupWriter<'_, Vec<u8>>,
+    out: &mut SerializedRowGroupWriter<'_, Written>,
     chunk: &RowGroupBytes,
     metadata: &ParquetMetaData,
     group: usize,
