@@ -185,11 +185,55 @@ impl Frequencies {
 /// How [`Frequencies`] are saved: the state is saved after every batch and holds a digest per
 /// distinct value, so it is kept compact — the digests seen once (nearly all of them for a key
 /// column) as one base64 string of little-endian u64s, the others as pairs.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct FrequenciesWire {
     rows: u64,
     once: String,
     more: Vec<(u64, u64)>,
+}
+
+/// [`FrequenciesWire`] as written, streaming the digests.
+#[derive(Serialize)]
+struct FrequenciesWireOut<'a> {
+    rows: u64,
+    once: OnceDigests<'a>,
+    more: Vec<(u64, u64)>,
+}
+
+/// The digests seen once, written as base64 straight from the set: a whole state holds millions
+/// of them, and their bytes and base64 text laid out first were twice its size again in memory.
+struct OnceDigests<'a>(&'a DigestSet);
+
+impl std::fmt::Display for OnceDigests<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Three digests are 24 bytes, a whole number of base64 groups: the chunks' encodings
+        // joined are the encoding of all the bytes, with padding only at the end.
+        const CHUNK: usize = 3;
+        let mut bytes = [0_u8; 8 * CHUNK];
+        let mut text = [0_u8; 32];
+        let mut digests = self.0.iter().peekable();
+        while digests.peek().is_some() {
+            let mut filled = 0;
+            for digest in digests.by_ref().take(CHUNK) {
+                bytes[filled..filled + 8].copy_from_slice(&digest.to_le_bytes());
+                filled += 8;
+            }
+            let written = BASE64
+                .encode_slice(&bytes[..filled], &mut text)
+                .map_err(|_| std::fmt::Error)?;
+            f.write_str(std::str::from_utf8(&text[..written]).map_err(|_| std::fmt::Error)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for OnceDigests<'_> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 impl Serialize for Frequencies {
@@ -197,13 +241,9 @@ impl Serialize for Frequencies {
         &self,
         serializer: S,
     ) -> std::result::Result<S::Ok, S::Error> {
-        let mut once = Vec::with_capacity(self.once.len() * 8);
-        for digest in &self.once {
-            once.extend_from_slice(&digest.to_le_bytes());
-        }
-        FrequenciesWire {
+        FrequenciesWireOut {
             rows: self.rows,
-            once: BASE64.encode(once),
+            once: OnceDigests(&self.once),
             more: self.more.iter().map(|(&v, &c)| (v, c)).collect(),
         }
         .serialize(serializer)
@@ -664,6 +704,33 @@ mod tests {
             assert_eq!(merged.uniqueness(), Some(2.0 / 7.0));
             let overall = [(1, 1), (2, 2), (3, 2), (4, 1)].into_iter().collect();
             assert_eq!(merged, Frequencies::new(overall, 7));
+        }
+    }
+
+    #[test]
+    fn saved_digests_are_the_base64_of_their_bytes_and_read_back_equal() {
+        // Up to seven digests: whole chunks of three, and tails of one and two.
+        for n in 0..8u64 {
+            let digests: Vec<u64> = (0..n)
+                .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                .collect();
+            let counts = digests
+                .iter()
+                .map(|&d| (d, 1))
+                .chain([(u64::MAX, 3)])
+                .collect();
+            let frequencies = Frequencies::new(counts, n + 4);
+            let saved = serde_json::to_value(&frequencies).unwrap();
+            let once = saved["once"].as_str().expect("a string");
+            let bytes: Vec<u8> = frequencies
+                .once
+                .iter()
+                .flat_map(|d| d.to_le_bytes())
+                .collect();
+            assert_eq!(once, BASE64.encode(&bytes), "{n} digests");
+            assert_eq!(saved["more"], serde_json::json!([[u64::MAX, 3]]));
+            let read: Frequencies = serde_json::from_value(saved).unwrap();
+            assert_eq!(read, frequencies, "{n} digests");
         }
     }
 

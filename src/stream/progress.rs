@@ -21,6 +21,14 @@ use crate::sink::Lake;
 /// States estimated below this are saved inline in the blob.
 pub(super) const INLINE_STATE_BYTES: usize = 64 * 1024;
 
+/// A metric state as saved, in a buffer sized for it up front (a whole state is megabytes of
+/// digests; growing the buffer would copy them over and over).
+fn saved(state: &TableMetricState) -> serde_json::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(state.saved_size_hint());
+    serde_json::to_writer(&mut bytes, state)?;
+    Ok(bytes)
+}
+
 /// One part of a saved state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Part {
@@ -127,12 +135,11 @@ impl Progress {
         let parts = if state.saved_size_hint() <= self.inline_limit {
             Vec::new()
         } else {
-            let added =
-                serde_json::to_vec(added).context("serializing the batch's metric state")?;
+            let added = saved(added).context("serializing the batch's metric state")?;
             let compacted = self.parts.first().map_or(0, |p| p.bytes);
             let since: u64 = self.parts.iter().skip(1).map(|p| p.bytes).sum();
             if self.parts.is_empty() || since + added.len() as u64 > compacted {
-                let whole = serde_json::to_vec(state).context("serializing the metric state")?;
+                let whole = saved(state).context("serializing the metric state")?;
                 vec![self.put_part(lake, whole).await?]
             } else {
                 let mut parts = self.parts.clone();
