@@ -17,7 +17,7 @@
 //! Uniqueness keeps a frequency per distinct value (a 64-bit digest of the value's text form, so
 //! no values are held), which grows with the number of distinct values, as Deequ's does.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 use base64::Engine;
@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::spec::{CompliancePredicate, MetricCheckSpec, MetricKind, TableSpec};
 
+use super::digest_set::DigestSet;
 use super::error::{PipelineError, Result};
 use super::plan::MetricRow;
 use super::rules::RuleOutcome;
@@ -61,9 +62,6 @@ impl Ratio {
 /// Digest of a value's text form → occurrences. The keys are already XXH64 digests, so a cheap
 /// multiplicative hasher spreads them well; SipHash was a visible cost per row.
 pub type DigestCounts = HashMap<u64, u64, rustc_hash::FxBuildHasher>;
-
-/// Digests of values seen exactly once.
-type DigestSet = HashSet<u64, rustc_hash::FxBuildHasher>;
 
 /// Deequ's FrequenciesAndNumRows: how often each non-null value occurred, and all rows.
 ///
@@ -106,7 +104,7 @@ impl Frequencies {
     /// No values yet, of `rows` rows, with room for `capacity` distinct values.
     fn with_capacity(capacity: usize, rows: u64) -> Frequencies {
         Frequencies {
-            once: DigestSet::with_capacity_and_hasher(capacity, Default::default()),
+            once: DigestSet::with_capacity(capacity),
             more: DigestCounts::default(),
             rows,
         }

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod decimal;
+mod digest_set;
 pub mod error;
 pub mod metrics;
 pub mod pii;
