@@ -19,10 +19,10 @@ use deltalake::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
     UInt32Array,
 };
-use deltalake::arrow::compute::{cast, concat, take};
+use deltalake::arrow::compute::{SortOptions, cast, concat, sort_to_indices, take};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
 use deltalake::arrow::row::{OwnedRow, Row, RowConverter, Rows, SortField};
-use deltalake::datafusion::common::Column;
+use deltalake::datafusion::common::{Column, ScalarValue};
 use deltalake::datafusion::prelude::{Expr, SessionConfig, SessionContext, lit};
 use futures::StreamExt as _;
 use smallvec::SmallVec;
@@ -527,10 +527,24 @@ async fn read_state(
         .with_file_column(STATE_FILE)
         .await
         .map_err(query)?;
-    ctx.register_table("target", provider).map_err(query)?;
     // The batch's distinct keys (the first change of each key), as the join's build side.
     let firsts: UInt32Array = groups.keys.iter().map(|(_, rows)| rows[0] as u32).collect();
     let distinct = take(changes.column(shape.key), &firsts, None).map_err(arrow)?;
+    // Only versions whose key lies within the batch's keys can join them: the scan skips the
+    // data files (and row groups) whose key statistics lie outside. A batch of new keys above
+    // all stored ones, as an append-only table with a growing key gets, reads no file at all.
+    let scan = ctx.read_table(provider).map_err(query)?;
+    let scan = match key_bounds(&distinct) {
+        Some((low, high)) => scan
+            .filter(
+                Expr::Column(Column::from_name(shape.key_name.clone()))
+                    .between(lit(low), lit(high)),
+            )
+            .map_err(query)?,
+        None => scan,
+    };
+    ctx.register_table("target", scan.into_view())
+        .map_err(query)?;
     let keys = RecordBatch::try_new(
         Arc::new(Schema::new(vec![Field::new(
             &shape.key_name,
@@ -675,6 +689,23 @@ async fn read_state(
         current_files,
         by_key,
     })
+}
+
+/// The smallest and the largest non-null key; `None` when there is none.
+fn key_bounds(keys: &ArrayRef) -> Option<(ScalarValue, ScalarValue)> {
+    let first = |descending| {
+        let options = SortOptions {
+            descending,
+            nulls_first: false,
+        };
+        let index = sort_to_indices(keys, Some(options), Some(1)).ok()?;
+        let at = usize::try_from(*index.values().first()?).ok()?;
+        if keys.is_null(at) {
+            return None;
+        }
+        ScalarValue::try_from_array(keys, at).ok()
+    };
+    Some((first(false)?, first(true)?))
 }
 
 /// The state queries join the batch's keys with the data table: the keys (at most a batch's

@@ -956,3 +956,56 @@ async fn a_table_partitioned_by_another_writer_gets_the_same_versions_through_me
         .count();
     assert_eq!(partitioned, 2, "files stay in one folder per driver_name");
 }
+
+#[tokio::test]
+async fn a_batch_reads_only_the_data_files_its_keys_can_be_in() {
+    let t = TestLake::new();
+    let table = vehicles(HardDeletes::Close, false);
+    let commit = |rows: Vec<Change>, offset: i64| {
+        let batch = changes(&table, &rows);
+        let lake = &t.lake;
+        let table = &table;
+        async move {
+            lake.commit_changes(table, &batch, &ends(&[(0, offset)]), GROUP, Utc::now())
+                .await
+        }
+    };
+    commit(
+        (1..=3)
+            .map(|id| insert(id, "ana", 10.0, "2026-03-01T09:00:00Z"))
+            .collect(),
+        2,
+    )
+    .await
+    .expect("keys 1..3");
+    let low_keys = crate::sink_splice::files(&crate::sink_splice::data_table(&t).await);
+    assert_eq!(low_keys.len(), 1, "one file of keys 1..3: {low_keys:?}");
+    commit(
+        (10..=12)
+            .map(|id| insert(id, "bo", 20.0, "2026-03-01T09:00:00Z"))
+            .collect(),
+        5,
+    )
+    .await
+    .expect("keys 10..12");
+    // The file of keys 1..3 is gone from the disk: reading it fails from now on.
+    let location = t.layout().data_table("vehicles");
+    let low_file = std::path::Path::new(&location).join(&low_keys[0].0);
+    std::fs::remove_file(&low_file).expect("remove the file of keys 1..3");
+
+    let reaches_it = commit(vec![update(2, "ana", 11.0, "2026-03-01T10:00:00Z")], 6).await;
+    assert!(
+        reaches_it.is_err(),
+        "a batch with key 2 reads the removed file: {reaches_it:?}"
+    );
+    let outcome = commit(
+        vec![
+            update(11, "bo", 25.0, "2026-03-01T10:00:00Z"),
+            insert(20, "cy", 30.0, "2026-03-01T10:00:00Z"),
+        ],
+        6,
+    )
+    .await
+    .expect("keys 11 and 20 lie outside the removed file's keys, which is never read");
+    assert_eq!(committed(&outcome), (2, 1, 0));
+}
