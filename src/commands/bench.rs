@@ -45,7 +45,7 @@ pub struct BenchProcessArgs {
     /// Messages per mix for the throughput runs (use at least 1000000 for real figures).
     #[arg(long, default_value_t = 100_000)]
     pub messages: usize,
-    /// Only this mix (both by default).
+    /// Only this mix (by default insert-heavy, then update-heavy).
     #[arg(long, value_enum)]
     pub mix: Option<MixArg>,
     /// Produce rate of the latency run, events per second.
@@ -97,6 +97,8 @@ pub enum BrokerStorageArg {
 pub enum MixArg {
     InsertHeavy,
     UpdateHeavy,
+    /// Only inserts of growing keys (not part of the default run).
+    AppendOnly,
 }
 
 pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<()> {
@@ -124,6 +126,7 @@ pub async fn run(global: &GlobalArgs, command: BenchCommand) -> anyhow::Result<(
     let mixes = match args.mix {
         Some(MixArg::InsertHeavy) => vec![Mix::InsertHeavy],
         Some(MixArg::UpdateHeavy) => vec![Mix::UpdateHeavy],
+        Some(MixArg::AppendOnly) => vec![Mix::AppendOnly],
         None => vec![Mix::InsertHeavy, Mix::UpdateHeavy],
     };
     let options = BenchOptions {

@@ -50,6 +50,9 @@ pub enum Mix {
     /// A key space of 1/50 of the messages, loaded first, then 97% updates and 3% deletes:
     /// every batch closes current versions.
     UpdateHeavy,
+    /// Inserts of new, growing keys only, as telemetry and event tables get: a batch's keys lie
+    /// above every stored one, so its commit reads and rewrites no stored file.
+    AppendOnly,
 }
 
 impl fmt::Display for Mix {
@@ -57,6 +60,7 @@ impl fmt::Display for Mix {
         f.write_str(match self {
             Mix::InsertHeavy => "insert-heavy",
             Mix::UpdateHeavy => "update-heavy",
+            Mix::AppendOnly => "append-only",
         })
     }
 }
@@ -299,6 +303,7 @@ impl Workload {
         self.clock += chrono::Duration::milliseconds(1);
         let roll: f64 = self.rng.random();
         let op = match self.mix {
+            Mix::AppendOnly => Operation::Insert,
             Mix::InsertHeavy if roll < 0.90 || self.live.is_empty() => Operation::Insert,
             Mix::InsertHeavy if roll < 0.99 => Operation::Update,
             Mix::UpdateHeavy if self.live.len() < self.key_space => Operation::Insert,
@@ -1172,6 +1177,28 @@ mod tests {
         assert_eq!(thousands(1_234_567.8), "1,234,568");
         assert_eq!(thousands(999.0), "999");
         assert_eq!(thousands(0.2), "0");
+    }
+
+    #[test]
+    fn the_append_only_mix_inserts_ever_growing_keys() {
+        let spec = telemetry_config(None).unwrap_or_else(|e| panic!("{e:#}"));
+        let mut w = Workload::new(Mix::AppendOnly, 1_000, 5);
+        let changes: Vec<(String, i64)> = (0..1_000)
+            .map(|_| {
+                let (_, payload) = w.next(table(&spec));
+                let v: Value = serde_json::from_slice(&payload).unwrap_or_default();
+                let operation = v["metadata"]["operation"].as_str().unwrap_or_default();
+                (
+                    operation.to_string(),
+                    v["data"]["id"].as_i64().unwrap_or(-1),
+                )
+            })
+            .collect();
+        assert!(changes.iter().all(|(o, _)| o == "insert"), "{changes:?}");
+        assert!(
+            changes.windows(2).all(|w| w[0].1 < w[1].1),
+            "keys grow: {changes:?}"
+        );
     }
 
     #[test]
