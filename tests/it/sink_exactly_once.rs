@@ -939,9 +939,9 @@ impl Drop for S3Server {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_lake_works_on_s3_with_concurrent_writers() {
-    let s3 = S3Server::start(&["demo-delta-123456789012", "demo-quarantine-123456789012"]).await;
+/// The aws layout of stack `demo` in account 123456789012 (buckets `demo-delta-…` and
+/// `demo-quarantine-…`) for the `vehicles` table.
+fn s3_layout() -> dqetl::config::layout::LakeLayout {
     let config = dqetl::config::spec::ConfigSpec {
         settings: dqetl::config::spec::SettingsSpec {
             checkpoint_location: None,
@@ -965,7 +965,13 @@ async fn the_lake_works_on_s3_with_concurrent_writers() {
         schema_name: "public".into(),
         tables: vec![vehicles(HardDeletes::Close, false)],
     };
-    let layout = dqetl::config::layout::LakeLayout::aws(&config, "demo", "123456789012");
+    dqetl::config::layout::LakeLayout::aws(&config, "demo", "123456789012")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lake_works_on_s3_with_concurrent_writers() {
+    let s3 = S3Server::start(&["demo-delta-123456789012", "demo-quarantine-123456789012"]).await;
+    let layout = s3_layout();
     assert!(layout.data_table("vehicles").starts_with("s3://"));
     let lake = Lake::new(layout.clone(), s3.storage_options());
     let table = vehicles(HardDeletes::Close, false);
@@ -1068,6 +1074,11 @@ async fn the_lake_works_on_s3_with_concurrent_writers() {
 
 /// The rows of a Delta table on S3.
 async fn count_rows(location: &str, options: &HashMap<String, String>) -> i64 {
+    sql_count(location, options, "SELECT count(*) FROM t").await
+}
+
+/// The single number `query` gives over the Delta table at `location`, registered as `t`.
+async fn sql_count(location: &str, options: &HashMap<String, String>, query: &str) -> i64 {
     let table = dqetl::sink::open_table("t", location, options)
         .await
         .expect("open")
@@ -1079,7 +1090,7 @@ async fn count_rows(location: &str, options: &HashMap<String, String>) -> i64 {
     ctx.register_table("t", table.table_provider().await.expect("provider"))
         .expect("register");
     let counted = ctx
-        .sql("SELECT count(*) FROM t")
+        .sql(query)
         .await
         .expect("plan")
         .collect()
@@ -1212,5 +1223,118 @@ async fn a_filtered_replay_closes_the_versions_of_the_keys_it_kept() {
             (2, Some(5.0), false),
             (2, Some(6.0), true)
         ]
+    );
+}
+
+/// `rows` inserts (`id` 1..=rows) whose driver names are 8 KiB of incompressible text each, so
+/// that their data file is larger than the sink's 8 MiB upload part.
+fn wide_inserts(table: &TableSpec, rows: i64) -> RecordBatch {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let drivers: StringArray = (0..rows)
+        .map(|_| {
+            Some(
+                (0..512)
+                    .map(|_| format!("{:016x}", noise()))
+                    .collect::<String>(),
+            )
+        })
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(1..=rows)),
+        Arc::new(drivers),
+        Arc::new(Float64Array::from_iter_values((0..rows).map(|i| i as f64))),
+        Arc::new(StringArray::from_iter_values((0..rows).map(|_| "INSERT"))),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(
+                (0..rows).map(|_| crate::sink_scd2::ts("2026-03-01T09:00:00Z")),
+            )
+            .with_timezone("UTC"),
+        ),
+    ];
+    RecordBatch::try_new(dqetl::pipeline::schema::changes_schema(table), columns)
+        .expect("wide changes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spliced_file_larger_than_an_upload_part_goes_to_s3_in_parts() {
+    use deltalake::logstore::object_store::ObjectStoreExt as _;
+
+    let s3 = S3Server::start(&["demo-delta-123456789012", "demo-quarantine-123456789012"]).await;
+    let layout = s3_layout();
+    let options = s3.storage_options();
+    let lake = Lake::new(layout.clone(), options.clone()).with_splice_min_rows(1);
+    let table = vehicles(HardDeletes::Close, false);
+    let rows = 1_200;
+    lake.commit_changes(
+        &table,
+        &wide_inserts(&table, rows),
+        &ends(&[(0, 0)]),
+        GROUP,
+        Utc::now(),
+    )
+    .await
+    .expect("wide inserts on s3");
+    let update = changes(&table, &[update(7, "ana", 1.0, "2026-03-01T10:00:00Z")]);
+    let outcome = lake
+        .commit_changes(&table, &update, &ends(&[(0, 1)]), GROUP, Utc::now())
+        .await
+        .expect("the update splices the wide file");
+    assert!(
+        matches!(
+            outcome,
+            CommitOutcome::Committed {
+                rows_inserted: 1,
+                rows_closed: 1,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+
+    let location = layout.data_table("vehicles");
+    let data = dqetl::sink::open_table("vehicles", &location, &options)
+        .await
+        .expect("open")
+        .expect("exists");
+    let spliced: Vec<_> = data
+        .snapshot()
+        .expect("snapshot")
+        .log_data()
+        .iter()
+        .filter(|f| f.num_records() == Some(rows as usize))
+        .map(|f| (f.object_store_path(), f.size()))
+        .collect();
+    assert_eq!(spliced.len(), 1, "the spliced file: {spliced:?}");
+    let (path, size) = &spliced[0];
+    assert!(*size > 8 * 1024 * 1024, "larger than a part: {size} bytes");
+    let stored = data
+        .object_store()
+        .head(path)
+        .await
+        .expect("the spliced file is stored");
+    assert_eq!(stored.size, *size as u64);
+    // S3 names a multipart object's ETag after its parts: "<digest>-<parts>".
+    let e_tag = stored.e_tag.unwrap_or_default();
+    assert!(
+        e_tag.trim_matches('"').ends_with("-2"),
+        "uploaded in two parts: ETag {e_tag}"
+    );
+    assert_eq!(count_rows(&location, &options).await, rows + 1);
+    let current = sql_count(
+        &location,
+        &options,
+        "SELECT count(*) FROM t WHERE _is_current AND length(driver_name) = 8192",
+    )
+    .await;
+    assert_eq!(
+        current,
+        rows - 1,
+        "every other key keeps its wide current version"
     );
 }
