@@ -321,7 +321,8 @@ pub async fn insert_two_then_update_and_delete(t: &TestLake, table: &TableSpec) 
         .expect("second")
 }
 
-fn committed(outcome: &CommitOutcome) -> (usize, usize, usize) {
+/// (rows inserted, closed, unchanged) of a commit that created a table version.
+pub fn committed(outcome: &CommitOutcome) -> (usize, usize, usize) {
     match outcome {
         CommitOutcome::Committed {
             rows_inserted,
