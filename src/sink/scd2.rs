@@ -691,8 +691,30 @@ async fn read_state(
     })
 }
 
-/// The smallest and the largest non-null key; `None` when there is none.
+/// The smallest and the largest non-null key; `None` when there is none, or when the key is a
+/// float: Parquet statistics leave NaN out, so a file holding a NaN key would look unreachable.
 fn key_bounds(keys: &ArrayRef) -> Option<(ScalarValue, ScalarValue)> {
+    let bounded_by_statistics = matches!(
+        keys.data_type(),
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Date32
+            | DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Decimal128(..)
+            | DataType::Boolean
+            | DataType::Timestamp(..)
+    );
+    if !bounded_by_statistics {
+        return None;
+    }
     let first = |descending| {
         let options = SortOptions {
             descending,
@@ -710,12 +732,15 @@ fn key_bounds(keys: &ArrayRef) -> Option<(ScalarValue, ScalarValue)> {
 
 /// The state queries join the batch's keys with the data table: the keys (at most a batch's
 /// worth) are always the collected build side, so the data table is only streamed past them,
-/// never repartitioned or held.
+/// never repartitioned or held. The join passes no bounds of its own down to the scan: they
+/// skipped row groups by their statistics, which leave NaN out, so a NaN key never found its
+/// stored version; [`key_bounds`] bounds the scan instead, for the key types it can.
 fn state_query_config() -> SessionConfig {
     let mut config = SessionConfig::new();
     let optimizer = &mut config.options_mut().optimizer;
     optimizer.hash_join_single_partition_threshold = usize::MAX;
     optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
+    optimizer.enable_join_dynamic_filter_pushdown = false;
     config
 }
 
