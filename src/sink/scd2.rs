@@ -366,10 +366,21 @@ enum Change {
 
 /// Change rows per key, in batch order; keys in order of first appearance.
 struct KeyGroups {
-    /// Most keys have one change: its row is kept inline, without an allocation per key.
-    keys: Vec<(OwnedRow, SmallVec<[usize; 1]>)>,
+    /// Every change row's key in `key_rows` form: one buffer for the batch, where a copy per
+    /// key was an allocation each.
+    key_rows: Rows,
+    /// The change rows of each key. Most keys have one change: its row is kept inline, without
+    /// an allocation per key.
+    keys: Vec<SmallVec<[usize; 1]>>,
     kinds: Vec<Change>,
     effective_from: Vec<i64>,
+}
+
+impl KeyGroups {
+    /// The key of group `group`.
+    fn key(&self, group: usize) -> Row<'_> {
+        self.key_rows.row(self.keys[group][0])
+    }
 }
 
 fn group_by_key(
@@ -394,7 +405,7 @@ fn group_by_key(
     let mut effective_from = Vec::with_capacity(changes.num_rows());
     // Keys are looked up in the converted rows; only a key's first change makes an owned copy.
     let mut index: HashMap<Row<'_>, usize> = HashMap::with_capacity(changes.num_rows());
-    let mut groups: Vec<(OwnedRow, SmallVec<[usize; 1]>)> = Vec::new();
+    let mut groups: Vec<SmallVec<[usize; 1]>> = Vec::new();
     for row in 0..changes.num_rows() {
         let operation = if operations.is_null(row) {
             ""
@@ -428,19 +439,21 @@ fn group_by_key(
                 if !table.scd2.track_intermediate {
                     return Err(SinkError::DuplicateKey {
                         table: table.name.clone(),
-                        first_row: groups[g].1[0],
+                        first_row: groups[g][0],
                         second_row: row,
                     });
                 }
-                groups[g].1.push(row);
+                groups[g].push(row);
             }
             Entry::Vacant(slot) => {
                 slot.insert(groups.len());
-                groups.push((key.owned(), smallvec::smallvec![row]));
+                groups.push(smallvec::smallvec![row]);
             }
         }
     }
+    drop(index);
     Ok(KeyGroups {
+        key_rows: keys,
         keys: groups,
         kinds,
         effective_from,
@@ -478,7 +491,8 @@ struct KeyState {
     current: RecordBatch,
     /// The data file holding each current version (as the scan names it).
     current_files: Vec<String>,
-    by_key: HashMap<OwnedRow, Known>,
+    /// By key group (as `KeyGroups::keys`); empty when no key has a stored version.
+    known: Vec<Known>,
 }
 
 struct Known {
@@ -502,7 +516,7 @@ async fn read_state(
     let empty = KeyState {
         current: RecordBatch::new_empty(data_schema.clone()),
         current_files: Vec::new(),
-        by_key: HashMap::new(),
+        known: Vec::new(),
     };
     let has_files = target
         .snapshot()
@@ -528,7 +542,7 @@ async fn read_state(
         .await
         .map_err(query)?;
     // The batch's distinct keys (the first change of each key), as the join's build side.
-    let firsts: UInt32Array = groups.keys.iter().map(|(_, rows)| rows[0] as u32).collect();
+    let firsts: UInt32Array = groups.keys.iter().map(|rows| rows[0] as u32).collect();
     let distinct = take(changes.column(shape.key), &firsts, None).map_err(arrow)?;
     // Only versions whose key lies within the batch's keys can join them: the scan skips the
     // data files (and row groups) whose key statistics lie outside. A batch of new keys above
@@ -583,7 +597,17 @@ async fn read_state(
         .execute_stream()
         .await
         .map_err(query)?;
-    let mut by_key: HashMap<OwnedRow, Known> = HashMap::new();
+    // Scanned rows find their key group by their key's row form, without a copy per row.
+    let lookup: HashMap<Row<'_>, usize> = (0..groups.keys.len())
+        .map(|group| (groups.key(group), group))
+        .collect();
+    let mut known: Vec<Known> = (0..groups.keys.len())
+        .map(|_| Known {
+            current_row: None,
+            latest: None,
+        })
+        .collect();
+    let mut any_version = false;
     // Current versions seen so far: their data columns (one part per streamed batch), and per
     // key its row in the concatenated parts, its start and its file.
     let mut parts: Vec<Vec<ArrayRef>> = Vec::new();
@@ -610,10 +634,12 @@ async fn read_state(
         let keys = key_rows(table, std::slice::from_ref(&key))?;
         let mut take_rows: Vec<u32> = Vec::new();
         for row in 0..batch.num_rows() {
-            let known = by_key.entry(keys.row(row).owned()).or_insert(Known {
-                current_row: None,
-                latest: None,
-            });
+            // The join returns only versions of the batch's keys.
+            let Some(&group) = lookup.get(&keys.row(row)) else {
+                continue;
+            };
+            any_version = true;
+            let known = &mut known[group];
             known.latest = known
                 .latest
                 .max(last.is_valid(row).then(|| last.value(row)));
@@ -660,7 +686,7 @@ async fn read_state(
             .map_err(arrow)?;
         parts.push(part);
     }
-    if by_key.is_empty() {
+    if !any_version {
         return Ok(empty);
     }
     let data: Vec<ArrayRef> = (0..data_fields.len())
@@ -687,7 +713,7 @@ async fn read_state(
     Ok(KeyState {
         current,
         current_files,
-        by_key,
+        known,
     })
 }
 
@@ -810,8 +836,8 @@ fn plan_versions(
 
     let tombstones = table.scd2.hard_deletes == HardDeletes::Tombstone;
     let mut plan = VersionPlan::default();
-    for (key, rows) in &groups.keys {
-        let known = state.by_key.get(key);
+    for (group, rows) in groups.keys.iter().enumerate() {
+        let known = state.known.get(group);
         let mut head = match known.and_then(|k| k.current_row) {
             Some(r) => Head::Stored(r),
             None => Head::Absent,
@@ -868,7 +894,7 @@ fn plan_versions(
         if let (Some(at), Some(stored)) = (close_stored, stored) {
             plan.closes.push(Close {
                 row: rows[0],
-                key: key.clone(),
+                key: groups.key(group).owned(),
                 stored,
                 at,
             });
