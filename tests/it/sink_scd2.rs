@@ -1011,47 +1011,50 @@ async fn a_batch_reads_only_the_data_files_its_keys_can_be_in() {
     assert_eq!(committed(&outcome), (2, 1, 0));
 }
 
-#[tokio::test]
-async fn a_timestamp_key_below_the_millisecond_finds_its_current_version() {
-    // delta-rs writes timestamp statistics cut to the millisecond, below the keys' microseconds;
-    // the state read, which skips files by their key statistics, must still find the version.
-    let t = TestLake::new();
-    let table = TableSpec {
-        name: "readings".into(),
-        primary_key: Some("taken_at".into()),
-        columns: vec![
-            column("taken_at", ColumnType::Timestamp),
-            column("value", ColumnType::Double),
-        ],
+/// A table `name(key primary key, value)` of the given column types.
+fn keyed_table(name: &str, key: (&str, ColumnType), value: (&str, ColumnType)) -> TableSpec {
+    TableSpec {
+        name: name.into(),
+        primary_key: Some(key.0.into()),
+        columns: vec![column(key.0, key.1), column(value.0, value.1)],
         transforms: Vec::new(),
         ..vehicles(HardDeletes::Close, false)
-    };
-    let batch = |keys: &[&str], values: &[f64], operation: &str| {
-        let micros: Vec<i64> = keys.iter().map(|k| ts(k)).collect();
+    }
+}
+
+/// Inserts `keys` with `values` in one batch, then updates `keys[updated]` to `value` in the
+/// next; the update must close the stored version, leaving one current version per key.
+async fn assert_update_finds_the_stored_version(
+    table: &TableSpec,
+    keys: ArrayRef,
+    values: ArrayRef,
+    updated: usize,
+    value: ArrayRef,
+) {
+    let t = TestLake::new();
+    let batch = |keys: ArrayRef, values: ArrayRef, operation: &str| {
+        let n = keys.len();
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(TimestampMicrosecondArray::from(micros).with_timezone("UTC")),
-            Arc::new(Float64Array::from(values.to_vec())),
-            Arc::new(StringArray::from(vec![operation; keys.len()])),
+            keys,
+            values,
+            Arc::new(StringArray::from(vec![operation; n])),
             Arc::new(
-                TimestampMicrosecondArray::from(vec![ts("2026-03-01T10:00:00Z"); keys.len()])
+                TimestampMicrosecondArray::from(vec![ts("2026-03-01T10:00:00Z"); n])
                     .with_timezone("UTC"),
             ),
         ];
-        RecordBatch::try_new(changes_schema(&table), columns).expect("readings batch")
+        RecordBatch::try_new(changes_schema(table), columns).expect("changes batch")
     };
-    let first = batch(
-        &["2026-03-01T09:00:00.000100Z", "2026-03-01T09:00:00.000500Z"],
-        &[1.0, 2.0],
-        "INSERT",
-    );
+    let stored = keys.len() as i64;
+    let first = batch(keys.clone(), values, "INSERT");
     t.lake
-        .commit_changes(&table, &first, &ends(&[(0, 1)]), GROUP, Utc::now())
+        .commit_changes(table, &first, &ends(&[(0, 1)]), GROUP, Utc::now())
         .await
         .expect("first");
-    let second = batch(&["2026-03-01T09:00:00.000500Z"], &[3.0], "UPDATE");
+    let second = batch(keys.slice(updated, 1), value, "UPDATE");
     let outcome = t
         .lake
-        .commit_changes(&table, &second, &ends(&[(0, 2)]), GROUP, Utc::now())
+        .commit_changes(table, &second, &ends(&[(0, 2)]), GROUP, Utc::now())
         .await
         .expect("second");
     assert_eq!(
@@ -1060,55 +1063,50 @@ async fn a_timestamp_key_below_the_millisecond_finds_its_current_version() {
         "the update closes the stored version"
     );
     let current = sql(
-        &t.layout().data_table("readings"),
+        &t.layout().data_table(&table.name),
         "SELECT count(*) FROM t WHERE _is_current",
     )
     .await;
     let current = current[0].column(0).as_primitive::<Int64Type>().value(0);
-    assert_eq!(current, 2, "one current version per key");
+    assert_eq!(current, stored, "one current version per key");
+}
+
+#[tokio::test]
+async fn a_timestamp_key_below_the_millisecond_finds_its_current_version() {
+    // delta-rs writes timestamp statistics cut to the millisecond, below the keys' microseconds;
+    // the state read, which skips files by their key statistics, must still find the version.
+    let table = keyed_table(
+        "readings",
+        ("taken_at", ColumnType::Timestamp),
+        ("value", ColumnType::Double),
+    );
+    let keys = ["2026-03-01T09:00:00.000100Z", "2026-03-01T09:00:00.000500Z"];
+    let micros: Vec<i64> = keys.iter().map(|k| ts(k)).collect();
+    assert_update_finds_the_stored_version(
+        &table,
+        Arc::new(TimestampMicrosecondArray::from(micros).with_timezone("UTC")),
+        Arc::new(Float64Array::from(vec![1.0, 2.0])),
+        1,
+        Arc::new(Float64Array::from(vec![3.0])),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_nan_key_finds_its_current_version() {
     // Parquet statistics leave NaN out: a file holding only a NaN key and 1.0 records 1.0 as
     // its maximum, which must not make the file look unreachable for the NaN key.
-    let t = TestLake::new();
-    let table = TableSpec {
-        name: "levels".into(),
-        primary_key: Some("level".into()),
-        columns: vec![
-            column("level", ColumnType::Double),
-            column("label", ColumnType::String),
-        ],
-        transforms: Vec::new(),
-        ..vehicles(HardDeletes::Close, false)
-    };
-    let batch = |keys: &[f64], labels: &[&str], operation: &str| {
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(Float64Array::from(keys.to_vec())),
-            Arc::new(StringArray::from(labels.to_vec())),
-            Arc::new(StringArray::from(vec![operation; keys.len()])),
-            Arc::new(
-                TimestampMicrosecondArray::from(vec![ts("2026-03-01T10:00:00Z"); keys.len()])
-                    .with_timezone("UTC"),
-            ),
-        ];
-        RecordBatch::try_new(changes_schema(&table), columns).expect("levels batch")
-    };
-    let first = batch(&[1.0, f64::NAN], &["one", "unknown"], "INSERT");
-    t.lake
-        .commit_changes(&table, &first, &ends(&[(0, 1)]), GROUP, Utc::now())
-        .await
-        .expect("first");
-    let second = batch(&[f64::NAN], &["still unknown"], "UPDATE");
-    let outcome = t
-        .lake
-        .commit_changes(&table, &second, &ends(&[(0, 2)]), GROUP, Utc::now())
-        .await
-        .expect("second");
-    assert_eq!(
-        committed(&outcome),
-        (1, 1, 0),
-        "the update closes the stored version"
+    let table = keyed_table(
+        "levels",
+        ("level", ColumnType::Double),
+        ("label", ColumnType::String),
     );
+    assert_update_finds_the_stored_version(
+        &table,
+        Arc::new(Float64Array::from(vec![1.0, f64::NAN])),
+        Arc::new(StringArray::from(vec!["one", "unknown"])),
+        1,
+        Arc::new(StringArray::from(vec!["still unknown"])),
+    )
+    .await;
 }
