@@ -1,7 +1,7 @@
 //! A data file stored while it is written: the bytes a Parquet writer produces are held up to
 //! one part's size and then uploaded part by part (a multipart upload), so writing a file holds
 //! about a part of it in memory rather than all of it. A file smaller than a part is stored with
-//! one plain put, as before.
+//! one plain put.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
