@@ -495,6 +495,7 @@ struct KeyState {
     known: Vec<Known>,
 }
 
+#[derive(Clone, Default)]
 struct Known {
     current_row: Option<usize>,
     latest: Option<i64>,
@@ -601,12 +602,7 @@ async fn read_state(
     let lookup: HashMap<Row<'_>, usize> = (0..groups.keys.len())
         .map(|group| (groups.key(group), group))
         .collect();
-    let mut known: Vec<Known> = (0..groups.keys.len())
-        .map(|_| Known {
-            current_row: None,
-            latest: None,
-        })
-        .collect();
+    let mut known = vec![Known::default(); groups.keys.len()];
     let mut any_version = false;
     // Current versions seen so far: their data columns (one part per streamed batch), and per
     // key its row in the concatenated parts, its start and its file.

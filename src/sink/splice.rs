@@ -66,7 +66,8 @@ pub(super) async fn splice(
     }
     // Named as delta-rs names the files it writes.
     let name = format!("part-00000-{}-c000.snappy.parquet", uuid::Uuid::new_v4());
-    let mut stored = StoredFile::new(store.clone(), deltalake::Path::from(name.as_str()));
+    let written = deltalake::Path::from(name.as_str());
+    let mut stored = StoredFile::new(store.clone(), written.clone());
     let (closed, summary) =
         match copy_with_closes(rewrite, &store, &path, &source, &mut stored).await {
             Ok(copied) => copied,
@@ -75,7 +76,6 @@ pub(super) async fn splice(
                 return Err(e);
             }
         };
-    let written = stored.path().clone();
     let size = stored
         .finish()
         .await

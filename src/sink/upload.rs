@@ -74,10 +74,6 @@ impl StoredFile {
         self.written.clone()
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Moves what was written since the last call on to the store: held while the file is
     /// smaller than a part, uploaded part by part from then on (waiting while the parts in
     /// flight are at their limit).
