@@ -19,7 +19,7 @@ use deltalake::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
     UInt32Array,
 };
-use deltalake::arrow::compute::{SortOptions, cast, concat, sort_to_indices, take};
+use deltalake::arrow::compute::{SortOptions, cast, concat, interleave, sort_to_indices, take};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
 use deltalake::arrow::row::{OwnedRow, Row, RowConverter, Rows, SortField};
 use deltalake::datafusion::common::{Column, ScalarValue};
@@ -813,23 +813,7 @@ fn plan_versions(
     groups: &KeyGroups,
     state: &KeyState,
 ) -> Result<VersionPlan> {
-    // Change and stored values in one row format, so equality is a byte comparison.
-    let data_of = |batch: &RecordBatch| batch.columns()[..shape.data_columns].to_vec();
-    let mut both = data_of(changes);
-    let stored = data_of(&state.current);
-    let arrow = |source| SinkError::Arrow {
-        table: table.name.clone(),
-        operation: "value comparison",
-        source,
-    };
-    for (i, s) in stored.iter().enumerate() {
-        both[i] =
-            deltalake::arrow::compute::concat(&[both[i].as_ref(), s.as_ref()]).map_err(arrow)?;
-    }
-    let values = comparable_rows(table, &both, "value comparison")?;
-    let change_values = |row: usize| values.row(row);
-    let stored_values = |row: usize| values.row(changes.num_rows() + row);
-
+    let values = ComparedValues::of(table, shape, changes, groups, state)?;
     let tombstones = table.scd2.hard_deletes == HardDeletes::Tombstone;
     let mut plan = VersionPlan::default();
     for (group, rows) in groups.keys.iter().enumerate() {
@@ -848,9 +832,9 @@ fn plan_versions(
             let kind = groups.kinds[row];
             let unchanged = match (kind, head) {
                 (_, Head::Absent) => kind == Change::Delete,
-                (Change::Upsert(_), Head::Stored(r)) => change_values(row) == stored_values(r),
+                (Change::Upsert(_), Head::Stored(r)) => values.change(row) == values.stored(r),
                 (Change::Upsert(_), Head::Pending(v)) => {
-                    change_values(row) == change_values(plan.versions[v].source_row)
+                    values.change(row) == values.change(plan.versions[v].source_row)
                 }
                 (Change::Delete, _) => false,
             };
@@ -897,6 +881,82 @@ fn plan_versions(
         }
     }
     Ok(plan)
+}
+
+/// The data values `plan_versions` compares, in one row format so that equality is a byte
+/// comparison: the stored current versions, and the change rows that can meet one — those of a
+/// key with a stored current version or with more than one change in the batch. A new key's only
+/// change (most of an insert-heavy batch) is never compared, so it is neither copied nor
+/// converted.
+struct ComparedValues {
+    rows: Rows,
+    /// Per change row, its place in `rows` (`NOT_COMPARED` when it has none).
+    change_slots: Vec<u32>,
+    /// Where the stored current versions start in `rows`.
+    stored_start: usize,
+}
+
+const NOT_COMPARED: u32 = u32::MAX;
+
+impl ComparedValues {
+    fn of(
+        table: &TableSpec,
+        shape: &ChangeShape,
+        changes: &RecordBatch,
+        groups: &KeyGroups,
+        state: &KeyState,
+    ) -> Result<ComparedValues> {
+        let mut change_slots = vec![NOT_COMPARED; changes.num_rows()];
+        let mut picks: Vec<(usize, usize)> = Vec::new();
+        for (group, rows) in groups.keys.iter().enumerate() {
+            let stored = state
+                .known
+                .get(group)
+                .is_some_and(|k| k.current_row.is_some());
+            if stored || rows.len() > 1 {
+                for &row in rows {
+                    change_slots[row] = picks.len() as u32;
+                    picks.push((0, row));
+                }
+            }
+        }
+        let stored_start = picks.len();
+        picks.extend((0..state.current.num_rows()).map(|row| (1, row)));
+        let arrow = |source| SinkError::Arrow {
+            table: table.name.clone(),
+            operation: "value comparison",
+            source,
+        };
+        let columns = (0..shape.data_columns)
+            .map(|i| {
+                interleave(
+                    &[changes.column(i).as_ref(), state.current.column(i).as_ref()],
+                    &picks,
+                )
+                .map_err(arrow)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ComparedValues {
+            rows: comparable_rows(table, &columns, "value comparison")?,
+            change_slots,
+            stored_start,
+        })
+    }
+
+    /// The values of change row `row`, which must be one of the compared rows.
+    fn change(&self, row: usize) -> Row<'_> {
+        let slot = self.change_slots[row];
+        debug_assert_ne!(
+            slot, NOT_COMPARED,
+            "change row {row} was not set aside for comparison"
+        );
+        self.rows.row(slot as usize)
+    }
+
+    /// The values of stored current version `row`.
+    fn stored(&self, row: usize) -> Row<'_> {
+        self.rows.row(self.stored_start + row)
+    }
 }
 
 /// The MERGE source: close rows (merge key set, data NULL) then insert rows (merge key NULL).
