@@ -7,7 +7,9 @@
 //! table's apply step sorts every record out again from the positions, with the marks as they
 //! are then (see [`TableBatch::restrict`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
@@ -77,7 +79,7 @@ struct TableIntake {
     topic: String,
     /// The next offset to apply per partition when the batch started: below it, records are in
     /// the lake already.
-    starts: HashMap<i32, i64>,
+    starts: FxHashMap<i32, i64>,
     decoder: Decoder,
     records: Vec<Received>,
     /// The last offset received per partition in this batch.
@@ -87,7 +89,9 @@ struct TableIntake {
 /// The micro-batch being collected, per table.
 pub(super) struct Intake {
     tables: Vec<TableIntake>,
-    by_topic: HashMap<String, usize>,
+    /// Looked up for every record: a fast hash rather than a DoS-resistant one (topic names come
+    /// from the config).
+    by_topic: FxHashMap<String, usize>,
     /// A topic no table reads (the consumer only subscribes to configured topics).
     pub unknown_topic: Option<String>,
     /// Records received, of every table.

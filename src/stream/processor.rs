@@ -209,7 +209,7 @@ impl Processor {
                 Some(intake) => intake,
                 None => {
                     if let Some(drain) = drain.as_mut() {
-                        drain.next = self.starts().await;
+                        drain.next = self.starts().await.into_iter().collect();
                     }
                     let intake = Intake::new(&self.specs, self.starts().await);
                     batcher::collect(
