@@ -364,6 +364,23 @@ enum Change {
     Delete,
 }
 
+impl Change {
+    /// The change an `_operation` value stands for (any case; a load is an insert), without an
+    /// allocation per row.
+    fn of_operation(operation: &str) -> Option<Change> {
+        let is = |name: &str| operation.eq_ignore_ascii_case(name);
+        if is("INSERT") || is("LOAD") {
+            Some(Change::Upsert("INSERT"))
+        } else if is("UPDATE") {
+            Some(Change::Upsert("UPDATE"))
+        } else if is("DELETE") {
+            Some(Change::Delete)
+        } else {
+            None
+        }
+    }
+}
+
 /// Change rows per key, in batch order; keys in order of first appearance.
 struct KeyGroups {
     /// Every change row's key in `key_rows` form: one buffer for the batch, where a copy per
@@ -382,6 +399,9 @@ impl KeyGroups {
         self.key_rows.row(self.keys[group][0])
     }
 }
+
+/// Key groups by their key's row form.
+type KeyIndex<'a> = HashMap<Row<'a>, usize, foldhash::fast::RandomState>;
 
 fn group_by_key(
     table: &TableSpec,
@@ -404,7 +424,8 @@ fn group_by_key(
     let mut kinds = Vec::with_capacity(changes.num_rows());
     let mut effective_from = Vec::with_capacity(changes.num_rows());
     // Keys are looked up in the converted rows; only a key's first change makes an owned copy.
-    let mut index: HashMap<Row<'_>, usize> = HashMap::with_capacity(changes.num_rows());
+    let mut index: KeyIndex<'_> =
+        KeyIndex::with_capacity_and_hasher(changes.num_rows(), Default::default());
     let mut groups: Vec<SmallVec<[usize; 1]>> = Vec::new();
     for row in 0..changes.num_rows() {
         let operation = if operations.is_null(row) {
@@ -412,18 +433,14 @@ fn group_by_key(
         } else {
             operations.value(row)
         };
-        kinds.push(match operation.to_ascii_uppercase().as_str() {
-            "INSERT" | "LOAD" => Change::Upsert("INSERT"),
-            "UPDATE" => Change::Upsert("UPDATE"),
-            "DELETE" => Change::Delete,
-            _ => {
-                return Err(SinkError::UnknownOperation {
-                    table: table.name.clone(),
-                    row,
-                    operation: operation.to_string(),
-                });
-            }
-        });
+        let Some(kind) = Change::of_operation(operation) else {
+            return Err(SinkError::UnknownOperation {
+                table: table.name.clone(),
+                row,
+                operation: operation.to_string(),
+            });
+        };
+        kinds.push(kind);
         if from.is_null(row) {
             return Err(SinkError::BatchSchema {
                 table: table.name.clone(),
@@ -599,7 +616,7 @@ async fn read_state(
         .await
         .map_err(query)?;
     // Scanned rows find their key group by their key's row form, without a copy per row.
-    let lookup: HashMap<Row<'_>, usize> = (0..groups.keys.len())
+    let lookup: KeyIndex<'_> = (0..groups.keys.len())
         .map(|group| (groups.key(group), group))
         .collect();
     let mut known = vec![Known::default(); groups.keys.len()];
@@ -1102,4 +1119,26 @@ async fn merge(
         .await
         .map_err(|e| delta("merge", e))?;
     Ok(committed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Change;
+
+    #[test]
+    fn operations_are_read_in_any_case_and_a_load_is_an_insert() {
+        assert_eq!(
+            Change::of_operation("insert"),
+            Some(Change::Upsert("INSERT"))
+        );
+        assert_eq!(Change::of_operation("Load"), Some(Change::Upsert("INSERT")));
+        assert_eq!(
+            Change::of_operation("UPDATE"),
+            Some(Change::Upsert("UPDATE"))
+        );
+        assert_eq!(Change::of_operation("dElEtE"), Some(Change::Delete));
+        assert_eq!(Change::of_operation("upsert"), None);
+        assert_eq!(Change::of_operation(""), None);
+        assert_eq!(Change::of_operation("INSERTED"), None);
+    }
 }
