@@ -49,7 +49,8 @@ impl Drain {
     /// Records that `offset` of a partition was received.
     fn received(&mut self, topic: &str, partition: i32, offset: i64) {
         if self.last_key.0 != topic {
-            self.last_key.0 = topic.to_string();
+            self.last_key.0.clear();
+            self.last_key.0.push_str(topic);
         }
         self.last_key.1 = partition;
         match self.next.get_mut(&self.last_key) {
@@ -140,12 +141,7 @@ pub(super) async fn collect(
     let mut errors = 0_u64;
     let mut last_logged: Option<Instant> = None;
     if overdue {
-        while batch.received < bounds.max_records && batch.bytes < bounds.max_bytes {
-            match consumer.recv().now_or_never() {
-                Some(Ok(message)) => take(&mut batch, message, drain.as_deref_mut()),
-                Some(Err(_)) | None => break,
-            }
-        }
+        while take_fetched(consumer, bounds, &mut batch, drain.as_deref_mut()) {}
         if !batch.is_empty() {
             return batch;
         }
@@ -176,6 +172,8 @@ pub(super) async fn collect(
                         errors = 0;
                     }
                     take(&mut batch, message, drain.as_deref_mut());
+                    // The rest of the run comes back through the select, so a stop or the
+                    // deadline is noticed within a run.
                     take_fetched(consumer, bounds, &mut batch, drain.as_deref_mut());
                 }
                 Err(error) => {
@@ -205,26 +203,28 @@ const FETCHED_RUN: usize = 256;
 
 /// Takes records the consumer has fetched already, up to [`FETCHED_RUN`] and within the
 /// bounds; stops at the first that is not there yet, or at an error (logged: the collect loop's
-/// next receive meets the broker's state again and handles it).
+/// next receive meets the broker's state again and handles it). True when it stopped at the run's
+/// end, with more records possibly there.
 fn take_fetched(
     consumer: &Consumer,
     bounds: &Bounds,
     batch: &mut Intake,
     mut drain: Option<&mut Drain>,
-) {
+) -> bool {
     for _ in 0..FETCHED_RUN {
         if batch.received >= bounds.max_records || batch.bytes >= bounds.max_bytes {
-            return;
+            return false;
         }
         match consumer.recv().now_or_never() {
             Some(Ok(message)) => take(batch, message, drain.as_deref_mut()),
             Some(Err(error)) => {
                 tracing::warn!(%error, "receiving from Kafka failed");
-                return;
+                return false;
             }
-            None => return,
+            None => return false,
         }
     }
+    true
 }
 
 /// Adds a received record to the batch (and to the drain's read positions).

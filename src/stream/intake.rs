@@ -9,10 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use rustc_hash::FxHashMap;
-
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
+use rustc_hash::FxHashMap;
 
 use crate::cdc::decode::{Decoder, RawMessage};
 use crate::config::spec::TableSpec;
