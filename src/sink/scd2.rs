@@ -9,8 +9,8 @@
 //! snapshot the MERGE commits on (a concurrent commit makes the MERGE conflict, and the whole
 //! cycle reruns on fresh data), so the MERGE itself carries no logic that could drift.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -25,6 +25,7 @@ use deltalake::arrow::row::{OwnedRow, Row, RowConverter, Rows, SortField};
 use deltalake::datafusion::common::{Column, ScalarValue};
 use deltalake::datafusion::prelude::{Expr, SessionConfig, SessionContext, lit};
 use futures::StreamExt as _;
+use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use super::error::{Result, SinkError};
@@ -389,6 +390,11 @@ struct KeyGroups {
     /// The change rows of each key. Most keys have one change: its row is kept inline, without
     /// an allocation per key.
     keys: Vec<SmallVec<[usize; 1]>>,
+    /// Each group by the hash of its key's row form: holds group numbers only, so it lives beside
+    /// the row buffer it reads keys from, and the state read finds the group of a stored key
+    /// through it instead of building a map of its own.
+    index: HashTable<usize>,
+    hasher: foldhash::fast::RandomState,
     kinds: Vec<Change>,
     effective_from: Vec<i64>,
 }
@@ -398,10 +404,13 @@ impl KeyGroups {
     fn key(&self, group: usize) -> Row<'_> {
         self.key_rows.row(self.keys[group][0])
     }
-}
 
-/// Key groups by their key's row form.
-type KeyIndex<'a> = HashMap<Row<'a>, usize, foldhash::fast::RandomState>;
+    /// The group of `key` (in [`key_rows`] form), if the batch has it.
+    fn group_of(&self, key: Row<'_>) -> Option<usize> {
+        let hash = self.hasher.hash_one(key.as_ref());
+        self.index.find(hash, |&g| self.key(g) == key).copied()
+    }
+}
 
 fn group_by_key(
     table: &TableSpec,
@@ -423,9 +432,9 @@ fn group_by_key(
         .as_primitive::<TimestampMicrosecondType>();
     let mut kinds = Vec::with_capacity(changes.num_rows());
     let mut effective_from = Vec::with_capacity(changes.num_rows());
-    // Keys are looked up in the converted rows; only a key's first change makes an owned copy.
-    let mut index: KeyIndex<'_> =
-        KeyIndex::with_capacity_and_hasher(changes.num_rows(), Default::default());
+    // Keys are looked up in the converted rows, never copied.
+    let hasher = foldhash::fast::RandomState::default();
+    let mut index: HashTable<usize> = HashTable::with_capacity(changes.num_rows());
     let mut groups: Vec<SmallVec<[usize; 1]>> = Vec::new();
     for row in 0..changes.num_rows() {
         let operation = if operations.is_null(row) {
@@ -450,9 +459,10 @@ fn group_by_key(
         }
         effective_from.push(from.value(row));
         let key = keys.row(row);
-        match index.entry(key) {
-            Entry::Occupied(found) => {
-                let g = *found.get();
+        let hash = hasher.hash_one(key.as_ref());
+        let first_row = |g: usize| keys.row(groups[g][0]);
+        match index.find(hash, |&g| first_row(g) == key).copied() {
+            Some(g) => {
                 if !table.scd2.track_intermediate {
                     return Err(SinkError::DuplicateKey {
                         table: table.name.clone(),
@@ -462,16 +472,19 @@ fn group_by_key(
                 }
                 groups[g].push(row);
             }
-            Entry::Vacant(slot) => {
-                slot.insert(groups.len());
+            None => {
+                index.insert_unique(hash, groups.len(), |&g| {
+                    hasher.hash_one(keys.row(groups[g][0]).as_ref())
+                });
                 groups.push(smallvec::smallvec![row]);
             }
         }
     }
-    drop(index);
     Ok(KeyGroups {
         key_rows: keys,
         keys: groups,
+        index,
+        hasher,
         kinds,
         effective_from,
     })
@@ -615,10 +628,6 @@ async fn read_state(
         .execute_stream()
         .await
         .map_err(query)?;
-    // Scanned rows find their key group by their key's row form, without a copy per row.
-    let lookup: KeyIndex<'_> = (0..groups.keys.len())
-        .map(|group| (groups.key(group), group))
-        .collect();
     let mut known = vec![Known::default(); groups.keys.len()];
     let mut any_version = false;
     // Current versions seen so far: their data columns (one part per streamed batch), and per
@@ -648,7 +657,8 @@ async fn read_state(
         let mut take_rows: Vec<u32> = Vec::new();
         for row in 0..batch.num_rows() {
             // The join returns only versions of the batch's keys.
-            let Some(&group) = lookup.get(&keys.row(row)) else {
+            // Scanned rows find their key group by their key's row form, without a copy.
+            let Some(group) = groups.group_of(keys.row(row)) else {
                 continue;
             };
             any_version = true;
