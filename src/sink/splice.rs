@@ -192,24 +192,25 @@ async fn copy_with_closes(
                     (current_index, Arc::new(new_current)),
                 ];
                 for column in 0..row_group.num_columns() {
-                    let Some((_, array)) = replaced.iter().find(|(i, _)| *i == column) else {
-                        copy_chunk(&mut out, &chunk, &metadata, group, column)
-                            .map_err(|e| fail(&e))?;
-                        stored.store_written().await.map_err(|e| fail(&e))?;
-                        continue;
-                    };
-                    let Some(mut encoder) = encoders.get_mut(column).and_then(Option::take) else {
-                        return Err(fail(&format!("no writer for column {column}")));
-                    };
-                    for leaf in compute_leaves(source.schema().field(column), array)
-                        .map_err(|e| fail(&e))?
-                    {
-                        encoder.write(&leaf).map_err(|e| fail(&e))?;
+                    match replaced.iter().find(|(i, _)| *i == column) {
+                        None => copy_chunk(&mut out, &chunk, &metadata, group, column)
+                            .map_err(|e| fail(&e))?,
+                        Some((_, array)) => {
+                            let Some(mut encoder) = encoders.get_mut(column).and_then(Option::take)
+                            else {
+                                return Err(fail(&format!("no writer for column {column}")));
+                            };
+                            for leaf in compute_leaves(source.schema().field(column), array)
+                                .map_err(|e| fail(&e))?
+                            {
+                                encoder.write(&leaf).map_err(|e| fail(&e))?;
+                            }
+                            encoder
+                                .close()
+                                .and_then(|chunk| chunk.append_to_row_group(&mut out))
+                                .map_err(|e| fail(&e))?;
+                        }
                     }
-                    encoder
-                        .close()
-                        .and_then(|chunk| chunk.append_to_row_group(&mut out))
-                        .map_err(|e| fail(&e))?;
                     stored.store_written().await.map_err(|e| fail(&e))?;
                 }
             }
