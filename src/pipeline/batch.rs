@@ -19,7 +19,7 @@ use super::metrics::{
     Merged, SCOPE_BATCH, SCOPE_CUMULATIVE, TableMetricState, measure, metric_rows,
 };
 use super::pii::PiiMasks;
-use super::plan::{BatchPlan, BatchStats, DecodedBatch, Operation};
+use super::plan::{BatchPlan, BatchStats, Changes, DecodedBatch, Operation};
 use super::quarantine::{self, RejectedRow};
 use super::reason;
 use super::rules::{self, RuleOutcome};
@@ -98,7 +98,7 @@ pub fn plan(
     }
 
     let selection = scd2::select(table, rows, &participants, &is_delete)?;
-    let changes = build_changes(table, rows, &transformed.columns, &selection.changes)?;
+    let changes = build_changes(table, rows, &transformed.columns, selection.changes)?;
     let quarantine = quarantine::build(table, rows, &rejected, &decoded.malformed, &masks, now)?;
 
     let has_events = n > 0 || !decoded.malformed.is_empty();
@@ -210,42 +210,40 @@ fn rejected_row(
     })
 }
 
-/// The changes batch: transformed data columns, `_operation` (stored form), `_effective_from`
-/// (the source commit time), at the selected rows in order.
+/// The changes: transformed data columns, `_operation` (stored form), `_effective_from` (the
+/// source commit time), at the selected rows in order. The columns are the batch's own, whole:
+/// the rows are picked where they are used (see [`Changes`]).
 fn build_changes(
     table: &TableSpec,
     rows: &RecordBatch,
     transformed: &[ArrayRef],
-    selected: &[u32],
-) -> Result<RecordBatch> {
-    let context = arrow_context(&table.name, "building SCD2 changes");
-    let selection = RowSelection::new(selected, rows.num_rows());
-    let mut columns = Vec::with_capacity(transformed.len() + 2);
-    for column in transformed {
-        columns.push(
-            selection
-                .apply(column.as_ref())
-                .map_err(arrow_context(&table.name, "building SCD2 changes"))?,
-        );
-    }
+    selected: Vec<u32>,
+) -> Result<Changes> {
     let operations = rows
         .column_by_name(OPERATION)
         .map(|c| c.as_string::<i32>())
         .ok_or_else(|| schema_error(table, "no _operation column"))?;
-    let stored: StringArray = selected
+    let stored: StringArray = operations
         .iter()
-        .map(|&row| Operation::from_dms(operations.value(row as usize)).map(|op| op.as_stored()))
+        .map(|op| op.and_then(Operation::from_dms).map(|op| op.as_stored()))
         .collect();
-    columns.push(Arc::new(stored));
     let source_ts = rows
         .column_by_name(SOURCE_TS)
         .ok_or_else(|| schema_error(table, "no _source_ts column"))?;
-    columns.push(
-        selection
-            .apply(source_ts.as_ref())
-            .map_err(arrow_context(&table.name, "building SCD2 changes"))?,
-    );
-    RecordBatch::try_new(changes_schema(table), columns).map_err(context)
+    let mut columns = transformed.to_vec();
+    columns.push(Arc::new(stored));
+    columns.push(source_ts.clone());
+    let batch = RecordBatch::try_new(changes_schema(table), columns)
+        .map_err(arrow_context(&table.name, "building SCD2 changes"))?;
+    let every_row = selected.len() == rows.num_rows()
+        && selected
+            .iter()
+            .enumerate()
+            .all(|(i, &row)| row as usize == i);
+    Ok(Changes {
+        batch,
+        rows: (!every_row).then_some(selected),
+    })
 }
 
 /// The data columns the checks read (config names and types) at the given rows, for metrics:

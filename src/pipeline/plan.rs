@@ -1,6 +1,9 @@
 //! What flows between the stages of one micro-batch of one table: decoded events in, a plan out.
 //! The sink applies a [`BatchPlan`] in one Delta commit per table; nothing here does I/O.
 
+use deltalake::arrow::array::UInt32Array;
+use deltalake::arrow::compute::take_record_batch;
+use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
 
 use super::metrics::TableMetricState;
@@ -77,6 +80,45 @@ pub struct DecodedBatch {
     pub control_records: u64,
 }
 
+/// SCD2 changes: rows of a batch with schema [`super::schema::changes_schema`] (the data columns
+/// after transforms, then `_operation`, stored form INSERT/UPDATE/DELETE, and `_effective_from`,
+/// Timestamp µs UTC, the source commit time), picked in application order. The batch is the
+/// decoded batch's columns, not a copy of the picked rows: a micro-batch's changes are most of
+/// its rows, and a copy of them was held through the whole commit.
+#[derive(Debug, Clone)]
+pub struct Changes {
+    pub batch: RecordBatch,
+    /// The rows of `batch` that are changes, in application order; None when every row is one,
+    /// in order.
+    pub rows: Option<Vec<u32>>,
+}
+
+impl Changes {
+    /// Every row of `batch`, in order.
+    pub fn all(batch: RecordBatch) -> Changes {
+        Changes { batch, rows: None }
+    }
+
+    /// How many changes there are.
+    pub fn len(&self) -> usize {
+        self.rows
+            .as_ref()
+            .map_or(self.batch.num_rows(), |rows| rows.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The changes as a batch of their own (a copy of the picked rows).
+    pub fn to_batch(&self) -> Result<RecordBatch, ArrowError> {
+        match &self.rows {
+            None => Ok(self.batch.clone()),
+            Some(rows) => take_record_batch(&self.batch, &UInt32Array::from(rows.clone())),
+        }
+    }
+}
+
 /// One metric value bound for `dq_metrics`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricRow {
@@ -110,11 +152,9 @@ pub struct BatchStats {
 #[derive(Debug, Clone)]
 pub struct BatchPlan {
     pub table: String,
-    /// SCD2 changes in application order, schema [`super::schema::changes_schema`]: the data
-    /// columns after transforms, then `_operation` (stored form INSERT/UPDATE/DELETE) and
-    /// `_effective_from` (Timestamp µs UTC, the source commit time). One row per key (its last
-    /// event) unless `track_intermediate`. Delete rows may hold only the key.
-    pub changes: RecordBatch,
+    /// SCD2 changes in application order. One per key (its last event) unless
+    /// `track_intermediate`. Delete rows may hold only the key.
+    pub changes: Changes,
     /// Rows for `<table>_quarantine`, schema [`super::schema::quarantine_schema`].
     pub quarantine: RecordBatch,
     pub metrics: Vec<MetricRow>,

@@ -2,7 +2,7 @@
 //! rows, metrics and counts.
 
 use chrono::{DateTime, Utc};
-use deltalake::arrow::array::AsArray;
+use deltalake::arrow::array::{AsArray, RecordBatch};
 use deltalake::arrow::datatypes::TimestampMicrosecondType;
 use serde_json::{Value, json};
 
@@ -36,6 +36,13 @@ fn run(table: &TableSpec, payloads: &[Vec<u8>]) -> BatchPlan {
     )
 }
 
+/// The plan's changes as a batch of their own.
+fn changes(plan: &BatchPlan) -> RecordBatch {
+    plan.changes
+        .to_batch()
+        .unwrap_or_else(|e| panic!("picking the changes: {e}"))
+}
+
 fn telemetry(id: i32, latitude: Value, speed: Value, vehicle_id: Value) -> Value {
     json!({"id": id, "vehicle_id": vehicle_id, "recorded_at": "2026-11-25 14:00:00", "latitude": latitude,
            "longitude": -74.0059, "speed_kmh": speed, "fuel_level_pct": 50.0, "engine_status": "running"})
@@ -66,14 +73,17 @@ fn valid_rows_are_loaded_with_transforms_applied() {
     let table = telemetry_table();
     let plan = run(&table, &[dms(&table, "insert", good(1), 0)]);
     assert_eq!(plan.quarantine.num_rows(), 0);
-    assert_eq!(ints(&plan.changes, "id"), [Some(1)]);
-    assert_eq!(doubles(&plan.changes, "latitude"), [Some(40.71278)]);
-    assert_eq!(doubles(&plan.changes, "longitude"), [Some(-74.0059)]);
+    assert_eq!(ints(&changes(&plan), "id"), [Some(1)]);
+    assert_eq!(doubles(&changes(&plan), "latitude"), [Some(40.71278)]);
+    assert_eq!(doubles(&changes(&plan), "longitude"), [Some(-74.0059)]);
     assert_eq!(
-        strings(&plan.changes, "_operation"),
+        strings(&changes(&plan), "_operation"),
         [Some("INSERT".into())]
     );
-    assert_eq!(plan.changes.schema(), super::schema::changes_schema(&table));
+    assert_eq!(
+        plan.changes.batch.schema(),
+        super::schema::changes_schema(&table)
+    );
     assert_eq!(plan.stats.loaded, 1);
     assert_accounted(&plan);
 }
@@ -90,7 +100,7 @@ fn a_quarantined_row_lists_every_rule_it_failed_with_reasons() {
             0,
         )],
     );
-    assert_eq!(plan.changes.num_rows(), 0);
+    assert_eq!(plan.changes.len(), 0);
     let q = &plan.quarantine;
     assert_eq!(q.num_rows(), 1);
     assert_eq!(failed_rules(q), [vec!["tel_001", "tel_003", "tel_005"]]);
@@ -140,7 +150,7 @@ fn warning_rules_load_the_row_and_count_the_failure() {
         ],
     );
     assert_eq!(
-        ints(&plan.changes, "id"),
+        ints(&changes(&plan), "id"),
         [Some(1)],
         "the warning-only row is loaded"
     );
@@ -183,7 +193,7 @@ fn null_handling_follows_allow_null() {
     }
     let plan = run(&table, &[dms(&table, "insert", row(1), 0)]);
     assert_eq!(plan.quarantine.num_rows(), 0);
-    assert_eq!(ints(&plan.changes, "id"), [Some(1)]);
+    assert_eq!(ints(&changes(&plan), "id"), [Some(1)]);
 }
 
 fn drivers_table() -> TableSpec {
@@ -235,9 +245,9 @@ fn pii_is_masked_in_the_lake_and_in_quarantine_unless_the_table_opts_out() {
         dms(&table, "insert", driver(2, "BAD"), 1),
     ];
     let plan = run(&table, &payloads);
-    assert_eq!(strings(&plan.changes, "phone"), [Some("+155****".into())]);
+    assert_eq!(strings(&changes(&plan), "phone"), [Some("+155****".into())]);
     assert_eq!(
-        strings(&plan.changes, "license_number"),
+        strings(&changes(&plan), "license_number"),
         [Some("D123****".into())]
     );
     assert_eq!(
@@ -267,7 +277,7 @@ fn pii_is_masked_in_the_lake_and_in_quarantine_unless_the_table_opts_out() {
         [Some("+15551234567".into())]
     );
     assert_eq!(
-        strings(&plan.changes, "phone"),
+        strings(&changes(&plan), "phone"),
         [Some("+155****".into())],
         "the lake is always masked"
     );
@@ -286,11 +296,11 @@ fn the_first_batch_keeps_inserts_loads_updates_and_deletes() {
         ],
     );
     assert_eq!(
-        ints(&plan.changes, "id"),
+        ints(&changes(&plan), "id"),
         [Some(1), Some(2), Some(3), Some(4)]
     );
     assert_eq!(
-        strings(&plan.changes, "_operation"),
+        strings(&changes(&plan), "_operation"),
         [
             Some("INSERT".into()),
             Some("INSERT".into()),
@@ -332,9 +342,9 @@ fn of_two_updates_of_one_key_the_later_offset_wins() {
         ],
     );
     let plan = plan_decoded(&table, &decoded, &mut TableMetricState::default());
-    assert_eq!(doubles(&plan.changes, "speed_kmh"), [Some(80.0)]);
-    let effective =
-        col(&plan.changes, "_effective_from").as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(doubles(&changes(&plan), "speed_kmh"), [Some(80.0)]);
+    let changes = changes(&plan);
+    let effective = col(&changes, "_effective_from").as_primitive::<TimestampMicrosecondType>();
     assert_eq!(
         effective.value(0),
         ts(20).timestamp_micros(),
@@ -364,11 +374,11 @@ fn track_intermediate_keeps_every_version() {
         ],
     );
     assert_eq!(
-        doubles(&plan.changes, "speed_kmh"),
+        doubles(&changes(&plan), "speed_kmh"),
         [Some(10.0), Some(20.0)]
     );
     assert_eq!(
-        strings(&plan.changes, "_operation"),
+        strings(&changes(&plan), "_operation"),
         [Some("INSERT".into()), Some("UPDATE".into())]
     );
 }
@@ -393,10 +403,10 @@ fn insert_then_update_of_a_new_key_is_one_change_with_the_update() {
             ),
         ],
     );
-    assert_eq!(ints(&plan.changes, "id"), [Some(5)]);
-    assert_eq!(doubles(&plan.changes, "speed_kmh"), [Some(12.5)]);
+    assert_eq!(ints(&changes(&plan), "id"), [Some(5)]);
+    assert_eq!(doubles(&changes(&plan), "speed_kmh"), [Some(12.5)]);
     assert_eq!(
-        strings(&plan.changes, "_operation"),
+        strings(&changes(&plan), "_operation"),
         [Some("UPDATE".into())]
     );
     assert_eq!(
@@ -420,12 +430,12 @@ fn a_key_only_delete_bypasses_rules_and_closes_the_key() {
         0,
         "tel_005 (not_null vehicle_id) does not judge deletes"
     );
-    assert_eq!(ints(&plan.changes, "id"), [Some(3)]);
+    assert_eq!(ints(&changes(&plan), "id"), [Some(3)]);
     assert_eq!(
-        strings(&plan.changes, "_operation"),
+        strings(&changes(&plan), "_operation"),
         [Some("DELETE".into())]
     );
-    assert_eq!(ints(&plan.changes, "vehicle_id"), [None]);
+    assert_eq!(ints(&changes(&plan), "vehicle_id"), [None]);
     assert_eq!(plan.stats.deletes, 1);
     assert!(plan.stats.rule_failures.is_empty());
 }
@@ -457,12 +467,12 @@ fn quarantined_events_take_no_part_in_scd2() {
         ],
     );
     assert_eq!(
-        ints(&plan.changes, "id"),
+        ints(&changes(&plan), "id"),
         [Some(1)],
         "key 2's only event was quarantined: no change"
     );
     assert_eq!(
-        doubles(&plan.changes, "latitude"),
+        doubles(&changes(&plan), "latitude"),
         [Some(10.0)],
         "key 1 keeps its last good event"
     );
@@ -533,7 +543,7 @@ fn a_value_a_cast_cannot_convert_quarantines_its_row() {
             dms(&table, "insert", json!({"id": 2, "code": "x7"}), 1),
         ],
     );
-    assert_eq!(ints(&plan.changes, "code"), [Some(17)]);
+    assert_eq!(ints(&changes(&plan), "code"), [Some(17)]);
     assert_eq!(failed_rules(&plan.quarantine), [vec!["cast_1"]]);
     assert_eq!(
         strings(&plan.quarantine, "_dq_reason"),
@@ -554,10 +564,7 @@ fn control_records_and_empty_batches_plan_nothing() {
         &decode_payloads(&table, &[control.to_string().into_bytes()]),
         &mut state,
     );
-    assert_eq!(
-        (plan.changes.num_rows(), plan.quarantine.num_rows()),
-        (0, 0)
-    );
+    assert_eq!((plan.changes.len(), plan.quarantine.num_rows()), (0, 0));
     assert!(plan.metrics.is_empty(), "no data event, no metrics");
     assert_eq!(state, TableMetricState::default());
     assert_eq!(plan.stats.control_records, 1);
@@ -851,11 +858,14 @@ fn delete_images_get_key_transforms_but_no_invented_defaults() {
         ],
     );
     assert_eq!(
-        strings(&plan.changes, "id"),
+        strings(&changes(&plan), "id"),
         [Some("AB".into()), Some("CD".into())],
         "the delete's key matches the stored key"
     );
-    assert_eq!(strings(&plan.changes, "status"), [Some("new".into()), None]);
+    assert_eq!(
+        strings(&changes(&plan), "status"),
+        [Some("new".into()), None]
+    );
 }
 
 mod properties {
@@ -941,9 +951,10 @@ mod properties {
 
     /// The lake as a map key → value, after applying a plan's changes in order.
     fn apply(lake: &mut BTreeMap<i32, i32>, plan: &BatchPlan) {
-        let ids = ints(&plan.changes, "id");
-        let values = ints(&plan.changes, "v");
-        let ops = strings(&plan.changes, "_operation");
+        let changes = changes(plan);
+        let ids = ints(&changes, "id");
+        let values = ints(&changes, "v");
+        let ops = strings(&changes, "_operation");
         for ((id, value), op) in ids.into_iter().zip(values).zip(ops) {
             let id = id.unwrap_or_else(|| panic!("changes always have a key"));
             match op.as_deref() {
@@ -999,7 +1010,7 @@ mod properties {
                     .collect();
                 messages.sort_by_key(|(partition, offset, _)| (-partition, *offset));
                 let plan = plan_decoded(&table, &decode_at(&table, &messages), &mut state);
-                let keys = ints(&plan.changes, "id");
+                let keys = ints(&changes(&plan), "id");
                 let distinct: std::collections::BTreeSet<_> = keys.iter().collect();
                 if track_intermediate {
                     prop_assert_eq!(keys.len(), window[1] - window[0]);

@@ -5,6 +5,7 @@
 //! Kafka offset of every partition the batch came from. A batch whose offsets are already
 //! recorded is skipped, so replays after a crash or a rebalance neither lose nor duplicate rows.
 
+mod change_rows;
 mod error;
 mod lake;
 mod maintain;
@@ -18,6 +19,7 @@ mod table;
 mod upload;
 mod watermarks;
 
+pub use change_rows::ChangeRows;
 pub use error::{Result, SinkError};
 pub use lake::{Lake, LakeTable};
 pub use maintain::{Compaction, Vacuum};

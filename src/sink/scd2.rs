@@ -28,6 +28,7 @@ use futures::StreamExt as _;
 use hashbrown::HashTable;
 use smallvec::SmallVec;
 
+use super::change_rows::ChangeRows;
 use super::error::{Result, SinkError};
 use super::lake::{Lake, LakeTable};
 use super::rewrite::{self, Rewrite};
@@ -105,24 +106,40 @@ impl Lake {
     /// for them can have been committed in between), and a progress note records the offsets so
     /// that [`Lake::resume_offsets`] need not go back that far.
     ///
-    /// `changes` may also carry each change's `_topic/_partition/_offset`
+    /// `changes` is a batch (every row a change, in order) or a plan's
+    /// [`Changes`](crate::pipeline::plan::Changes) (rows picked from the decoded batch's columns).
+    /// It may also carry each change's `_topic/_partition/_offset`
     /// (`positioned_changes_schema`): changes at or below their partition's watermark are then
     /// dropped row by row, which makes a replay that overlaps the watermark safe (resuming from
     /// [`Lake::resume_offsets`] re-reads events some tables already hold). Without positions the
     /// caller must not pass such events. A batch whose partitions are all recorded at or beyond
     /// their ends is skipped as a replay either way.
-    pub async fn commit_changes(
+    pub async fn commit_changes<'c>(
         &self,
         table: &TableSpec,
-        changes: &RecordBatch,
+        changes: impl Into<ChangeRows<'c>>,
         ends: &[SourcePosition],
         app_prefix: &str,
         now: DateTime<Utc>,
     ) -> Result<CommitOutcome> {
-        let shape = ChangeShape::of(table, changes)?;
+        let changes: ChangeRows<'c> = changes.into();
+        let shape = ChangeShape::of(table, changes.batch)?;
+        // Positioned changes are filtered row by row against the watermarks: as a batch of
+        // their own (only replays send them).
+        let owned;
+        let changes = if shape.positioned && !changes.is_every_row() {
+            owned = changes.to_batch().map_err(|source| SinkError::Arrow {
+                table: table.name.clone(),
+                operation: "picking the changes",
+                source,
+            })?;
+            ChangeRows::from(&owned)
+        } else {
+            changes
+        };
         let lake_table = LakeTable::Data(table.name.clone());
         let ends = last_offsets(ends);
-        let outcome = if changes.num_rows() == 0 {
+        let outcome = if changes.len() == 0 {
             CommitOutcome::Unchanged { rows_unchanged: 0 }
         } else {
             let groups = group_by_key(table, &shape, changes)?;
@@ -157,7 +174,7 @@ impl Lake {
 struct Batch<'a> {
     table: &'a TableSpec,
     shape: &'a ChangeShape,
-    changes: &'a RecordBatch,
+    changes: ChangeRows<'a>,
     groups: &'a KeyGroups,
     ends: &'a BTreeMap<(String, i32), i64>,
     app_prefix: &'a str,
@@ -178,7 +195,7 @@ impl<'a> Batch<'a> {
         } = *self;
         let mut watched = partitions(self.ends);
         if shape.positioned {
-            watched.extend(row_partitions(&table.name, changes)?);
+            watched.extend(row_partitions(&table.name, changes.batch)?);
             watched.sort();
             watched.dedup();
         }
@@ -189,16 +206,18 @@ impl<'a> Batch<'a> {
         };
         // Changes at or below the watermark of their partition were committed before: applying
         // them again on a newer state would resurrect or duplicate versions.
-        let filtered;
+        // (Positioned changes are every row of their batch: see `commit_changes`.)
+        let kept;
+        let regrouped;
         let (changes, groups, already) = if shape.positioned && !seen.is_empty() {
-            let kept = rows_after_watermarks(&table.name, changes, &seen)?;
-            let already = changes.num_rows() - kept.num_rows();
+            kept = rows_after_watermarks(&table.name, changes.batch, &seen)?;
+            let already = changes.len() - kept.num_rows();
             if already == 0 {
                 (changes, groups, 0)
             } else {
-                let regrouped = group_by_key(table, shape, &kept)?;
-                filtered = (kept, regrouped);
-                (&filtered.0, &filtered.1, already)
+                let kept = ChangeRows::from(&kept);
+                regrouped = group_by_key(table, shape, kept)?;
+                (kept, &regrouped, already)
             }
         } else {
             if txns.len() < self.ends.len() {
@@ -210,7 +229,7 @@ impl<'a> Batch<'a> {
             }
             (changes, groups, 0)
         };
-        if changes.num_rows() == 0 {
+        if changes.len() == 0 {
             return Ok((
                 None,
                 CommitOutcome::Unchanged {
@@ -415,32 +434,41 @@ impl KeyGroups {
 fn group_by_key(
     table: &TableSpec,
     shape: &ChangeShape,
-    changes: &RecordBatch,
+    changes: ChangeRows<'_>,
 ) -> Result<KeyGroups> {
     let key_column = changes.column(shape.key);
-    if let Some(row) = (0..changes.num_rows()).find(|&i| key_column.is_null(i)) {
+    if let Some(row) = (0..changes.len()).find(|&i| key_column.is_null(changes.row(i))) {
         return Err(SinkError::NullKey {
             table: table.name.clone(),
             column: shape.key_name.clone(),
             row,
         });
     }
-    let keys = key_rows(table, std::slice::from_ref(key_column))?;
+    let picked_keys = changes
+        .picked(shape.key)
+        .map_err(|source| SinkError::Arrow {
+            table: table.name.clone(),
+            operation: "picking the keys",
+            source,
+        })?;
+    let keys = key_rows(table, std::slice::from_ref(&picked_keys))?;
+    drop(picked_keys);
     let operations = changes.column(shape.operation).as_string::<i32>();
     let from = changes
         .column(shape.effective_from)
         .as_primitive::<TimestampMicrosecondType>();
-    let mut kinds = Vec::with_capacity(changes.num_rows());
-    let mut effective_from = Vec::with_capacity(changes.num_rows());
+    let mut kinds = Vec::with_capacity(changes.len());
+    let mut effective_from = Vec::with_capacity(changes.len());
     // Keys are looked up in the converted rows, never copied.
     let hasher = foldhash::fast::RandomState::default();
-    let mut index: HashTable<usize> = HashTable::with_capacity(changes.num_rows());
+    let mut index: HashTable<usize> = HashTable::with_capacity(changes.len());
     let mut groups: Vec<SmallVec<[usize; 1]>> = Vec::new();
-    for row in 0..changes.num_rows() {
-        let operation = if operations.is_null(row) {
+    for row in 0..changes.len() {
+        let at = changes.row(row);
+        let operation = if operations.is_null(at) {
             ""
         } else {
-            operations.value(row)
+            operations.value(at)
         };
         let Some(kind) = Change::of_operation(operation) else {
             return Err(SinkError::UnknownOperation {
@@ -450,14 +478,14 @@ fn group_by_key(
             });
         };
         kinds.push(kind);
-        if from.is_null(row) {
+        if from.is_null(at) {
             return Err(SinkError::BatchSchema {
                 table: table.name.clone(),
                 what: "changes",
                 detail: format!("row {row} has no {EFFECTIVE_FROM}"),
             });
         }
-        effective_from.push(from.value(row));
+        effective_from.push(from.value(at));
         let key = keys.row(row);
         let hash = hasher.hash_one(key.as_ref());
         let first_row = |g: usize| keys.row(groups[g][0]);
@@ -539,7 +567,7 @@ async fn read_state(
     target: &DeltaTable,
     table: &TableSpec,
     shape: &ChangeShape,
-    changes: &RecordBatch,
+    changes: ChangeRows<'_>,
     groups: &KeyGroups,
 ) -> Result<KeyState> {
     let data_fields: Vec<Field> = transformed_fields(table);
@@ -573,7 +601,11 @@ async fn read_state(
         .await
         .map_err(query)?;
     // The batch's distinct keys (the first change of each key), as the join's build side.
-    let firsts: UInt32Array = groups.keys.iter().map(|rows| rows[0] as u32).collect();
+    let firsts: UInt32Array = groups
+        .keys
+        .iter()
+        .map(|rows| changes.row(rows[0]) as u32)
+        .collect();
     let distinct = take(changes.column(shape.key), &firsts, None).map_err(arrow)?;
     // Only versions whose key lies within the batch's keys can join them: the scan skips the
     // data files (and row groups) whose key statistics lie outside. A batch of new keys above
@@ -836,7 +868,7 @@ enum Head {
 fn plan_versions(
     table: &TableSpec,
     shape: &ChangeShape,
-    changes: &RecordBatch,
+    changes: ChangeRows<'_>,
     groups: &KeyGroups,
     state: &KeyState,
 ) -> Result<VersionPlan> {
@@ -929,11 +961,11 @@ impl ComparedValues {
     fn of(
         table: &TableSpec,
         shape: &ChangeShape,
-        changes: &RecordBatch,
+        changes: ChangeRows<'_>,
         groups: &KeyGroups,
         state: &KeyState,
     ) -> Result<ComparedValues> {
-        let mut change_slots = vec![NOT_COMPARED; changes.num_rows()];
+        let mut change_slots = vec![NOT_COMPARED; changes.len()];
         let mut picks: Vec<(usize, usize)> = Vec::new();
         for (group, rows) in groups.keys.iter().enumerate() {
             let stored = state
@@ -943,7 +975,7 @@ impl ComparedValues {
             if stored || rows.len() > 1 {
                 for &row in rows {
                     change_slots[row] = picks.len() as u32;
-                    picks.push((0, row));
+                    picks.push((0, changes.row(row)));
                 }
             }
         }
@@ -990,7 +1022,7 @@ impl ComparedValues {
 fn stage(
     table: &TableSpec,
     shape: &ChangeShape,
-    changes: &RecordBatch,
+    changes: ChangeRows<'_>,
     data_schema: &SchemaRef,
     plan: &VersionPlan,
     now: DateTime<Utc>,
@@ -1003,12 +1035,14 @@ fn stage(
     let closes = plan.closes.len();
     let versions = plan.versions.iter();
     let key_rows: UInt32Array = staged_column(
-        plan.closes.iter().map(|c| Some(c.row as u32)),
+        plan.closes.iter().map(|c| Some(changes.row(c.row) as u32)),
         versions.clone().map(|_| None),
     );
     let data_rows: UInt32Array = staged_column(
         nulls(closes),
-        versions.clone().map(|v| Some(v.source_row as u32)),
+        versions
+            .clone()
+            .map(|v| Some(changes.row(v.source_row) as u32)),
     );
     let timestamps = |values: Vec<Option<i64>>| -> ArrayRef {
         Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))

@@ -705,6 +705,91 @@ async fn track_intermediate_keeps_every_version_of_a_batch_in_one_commit() {
     );
 }
 
+/// The processor hands the sink the decoded batch's columns and the rows that are changes, in
+/// application order: rows left out (a NULL key, a key repeated without `track_intermediate`,
+/// another key) take no part, and the picked rows apply in the order given, not the batch's.
+#[tokio::test]
+async fn picked_rows_of_a_wider_batch_commit_exactly_what_those_rows_alone_commit() {
+    let table = vehicles(HardDeletes::Tombstone, true);
+    let first = [
+        insert(1, "ana", 10.0, "2026-03-01T09:00:00Z"),
+        insert(2, "bo", 20.0, "2026-03-01T09:00:00Z"),
+    ];
+    let mut not_a_change = delete(1, "2026-03-01T12:00:00Z");
+    not_a_change.id = None;
+    let wide = [
+        update(1, "ana", 30.0, "2026-03-01T11:00:00Z"),
+        not_a_change,
+        insert(9, "zed", 1.0, "2026-03-01T10:00:00Z"),
+        delete(2, "2026-03-01T10:30:00Z"),
+        update(1, "ana", 20.0, "2026-03-01T10:00:00Z"),
+        insert(3, "cy", 5.0, "2026-03-01T10:00:00Z"),
+    ];
+    let picked_rows = [4, 0, 3, 5];
+    let picked: Vec<Change> = picked_rows.iter().map(|&r| wide[r].clone()).collect();
+
+    let mut stored = Vec::new();
+    for picked_from_wide in [false, true] {
+        let t = TestLake::new();
+        t.lake
+            .commit_changes(
+                &table,
+                &changes(&table, &first),
+                &ends(&[(0, 1)]),
+                GROUP,
+                Utc::now(),
+            )
+            .await
+            .expect("first");
+        let outcome = if picked_from_wide {
+            let batch = dqetl::pipeline::plan::Changes {
+                batch: changes(&table, &wide),
+                rows: Some(picked_rows.iter().map(|&r| r as u32).collect()),
+            };
+            t.lake
+                .commit_changes(&table, &batch, &ends(&[(0, 7)]), GROUP, Utc::now())
+                .await
+        } else {
+            let batch = changes(&table, &picked);
+            t.lake
+                .commit_changes(&table, &batch, &ends(&[(0, 7)]), GROUP, Utc::now())
+                .await
+        }
+        .expect("picked changes");
+        // Inserted: ana@10, ana@11, bo's tombstone, cy; closed: ana@9, bo@9.
+        assert_eq!(
+            committed(&outcome),
+            (4, 2, 0),
+            "picked from wide: {picked_from_wide}"
+        );
+        let rows = versions(&t).await;
+        assert_invariants(&rows);
+        assert!(
+            rows.iter().all(|v| v.id != 9),
+            "row 2 was not picked: {rows:?}"
+        );
+        stored.push(
+            rows.into_iter()
+                .map(|v| Version {
+                    ingested_at: 0,
+                    ..v
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(stored[0], stored[1]);
+    let ana: Vec<Option<f64>> = stored[1]
+        .iter()
+        .filter(|v| v.id == 1)
+        .map(|v| v.speed)
+        .collect();
+    assert_eq!(
+        ana,
+        [Some(10.0), Some(20.0), Some(30.0)],
+        "applied in the order picked"
+    );
+}
+
 #[tokio::test]
 async fn several_keys_mix_new_changed_unchanged_and_deleted_in_one_commit() {
     let t = TestLake::new();
