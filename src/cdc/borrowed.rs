@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 use smallvec::SmallVec;
 
-use super::coerce::{Cell, JsonRef, coerce_number, coerce_ref};
+use super::coerce::{Cell, JsonRef, coerce_number_into, coerce_ref};
 use super::scan::{Scalar, Scanner, ends_plain_run, key_pattern};
 use crate::config::spec::{ColumnType, TableSpec};
 
@@ -199,7 +199,13 @@ fn read_row<'a>(
             Member::Other => scanner.skip_value()?,
             // A repeated key overwrites, as in a parsed `Value` map.
             Member::Known(i) => {
-                cells[i] = cell(scanner.scalar()?, columns[i].column_type)?;
+                let column_type = columns[i].column_type;
+                match scanner.scalar()? {
+                    Scalar::Number(number) => {
+                        coerce_number_into(&number, column_type, &mut cells[i])?
+                    }
+                    value => cells[i] = cell(value, column_type)?,
+                }
                 next = i + 1;
             }
         }
@@ -267,7 +273,11 @@ fn cell(value: Scalar<'_>, column_type: ColumnType) -> Option<Option<Cell<'_>>> 
                 .into_owned(),
         ),
         Scalar::Bool(b) => Some(coerce_ref(JsonRef::Bool(b), column_type).ok()?.into_owned()),
-        Scalar::Number(number) => Some(coerce_number(&number, column_type)?),
+        Scalar::Number(number) => {
+            let mut cell = None;
+            coerce_number_into(&number, column_type, &mut cell)?;
+            cell
+        }
     })
 }
 
