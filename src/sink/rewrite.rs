@@ -35,7 +35,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt as _;
 
 use super::error::{Result, SinkError};
-use super::scd2::key_rows;
+use super::scd2::{NewVersions, key_rows};
 use super::splice::{Spliced, splice};
 use super::table::{delta_error, lake_commit_properties, writer_properties};
 use crate::config::spec::TableSpec;
@@ -47,6 +47,8 @@ const REWRITE_FILE_BYTES: u64 = 32 * 1024 * 1024;
 const SPLICES_IN_FLIGHT: usize = 2;
 /// Rows per batch read from a data file.
 const READ_BATCH_ROWS: usize = 32 * 1024;
+/// New versions are laid out and handed to the Parquet writer this many at a time.
+const VERSION_SLICE_ROWS: usize = 16 * 1024;
 
 /// Whether a table's files can be rewritten directly.
 pub(super) fn supported(target: &DeltaTable) -> bool {
@@ -93,18 +95,14 @@ pub(super) struct Rewrite<'a> {
     /// The files (as the scan's file column names them) holding those current versions.
     pub files: BTreeSet<String>,
     /// New versions, in `schema`.
-    pub versions: RecordBatch,
+    pub versions: NewVersions<'a>,
     /// Files with at least this many rows are spliced (see [`splice`]); smaller ones are
     /// decoded and written together with the new versions, which compacts them.
     pub splice_min_rows: usize,
 }
 
 impl Rewrite<'_> {
-    pub async fn commit(
-        mut self,
-        target: DeltaTable,
-        txns: Vec<Transaction>,
-    ) -> Result<DeltaTable> {
+    pub async fn commit(self, target: DeltaTable, txns: Vec<Transaction>) -> Result<DeltaTable> {
         let name = &self.table.name;
         let location = target.table_url().to_string();
         let delta = |operation, source| delta_error(name, &location, operation, source);
@@ -141,16 +139,19 @@ impl Rewrite<'_> {
             .map_err(|e| delta("write", e))?
             .with_writer_properties(writer_properties(&self.schema))
             .with_target_file_size(REWRITE_FILE_BYTES);
-        // The new versions first: the batch staged for them is freed before the files are read.
-        let versions = std::mem::replace(
-            &mut self.versions,
-            RecordBatch::new_empty(self.schema.clone()),
-        );
-        if versions.num_rows() > 0 {
-            writer
-                .write(versions)
-                .await
-                .map_err(|e| delta("write", e))?;
+        // The new versions first, a slice at a time: at most a slice of them is laid out as
+        // arrays beside the changes at any moment.
+        let versions = self.versions.len();
+        for start in (0..versions).step_by(VERSION_SLICE_ROWS) {
+            let slice = self
+                .versions
+                .batch(start..versions.min(start + VERSION_SLICE_ROWS))
+                .map_err(|source| SinkError::Arrow {
+                    table: name.clone(),
+                    operation: "laying out the new versions",
+                    source,
+                })?;
+            writer.write(slice).await.map_err(|e| delta("write", e))?;
         }
         let mut closed = 0;
         let (large, mut decoded): (Vec<_>, Vec<_>) = views.iter().partition(|view| {

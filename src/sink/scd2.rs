@@ -21,6 +21,7 @@ use deltalake::arrow::array::{
 };
 use deltalake::arrow::compute::{SortOptions, cast, concat, interleave, sort_to_indices, take};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
+use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::row::{OwnedRow, Row, RowConverter, Rows, SortField};
 use deltalake::datafusion::common::{Column, ScalarValue};
 use deltalake::datafusion::prelude::{Expr, SessionConfig, SessionContext, lit};
@@ -250,14 +251,14 @@ impl<'a> Batch<'a> {
                 },
             ));
         }
-        let staged = stage(table, shape, changes, &self.schema, &plan, self.now)?;
         let writing = std::time::Instant::now();
         let direct = rewrite::supported(&target);
         let committed = if direct {
-            self.rewrite(&plan, &state, staged)?
+            self.rewrite(&plan, &state, changes)
                 .commit(target, txns)
                 .await?
         } else {
+            let staged = stage(table, shape, changes, &self.schema, &plan, self.now)?;
             merge(target, table, shape, staged, txns).await?
         };
         let version = committed.version().unwrap_or_default();
@@ -281,24 +282,23 @@ impl<'a> Batch<'a> {
         Ok((Some(committed), outcome))
     }
 
-    /// The planned versions as a direct copy-on-write (see [`rewrite`]): the staged insert rows
-    /// are the new versions; the closes are looked up by key in the files the state read found.
-    fn rewrite(
-        &self,
-        plan: &VersionPlan,
+    /// The planned versions as a direct copy-on-write (see [`rewrite`]): the new versions are
+    /// written from the changes; the closes are looked up by key in the files the state read
+    /// found.
+    fn rewrite<'r>(
+        &'r self,
+        plan: &'r VersionPlan,
         state: &KeyState,
-        staged: RecordBatch,
-    ) -> Result<Rewrite<'a>> {
+        changes: ChangeRows<'r>,
+    ) -> Rewrite<'r> {
         let table = self.table;
-        let closes = plan.closes.len();
-        let inserts = staged.slice(closes, staged.num_rows() - closes);
-        let versions = RecordBatch::try_new(self.schema.clone(), inserts.columns()[2..].to_vec())
-            .map_err(|source| SinkError::Arrow {
-            table: table.name.clone(),
-            operation: "staging the new versions",
-            source,
-        })?;
-        Ok(Rewrite {
+        let versions = NewVersions {
+            schema: self.schema.clone(),
+            changes,
+            versions: &plan.versions,
+            now: self.now,
+        };
+        Rewrite {
             table,
             schema: self.schema.clone(),
             key: self.shape.key,
@@ -314,7 +314,7 @@ impl<'a> Batch<'a> {
                 .collect(),
             versions,
             splice_min_rows: self.splice_min_rows,
-        })
+        }
     }
 }
 
@@ -827,7 +827,7 @@ fn state_query_config() -> SessionConfig {
 
 /// One version to insert: the change row it comes from and its interval.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct NewVersion {
+pub(super) struct NewVersion {
     source_row: usize,
     operation: &'static str,
     effective_from: i64,
@@ -1032,46 +1032,14 @@ fn stage(
         operation: "staging the merge",
         source,
     };
-    let closes = plan.closes.len();
-    let versions = plan.versions.iter();
     let key_rows: UInt32Array = staged_column(
         plan.closes.iter().map(|c| Some(changes.row(c.row) as u32)),
-        versions.clone().map(|_| None),
+        plan.versions.iter().map(|_| None),
     );
-    let data_rows: UInt32Array = staged_column(
-        nulls(closes),
-        versions
-            .clone()
-            .map(|v| Some(changes.row(v.source_row) as u32)),
-    );
-    let timestamps = |values: Vec<Option<i64>>| -> ArrayRef {
-        Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
-    };
     let close_at = timestamps(staged_column(
         plan.closes.iter().map(|c| Some(c.at)),
-        versions.clone().map(|_| None),
+        plan.versions.iter().map(|_| None),
     ));
-    let operation: ArrayRef = Arc::new(staged_column::<_, StringArray>(
-        nulls(closes),
-        versions.clone().map(|v| Some(v.operation)),
-    ));
-    let from = timestamps(staged_column(
-        nulls(closes),
-        versions.clone().map(|v| Some(v.effective_from)),
-    ));
-    let to = timestamps(staged_column(
-        nulls(closes),
-        versions.clone().map(|v| v.effective_to),
-    ));
-    let is_current: ArrayRef = Arc::new(staged_column::<_, BooleanArray>(
-        nulls(closes),
-        versions.clone().map(|v| Some(v.effective_to.is_none())),
-    ));
-    let ingested = timestamps(staged_column(
-        nulls(closes),
-        versions.clone().map(|_| Some(now.timestamp_micros())),
-    ));
-
     let mut fields = vec![
         Field::new(
             MERGE_KEY,
@@ -1080,23 +1048,104 @@ fn stage(
         ),
         Field::new(CLOSE_AT, crate::pipeline::schema::timestamp_type(), true),
     ];
+    fields.extend(
+        data_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true)),
+    );
     let mut columns = vec![
         take(changes.column(shape.key), &key_rows, None).map_err(arrow)?,
         close_at,
     ];
-    for (i, field) in data_schema.fields().iter().enumerate() {
-        fields.push(field.as_ref().clone().with_nullable(true));
-        let column = match field.name().as_str() {
-            OPERATION => operation.clone(),
-            EFFECTIVE_FROM => from.clone(),
-            EFFECTIVE_TO => to.clone(),
-            IS_CURRENT => is_current.clone(),
-            INGESTED_AT => ingested.clone(),
-            _ => take(changes.column(i), &data_rows, None).map_err(arrow)?,
-        };
-        columns.push(column);
-    }
+    columns.extend(
+        version_columns(data_schema, changes, &plan.versions, plan.closes.len(), now)
+            .map_err(arrow)?,
+    );
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(arrow)
+}
+
+/// The new versions of a batch as data table rows, built a slice at a time where they are
+/// written (the direct commit): built whole, they were a copy of the batch's changes held until
+/// the write began.
+pub(super) struct NewVersions<'a> {
+    schema: SchemaRef,
+    changes: ChangeRows<'a>,
+    versions: &'a [NewVersion],
+    now: DateTime<Utc>,
+}
+
+impl NewVersions<'_> {
+    pub(super) fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// Versions `range`, in the data table's schema.
+    pub(super) fn batch(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> std::result::Result<RecordBatch, ArrowError> {
+        let columns = version_columns(
+            &self.schema,
+            self.changes,
+            &self.versions[range],
+            0,
+            self.now,
+        )?;
+        RecordBatch::try_new(self.schema.clone(), columns)
+    }
+}
+
+/// The columns of `data_schema` for `leading_nulls` rows of NULLs (a MERGE source's close rows),
+/// then `versions`.
+fn version_columns(
+    data_schema: &SchemaRef,
+    changes: ChangeRows<'_>,
+    versions: &[NewVersion],
+    leading_nulls: usize,
+    now: DateTime<Utc>,
+) -> std::result::Result<Vec<ArrayRef>, ArrowError> {
+    let versions = versions.iter();
+    let data_rows: UInt32Array = staged_column(
+        nulls(leading_nulls),
+        versions
+            .clone()
+            .map(|v| Some(changes.row(v.source_row) as u32)),
+    );
+    data_schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, field)| {
+            Ok(match field.name().as_str() {
+                OPERATION => Arc::new(staged_column::<_, StringArray>(
+                    nulls(leading_nulls),
+                    versions.clone().map(|v| Some(v.operation)),
+                )),
+                EFFECTIVE_FROM => timestamps(staged_column(
+                    nulls(leading_nulls),
+                    versions.clone().map(|v| Some(v.effective_from)),
+                )),
+                EFFECTIVE_TO => timestamps(staged_column(
+                    nulls(leading_nulls),
+                    versions.clone().map(|v| v.effective_to),
+                )),
+                IS_CURRENT => Arc::new(staged_column::<_, BooleanArray>(
+                    nulls(leading_nulls),
+                    versions.clone().map(|v| Some(v.effective_to.is_none())),
+                )),
+                INGESTED_AT => timestamps(staged_column(
+                    nulls(leading_nulls),
+                    versions.clone().map(|_| Some(now.timestamp_micros())),
+                )),
+                _ => take(changes.column(i), &data_rows, None)?,
+            })
+        })
+        .collect()
+}
+
+fn timestamps(values: Vec<Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
 }
 
 /// A staged column: the values of the close rows, then those of the insert rows.
