@@ -1183,6 +1183,69 @@ async fn positioned_changes_overlapping_the_watermark_are_filtered_row_by_row() 
     );
 }
 
+/// Positioned changes handed over as rows picked from a wider batch are filtered by the
+/// watermarks like a batch of those rows alone; the rows left out play no part.
+#[tokio::test]
+async fn positioned_changes_picked_from_a_wider_batch_are_filtered_like_those_rows_alone() {
+    let t = TestLake::new();
+    let table = vehicles(HardDeletes::Close, true);
+    let first = positioned(
+        &table,
+        &[
+            (insert(1, "ana", 10.0, "2026-03-01T09:00:00Z"), 0, 0),
+            (update(1, "ana", 20.0, "2026-03-01T09:10:00Z"), 0, 1),
+        ],
+    );
+    t.lake
+        .commit_changes(&table, &first, &ends(&[(0, 1)]), GROUP, Utc::now())
+        .await
+        .expect("first");
+    let no_key = crate::sink_scd2::keyless(insert(7, "zed", 1.0, "2026-03-01T09:40:00Z"));
+    let wide = positioned(
+        &table,
+        &[
+            (no_key, 0, 2),
+            (insert(1, "ana", 10.0, "2026-03-01T09:00:00Z"), 0, 0),
+            (update(1, "ana", 20.0, "2026-03-01T09:10:00Z"), 0, 1),
+            (insert(9, "cy", 1.0, "2026-03-01T09:40:00Z"), 0, 3),
+            (update(1, "ana", 30.0, "2026-03-01T09:30:00Z"), 0, 2),
+        ],
+    );
+    let picked = dqetl::pipeline::plan::Changes {
+        batch: wide,
+        rows: Some(vec![1, 2, 4]),
+    };
+    let outcome = t
+        .lake
+        .commit_changes(&table, &picked, &ends(&[(0, 2)]), GROUP, Utc::now())
+        .await
+        .expect("picked replay");
+    assert!(
+        matches!(
+            outcome,
+            CommitOutcome::Committed {
+                rows_inserted: 1,
+                rows_closed: 1,
+                rows_unchanged: 2,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let rows = versions(&t).await;
+    crate::sink_scd2::assert_invariants(&rows);
+    let history: Vec<(i64, Option<f64>, bool)> =
+        rows.iter().map(|v| (v.id, v.speed, v.current)).collect();
+    assert_eq!(
+        history,
+        vec![
+            (1, Some(10.0), false),
+            (1, Some(20.0), false),
+            (1, Some(30.0), true),
+        ]
+    );
+}
+
 /// The rows left after the watermark filter close the versions of their own keys, not of the
 /// keys at the same row numbers in the batch as it came.
 #[tokio::test]
