@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 use smallvec::SmallVec;
 
-use super::coerce::{Cell, JsonRef, coerce_number_into, coerce_ref};
+use super::coerce::{Cell, JsonRef, coerce_number, coerce_number_into, coerce_ref};
 use super::scan::{Scalar, Scanner, ends_plain_run, key_pattern};
 use crate::config::spec::{ColumnType, TableSpec};
 
@@ -273,11 +273,7 @@ fn cell(value: Scalar<'_>, column_type: ColumnType) -> Option<Option<Cell<'_>>> 
                 .into_owned(),
         ),
         Scalar::Bool(b) => Some(coerce_ref(JsonRef::Bool(b), column_type).ok()?.into_owned()),
-        Scalar::Number(number) => {
-            let mut cell = None;
-            coerce_number_into(&number, column_type, &mut cell)?;
-            cell
-        }
+        Scalar::Number(number) => Some(coerce_number(&number, column_type)?),
     })
 }
 

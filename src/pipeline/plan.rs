@@ -94,11 +94,6 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// Every row of `batch`, in order.
-    pub fn all(batch: RecordBatch) -> Changes {
-        Changes { batch, rows: None }
-    }
-
     /// How many changes there are.
     pub fn len(&self) -> usize {
         self.rows
