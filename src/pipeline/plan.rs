@@ -107,10 +107,15 @@ impl Changes {
 
     /// The changes as a batch of their own (a copy of the picked rows).
     pub fn to_batch(&self) -> Result<RecordBatch, ArrowError> {
-        match &self.rows {
-            None => Ok(self.batch.clone()),
-            Some(rows) => take_record_batch(&self.batch, &UInt32Array::from(rows.clone())),
-        }
+        picked_batch(&self.batch, self.rows.as_deref())
+    }
+}
+
+/// Rows `rows` of `batch`, in that order, as a batch of their own; every row when `None`.
+pub fn picked_batch(batch: &RecordBatch, rows: Option<&[u32]>) -> Result<RecordBatch, ArrowError> {
+    match rows {
+        None => Ok(batch.clone()),
+        Some(rows) => take_record_batch(batch, &UInt32Array::from(rows.to_vec())),
     }
 }
 

@@ -7,7 +7,7 @@ use deltalake::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use deltalake::arrow::compute::take;
 use deltalake::arrow::error::ArrowError;
 
-use crate::pipeline::plan::Changes;
+use crate::pipeline::plan::{Changes, picked_batch};
 
 /// Change `i` is row `rows[i]` of `batch`, or row `i` when there is no `rows`.
 #[derive(Debug, Clone, Copy)]
@@ -52,13 +52,7 @@ impl<'a> ChangeRows<'a> {
 
     /// The changes as a batch of their own.
     pub(super) fn to_batch(self) -> Result<RecordBatch, ArrowError> {
-        match self.rows {
-            None => Ok(self.batch.clone()),
-            Some(rows) => deltalake::arrow::compute::take_record_batch(
-                self.batch,
-                &UInt32Array::from(rows.to_vec()),
-            ),
-        }
+        picked_batch(self.batch, self.rows)
     }
 }
 

@@ -436,14 +436,6 @@ fn group_by_key(
     shape: &ChangeShape,
     changes: ChangeRows<'_>,
 ) -> Result<KeyGroups> {
-    let key_column = changes.column(shape.key);
-    if let Some(row) = (0..changes.len()).find(|&i| key_column.is_null(changes.row(i))) {
-        return Err(SinkError::NullKey {
-            table: table.name.clone(),
-            column: shape.key_name.clone(),
-            row,
-        });
-    }
     let picked_keys = changes
         .picked(shape.key)
         .map_err(|source| SinkError::Arrow {
@@ -451,6 +443,13 @@ fn group_by_key(
             operation: "picking the keys",
             source,
         })?;
+    if let Some(row) = (0..picked_keys.len()).find(|&i| picked_keys.is_null(i)) {
+        return Err(SinkError::NullKey {
+            table: table.name.clone(),
+            column: shape.key_name.clone(),
+            row,
+        });
+    }
     let keys = key_rows(table, std::slice::from_ref(&picked_keys))?;
     drop(picked_keys);
     let operations = changes.column(shape.operation).as_string::<i32>();

@@ -208,10 +208,11 @@ impl Processor {
             let intake = match collected.take() {
                 Some(intake) => intake,
                 None => {
+                    let starts = self.starts().await;
                     if let Some(drain) = drain.as_mut() {
-                        drain.next = self.starts().await.into_iter().collect();
+                        drain.next = starts.iter().map(|(k, v)| (k.clone(), *v)).collect();
                     }
-                    let intake = Intake::new(&self.specs, self.starts().await);
+                    let intake = Intake::new(&self.specs, starts);
                     batcher::collect(
                         &consumer,
                         &bounds,
