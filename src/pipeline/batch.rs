@@ -14,6 +14,7 @@ use deltalake::arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions
 
 use crate::config::spec::{CompliancePredicate, MetricKind, Severity, TableSpec};
 
+use super::anomaly;
 use super::error::{PipelineError, Result, arrow_context};
 use super::metrics::{
     Merged, SCOPE_BATCH, SCOPE_CUMULATIVE, TableMetricState, measure, metric_rows,
@@ -104,14 +105,16 @@ pub fn plan(
     let has_events = n > 0 || !decoded.malformed.is_empty();
     let (metrics, metric_state) = if has_events {
         let measured = take_source_columns(table, rows, &selection.current)?;
-        let batch_state = measure(table, &measured, &outcomes)?;
+        let mut batch_state = measure(table, &measured, &outcomes)?;
         let mut metrics = metric_rows(table, &batch_state, SCOPE_BATCH);
         log_breaches(table, &metrics);
+        let anomalies = anomaly::check_batch(table, state, &mut batch_state);
         let cumulative = Merged {
             cumulative: state,
             batch: &batch_state,
         };
         metrics.extend(metric_rows(table, &cumulative, SCOPE_CUMULATIVE));
+        metrics.extend(anomalies);
         (metrics, batch_state)
     } else {
         (Vec::new(), TableMetricState::default())

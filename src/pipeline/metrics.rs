@@ -30,6 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::spec::{CompliancePredicate, MetricCheckSpec, MetricKind, TableSpec};
 
+use super::anomaly::MetricHistory;
+#[cfg(doc)]
+use super::anomaly::history_key;
 use super::digest_set::DigestSet;
 use super::error::{PipelineError, Result};
 use super::plan::MetricRow;
@@ -289,6 +292,9 @@ pub struct TableMetricState {
     pub uniqueness: BTreeMap<String, Frequencies>,
     /// Failure rate, by rule id.
     pub rule_failures: BTreeMap<String, Ratio>,
+    /// The earlier values of each anomaly check's metric, by [`history_key`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub anomaly_history: BTreeMap<String, MetricHistory>,
 }
 
 impl TableMetricState {
@@ -301,7 +307,7 @@ impl TableMetricState {
             // A digest seen once: 8 bytes in base64; one seen more: a pair of numbers.
             .map(|f| f.once.len() * 11 + f.more.len() * 42)
             .sum();
-        64 * (1 + ratios + self.uniqueness.len()) + digests
+        64 * (1 + ratios + self.uniqueness.len()) + 160 * self.anomaly_history.len() + digests
     }
 
     /// Adds `other` in: the result describes the rows of both.
@@ -321,6 +327,12 @@ impl TableMetricState {
         }
         for (rule, ratio) in other.rule_failures {
             self.rule_failures.entry(rule).or_default().merge(ratio);
+        }
+        for (check, history) in other.anomaly_history {
+            self.anomaly_history
+                .entry(check)
+                .or_default()
+                .merge(history);
         }
     }
 }
@@ -500,20 +512,7 @@ pub(crate) fn metric_rows(
 ) -> Vec<MetricRow> {
     let mut out = Vec::new();
     for check in &table.checks {
-        let (column_name, value) = match &check.kind {
-            MetricKind::Size => (None, Some(state.size() as f64)),
-            MetricKind::Completeness => {
-                let column = check_column_name(check);
-                let value = state.completeness(&column);
-                (Some(column), value)
-            }
-            MetricKind::Uniqueness => {
-                let column = check_column_name(check);
-                let value = state.uniqueness(&column);
-                (Some(column), value)
-            }
-            MetricKind::Compliance { name, .. } => (Some(name.clone()), state.compliance(name)),
-        };
+        let (column_name, value) = check_value(check, state);
         if let Some(value) = value {
             out.push(MetricRow {
                 table_name: table.name.clone(),
@@ -540,6 +539,28 @@ pub(crate) fn metric_rows(
         }
     }
     out
+}
+
+/// A check's instance as `dq_metrics.column_name` names it (the column, or a compliance check's
+/// name; None for Size) and its value in `state`, if it has one.
+pub(crate) fn check_value(
+    check: &MetricCheckSpec,
+    state: &impl MetricValues,
+) -> (Option<String>, Option<f64>) {
+    match &check.kind {
+        MetricKind::Size => (None, Some(state.size() as f64)),
+        MetricKind::Completeness => {
+            let column = check_column_name(check);
+            let value = state.completeness(&column);
+            (Some(column), value)
+        }
+        MetricKind::Uniqueness => {
+            let column = check_column_name(check);
+            let value = state.uniqueness(&column);
+            (Some(column), value)
+        }
+        MetricKind::Compliance { name, .. } => (Some(name.clone()), state.compliance(name)),
+    }
 }
 
 fn check_column_name(check: &MetricCheckSpec) -> String {

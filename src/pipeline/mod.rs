@@ -1,6 +1,7 @@
 //! Pure Arrow transforms on one micro-batch of one table: rules, quarantine rows, transforms,
 //! metrics and the SCD2 plan. No I/O here.
 
+pub mod anomaly;
 pub mod batch;
 pub mod decimal;
 mod digest_set;

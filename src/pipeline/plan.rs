@@ -130,7 +130,7 @@ pub struct MetricRow {
     pub metric_value: f64,
     pub threshold: Option<f64>,
     pub passed: bool,
-    /// `batch` or `cumulative`.
+    /// `batch`, `cumulative` or `anomaly` (see [`super::anomaly`]).
     pub scope: &'static str,
 }
 

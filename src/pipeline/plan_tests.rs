@@ -6,11 +6,13 @@ use deltalake::arrow::array::{AsArray, RecordBatch};
 use deltalake::arrow::datatypes::TimestampMicrosecondType;
 use serde_json::{Value, json};
 
+use super::anomaly::SCOPE_ANOMALY;
 use super::metrics::{RULE_FAILURE_RATE, SCOPE_BATCH, SCOPE_CUMULATIVE, TableMetricState};
 use super::plan::{BatchPlan, DecodedBatch, MetricRow};
 use super::testing::*;
 use crate::config::spec::{
-    ColumnType, CompliancePredicate, MetricKind, RuleKind, Severity, TableSpec, TransformKind,
+    AnomalyCheckSpec, AnomalyStrategy, ColumnType, CompliancePredicate, MetricKind, RuleKind,
+    Severity, TableSpec, TransformKind,
 };
 
 fn now() -> DateTime<Utc> {
@@ -1023,4 +1025,116 @@ mod properties {
             prop_assert_eq!(lake, model);
         }
     }
+}
+
+#[test]
+fn anomaly_checks_judge_each_batch_against_the_batches_before_it() {
+    let mut table = metrics_table();
+    table.anomaly_checks = vec![
+        AnomalyCheckSpec {
+            metric: "Size".into(),
+            column: None,
+            strategy: AnomalyStrategy::RelativeRateOfChange {
+                max_increase: Some(2.0),
+                max_decrease: Some(0.5),
+            },
+            min_history: 2,
+            severity: Severity::Warning,
+        },
+        AnomalyCheckSpec {
+            metric: "Completeness".into(),
+            column: Some("vehicle_id".into()),
+            strategy: AnomalyStrategy::StdDev { k: 1.0 },
+            min_history: 2,
+            severity: Severity::Error,
+        },
+    ];
+    let mut state = TableMetricState::default();
+    let mut next_id = 1;
+    let mut batch = |state: &mut TableMetricState, rows: &[(Option<i32>, Option<&str>)]| {
+        let plan = plan_decoded(
+            &table,
+            &decode_payloads(&table, &metric_events(&table, next_id, rows)),
+            state,
+        );
+        next_id += rows.len() as i32;
+        plan.metrics
+            .into_iter()
+            .filter(|m| m.scope == SCOPE_ANOMALY)
+            .collect::<Vec<_>>()
+    };
+    let full = (Some(1), Some("ok"));
+    let half = [full, full, (None, None), (None, None)];
+    // Sizes 4, 4: too little history for either check (min_history 2).
+    assert_eq!(batch(&mut state, &half), []);
+    assert_eq!(batch(&mut state, &half), []);
+    // Size 8 = 2 × 4 (allowed); completeness 0.5 after 0.5, 0.5 (deviation 0, inside).
+    let third = batch(&mut state, &[half, half].concat());
+    assert_eq!(
+        third,
+        [
+            MetricRow {
+                table_name: "m".into(),
+                metric_name: "Size".into(),
+                column_name: None,
+                metric_value: 8.0,
+                threshold: Some(8.0),
+                passed: true,
+                scope: SCOPE_ANOMALY,
+            },
+            MetricRow {
+                table_name: "m".into(),
+                metric_name: "Completeness".into(),
+                column_name: Some("vehicle_id".into()),
+                metric_value: 0.5,
+                threshold: Some(0.5),
+                passed: true,
+                scope: SCOPE_ANOMALY,
+            },
+        ]
+    );
+    // Saved and reloaded as the progress blob keeps it, the history goes on where it was.
+    let saved = serde_json::to_string(&state).unwrap_or_else(|e| panic!("{e}"));
+    let mut state: TableMetricState =
+        serde_json::from_str(&saved).unwrap_or_else(|e| panic!("{e}"));
+    // Size 17 > 2 × 8: anomalous; completeness 1.0 outside 0.5 ± 0: anomalous too.
+    let fourth = batch(&mut state, &[full; 17]);
+    let judged: Vec<_> = fourth
+        .iter()
+        .map(|m| {
+            (
+                m.metric_name.as_str(),
+                m.metric_value,
+                m.threshold,
+                m.passed,
+            )
+        })
+        .collect();
+    assert_eq!(
+        judged,
+        [
+            ("Size", 17.0, Some(16.0), false),
+            ("Completeness", 1.0, Some(0.5), false)
+        ]
+    );
+    // The anomalous completeness stays out of the band; the size compares with 17 now.
+    let fifth = batch(&mut state, &[half; 3].concat());
+    let judged: Vec<_> = fifth
+        .iter()
+        .map(|m| {
+            (
+                m.metric_name.as_str(),
+                m.metric_value,
+                m.threshold,
+                m.passed,
+            )
+        })
+        .collect();
+    assert_eq!(
+        judged,
+        [
+            ("Size", 12.0, Some(8.5), true),
+            ("Completeness", 0.5, Some(0.5), true)
+        ]
+    );
 }

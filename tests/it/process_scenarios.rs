@@ -1613,3 +1613,56 @@ async fn records_read_again_at_the_same_offsets_change_nothing() {
     assert_eq!(after, before, "no row and no table version was added");
     flow.assert_invariants().await;
 }
+
+const SIZE_WATCHED: &str = r#"
+tables:
+  - name: orders
+    topic: {topic}
+    primary_key: id
+    schema:
+      - {name: id, type: integer, nullable: false}
+      - {name: amount, type: double}
+    deequ_checks:
+      - {metric: size, threshold: 1}
+    anomaly_checks:
+      - {metric: size, strategy: relative_rate_of_change, max_increase: 2.0, max_decrease: 0.5, min_history: 2}
+"#;
+
+#[tokio::test]
+async fn an_anomaly_check_compares_each_batch_with_the_batches_before_it_across_restarts() {
+    let flow = Flow::new(SIZE_WATCHED, 1).await;
+    let mut next_id = 0;
+    // Each run is a processor of its own: the history comes back from the saved progress.
+    for size in [3, 3, 5, 11] {
+        let events: Vec<Event> = (0..size)
+            .map(|_| {
+                next_id += 1;
+                insert(
+                    json!({"id": next_id, "amount": 1.0}),
+                    "2026-03-01T09:00:00Z",
+                )
+            })
+            .collect();
+        flow.produce(&events).await;
+        flow.process().await;
+    }
+    let anomalies = flow
+        .rows("SELECT batch_id, metric_name, column_name, metric_value, threshold, passed FROM dq_metrics WHERE scope = 'anomaly' ORDER BY batch_id")
+        .await;
+    let sizes = flow
+        .rows("SELECT batch_id FROM dq_metrics WHERE scope = 'batch' AND metric_name = 'Size' ORDER BY batch_id")
+        .await;
+    let batch_ids = field(&sizes, "batch_id");
+    assert_eq!(batch_ids.len(), 4, "one batch per run: {sizes:?}");
+    // Two batches of history before the check fires; 5 ≤ 2 × 3 passes, 11 > 2 × 5 does not.
+    assert_eq!(
+        anomalies,
+        [
+            json!({"batch_id": batch_ids[2], "metric_name": "Size", "column_name": null,
+                   "metric_value": 5.0, "threshold": 6.0, "passed": true}),
+            json!({"batch_id": batch_ids[3], "metric_name": "Size", "column_name": null,
+                   "metric_value": 11.0, "threshold": 10.0, "passed": false}),
+        ]
+    );
+    flow.assert_invariants().await;
+}
