@@ -12,7 +12,7 @@ use super::progress::Progress;
 use super::watermarks::{self, Marks, TableMarks};
 use crate::config::spec::TableSpec;
 use crate::pipeline::TableMetricState;
-use crate::pipeline::metrics::SCOPE_CUMULATIVE;
+use crate::pipeline::metrics::SCOPE_BATCH;
 use crate::pipeline::plan::{BatchPlan, BatchStats, DecodedBatch, MetricRow, SourcePosition};
 use crate::sink::{Lake, LakeTable};
 
@@ -355,8 +355,8 @@ impl Plans {
         self.data.as_ref().unwrap_or(&self.main)
     }
 
-    /// The batch rows of the records `dq_metrics` lacks; the cumulative rows always describe the
-    /// whole state (an own plan starts from an empty state, so its cumulative rows would not).
+    /// The batch rows of the records `dq_metrics` lacks; the cumulative and anomaly rows always
+    /// come from the main plan (an own plan starts from an empty state and history).
     fn metric_rows(&self) -> Vec<MetricRow> {
         match &self.metric_rows {
             None => self.main.metrics.clone(),
@@ -365,13 +365,8 @@ impl Plans {
             Some(own) => own
                 .metrics
                 .iter()
-                .filter(|m| m.scope != SCOPE_CUMULATIVE)
-                .chain(
-                    self.main
-                        .metrics
-                        .iter()
-                        .filter(|m| m.scope == SCOPE_CUMULATIVE),
-                )
+                .filter(|m| m.scope == SCOPE_BATCH)
+                .chain(self.main.metrics.iter().filter(|m| m.scope != SCOPE_BATCH))
                 .cloned()
                 .collect(),
         }

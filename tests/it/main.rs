@@ -26,6 +26,7 @@ mod local_stack;
 mod pg_tls;
 mod process_bad_input;
 mod process_crash;
+mod process_group;
 mod process_maintenance;
 mod process_model;
 mod process_python;
