@@ -94,6 +94,7 @@ pub async fn run(global: &GlobalArgs, args: ProcessArgs) -> anyhow::Result<()> {
         max_batch_bytes: spec.settings.max_batch_bytes as usize,
         consumer_options: spec.kafka.consumer_options.clone(),
         maintenance: Maintenance::from_settings(&spec.settings),
+        on_data_loss: spec.kafka.on_data_loss,
     };
     let processor = Processor::new(&spec, lake, opts).await?;
     let (stop_tx, stop_rx) = watch::channel(false);

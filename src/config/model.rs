@@ -60,6 +60,9 @@ pub struct KafkaSettings {
     /// dqetl: librdkafka properties of the processor's consumer, over dqetl's own settings
     /// (e.g. `fetch.wait.max.ms: 25`).
     pub consumer_options: Option<BTreeMap<String, Value>>,
+    /// dqetl: what the processor does when a partition's offsets were never delivered (deleted by
+    /// the topic's retention before they were applied): `fail` (default) or `warn`.
+    pub on_data_loss: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]

@@ -269,6 +269,19 @@ pub struct KafkaSpec {
     pub consumer_group: Option<String>,
     /// librdkafka properties of the processor's consumer, checked by librdkafka itself.
     pub consumer_options: Vec<(String, String)>,
+    pub on_data_loss: OnDataLoss,
+}
+
+/// What the processor does when a partition's offsets were never delivered: the broker deleted
+/// them (retention) before they were applied, or skipped them. Compacted topics skip offsets
+/// by design and need `Warn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDataLoss {
+    /// Stop before applying anything past the gap, naming it (Spark's `failOnDataLoss=true`).
+    #[default]
+    Fail,
+    /// Log and count the gap, and go on.
+    Warn,
 }
 
 #[derive(Debug, Clone)]

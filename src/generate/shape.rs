@@ -534,6 +534,7 @@ pub(crate) mod tests {
                 partitions: 3,
                 consumer_group: None,
                 consumer_options: Vec::new(),
+                on_data_loss: Default::default(),
             },
             schema_name: "public".into(),
             tables,

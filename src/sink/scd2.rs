@@ -1,13 +1,17 @@
-//! SCD Type 2 into a Delta data table: one micro-batch of changes becomes ONE Delta commit, a
-//! single MERGE over a staged union of
+//! SCD Type 2 into a Delta data table: one micro-batch of changes becomes ONE Delta commit. For
+//! plain Parquet tables (what dqetl writes) that commit is a direct copy-on-write of the files
+//! holding the versions it closes plus the new versions (`rewrite.rs`), recorded as a MERGE; for
+//! a table with deletion vectors, column mapping or partitions it is delta-rs's MERGE over a
+//! staged union of
 //!   - close rows: keyed by the primary key, they match the key's current version and close it
 //!     (`_effective_to`, `_is_current = false`);
 //!   - insert rows: with a NULL merge key they never match and are inserted as they are
 //!     (new current versions, intermediate versions already closed, tombstones).
 //!
-//! Which rows to stage is decided here, key by key, against the table's state read in the same
-//! snapshot the MERGE commits on (a concurrent commit makes the MERGE conflict, and the whole
-//! cycle reruns on fresh data), so the MERGE itself carries no logic that could drift.
+//! Either way, which rows to close and insert is decided here, key by key, against the table's
+//! state read in the same snapshot the commit is made on (a concurrent commit makes it conflict,
+//! and the whole cycle reruns on fresh data), so the commit itself carries no logic that could
+//! drift.
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher as _;

@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
+use super::data_loss::{DataLoss, Gap};
 use super::intake::TableBatch;
 use super::progress::Progress;
 use super::watermarks::{self, Marks, TableMarks};
-use crate::config::spec::TableSpec;
+use crate::config::spec::{OnDataLoss, TableSpec};
 use crate::pipeline::TableMetricState;
 use crate::pipeline::metrics::SCOPE_BATCH;
 use crate::pipeline::plan::{BatchPlan, BatchStats, DecodedBatch, MetricRow, SourcePosition};
@@ -31,6 +32,7 @@ pub(super) struct TableRun {
     /// Where `state` and `marks.metric_state` are saved after the destinations of each batch:
     /// everything at or below those marks is applied everywhere. None until the first reload.
     progress: Option<Progress>,
+    on_data_loss: OnDataLoss,
 }
 
 /// What applying one table's records did.
@@ -43,8 +45,9 @@ pub(super) struct Applied {
     /// Records the consumer handed over again within the batch (at or below an offset of their
     /// partition already in it), dropped.
     pub redelivered: u64,
-    /// Offsets between two records of a partition that never arrived: legitimate for compacted
-    /// topics and transaction markers, a broker fault otherwise; logged either way.
+    /// Offsets between two records of a partition that never arrived (with `on_data_loss: warn`;
+    /// `fail` stops the batch instead): legitimate for compacted topics and transaction markers,
+    /// records deleted by retention or a broker fault otherwise.
     pub not_delivered: u64,
     /// Producer timestamps (ms since the epoch) of the records applied, for latency.
     pub produced_ms: Vec<i64>,
@@ -53,7 +56,7 @@ pub(super) struct Applied {
 }
 
 impl TableRun {
-    pub fn new(spec: TableSpec) -> TableRun {
+    pub fn new(spec: TableSpec, on_data_loss: OnDataLoss) -> TableRun {
         TableRun {
             spec,
             marks: TableMarks::default(),
@@ -61,6 +64,7 @@ impl TableRun {
             unsaved: false,
             read: Marks::new(),
             progress: None,
+            on_data_loss,
         }
     }
 
@@ -155,6 +159,8 @@ impl TableRun {
         );
         let mut applied = Applied::default();
         let mut gaps = Vec::new();
+        // Put back if the batch stops at a gap, so the gap is found again if it is retried.
+        let read_before = self.read.clone();
         let mut fresh = 0_usize;
         // Decoded when received, in the lake by now (another member of the group, or an earlier
         // attempt at this batch, applied it): taken out of the decoded part below.
@@ -174,7 +180,11 @@ impl TableRun {
             let read = self.read.entry(r.partition).or_insert(r.offset - 1);
             if r.offset > *read + 1 {
                 applied.not_delivered += (r.offset - *read - 1) as u64;
-                gaps.push((r.partition, *read + 1, r.offset - 1));
+                gaps.push(Gap {
+                    partition: r.partition,
+                    first: *read + 1,
+                    last: r.offset - 1,
+                });
             }
             *read = (*read).max(r.offset);
             if self.marks.floor(r.partition).is_some_and(|f| r.offset <= f) {
@@ -198,11 +208,21 @@ impl TableRun {
             fresh += 1;
         }
         if !gaps.is_empty() {
+            if self.on_data_loss == OnDataLoss::Fail {
+                self.read = read_before;
+                return Err(DataLoss {
+                    table: name,
+                    topic: self.spec.topic.clone(),
+                    gaps,
+                }
+                .into());
+            }
             tracing::warn!(
                 table = %name, topic = %self.spec.topic, offsets = applied.not_delivered,
-                first_gaps = ?gaps.iter().take(5).collect::<Vec<_>>(),
-                "offsets were never delivered by the broker (fine for compacted topics and \
-                 transaction markers; otherwise the broker skipped records)"
+                first_gaps = %gaps.iter().take(5).map(Gap::to_string).collect::<Vec<_>>().join(", "),
+                "offsets were never delivered by the broker (deleted by retention before they were \
+                 applied, skipped by the broker, or compacted away); going on without them as \
+                 `kafka.on_data_loss: warn` says"
             );
         }
         if fresh == 0 {
@@ -370,5 +390,108 @@ impl Plans {
                 .cloned()
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::layout::LakeLayout;
+    use crate::config::spec::ColumnType;
+    use crate::pipeline::testing::{decode_at, dms, table};
+    use crate::stream::intake::Received;
+
+    /// Inserts of keys equal to their offsets, on partition 0.
+    fn batch(spec: &TableSpec, offsets: &[i64]) -> TableBatch {
+        let messages: Vec<(i32, i64, Vec<u8>)> = offsets
+            .iter()
+            .map(|&o| (0, o, dms(spec, "insert", json!({"id": o, "v": 1}), 1)))
+            .collect();
+        TableBatch {
+            records: offsets
+                .iter()
+                .map(|&offset| Received {
+                    partition: 0,
+                    offset,
+                    produced_ms: None,
+                    decoded: true,
+                })
+                .collect(),
+            decoded: decode_at(spec, &messages),
+        }
+    }
+
+    async fn run(policy: OnDataLoss) -> (tempfile::TempDir, Lake, TableRun) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let lake = Lake::new(LakeLayout::local(dir.path()), Default::default());
+        let spec = table("t", &[("id", ColumnType::Long), ("v", ColumnType::Long)]);
+        let mut run = TableRun::new(spec, policy);
+        run.reload(&lake, "g", &[0]).await.expect("reload");
+        (dir, lake, run)
+    }
+
+    #[tokio::test]
+    async fn offsets_never_delivered_stop_the_batch_before_anything_is_applied() {
+        let (_dir, lake, mut run) = run(OnDataLoss::Fail).await;
+        let first = batch(&run.spec, &[0, 1]);
+        run.apply(&lake, "g", &first, 1, Utc::now())
+            .await
+            .expect("first batch");
+        let data = LakeTable::Data("t".into());
+        let version = lake.table_version(&data).await.expect("version");
+
+        let after_gap = batch(&run.spec, &[2, 6, 7, 9]);
+        let error = run
+            .apply(&lake, "g", &after_gap, 2, Utc::now())
+            .await
+            .expect_err("a gap stops the batch");
+        let loss = error.downcast_ref::<DataLoss>().expect("a DataLoss error");
+        assert_eq!(
+            loss.gaps,
+            [
+                Gap {
+                    partition: 0,
+                    first: 3,
+                    last: 5
+                },
+                Gap {
+                    partition: 0,
+                    first: 8,
+                    last: 8
+                }
+            ]
+        );
+        assert_eq!(loss.offsets(), 4);
+        assert_eq!(
+            lake.table_version(&data).await.expect("version"),
+            version,
+            "nothing of the batch was committed, not even offset 2 before the gap"
+        );
+        // Tried again, the same gaps are found again.
+        let again = run
+            .apply(&lake, "g", &after_gap, 2, Utc::now())
+            .await
+            .expect_err("still a gap");
+        assert_eq!(
+            again.downcast_ref::<DataLoss>().map(|l| l.offsets()),
+            Some(4)
+        );
+    }
+
+    #[tokio::test]
+    async fn with_warn_the_batch_goes_on_and_counts_the_offsets() {
+        let (_dir, lake, mut run) = run(OnDataLoss::Warn).await;
+        run.apply(&lake, "g", &batch(&run.spec, &[0, 1]), 1, Utc::now())
+            .await
+            .expect("first batch");
+        let applied = run
+            .apply(&lake, "g", &batch(&run.spec, &[2, 6, 7, 9]), 2, Utc::now())
+            .await
+            .expect("applied past the gap");
+        assert_eq!(applied.not_delivered, 4);
+        assert_eq!(applied.stats.map(|s| s.loaded), Some(4));
+        assert_eq!(applied.ends.get(&0), Some(&9));
     }
 }

@@ -746,6 +746,7 @@ fn process_options(
         max_batch_bytes: spec.settings.max_batch_bytes as usize,
         consumer_options: spec.kafka.consumer_options.clone(),
         maintenance: Maintenance::from_settings(&spec.settings),
+        on_data_loss: spec.kafka.on_data_loss,
     }
 }
 

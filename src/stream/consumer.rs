@@ -221,6 +221,7 @@ mod tests {
                 ("client.rack".into(), "eu-1a".into()),
             ],
             maintenance: None,
+            on_data_loss: Default::default(),
         };
         let cfg = consumer_config(&opts);
         assert_eq!(cfg.get("fetch.wait.max.ms"), Some("25"));

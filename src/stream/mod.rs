@@ -36,6 +36,7 @@ mod apply;
 mod batcher;
 pub mod bench;
 mod consumer;
+mod data_loss;
 mod intake;
 mod latency;
 mod maintenance;
@@ -46,6 +47,7 @@ mod topics;
 mod watermarks;
 
 pub use consumer::client_config;
+pub use data_loss::{DataLoss, Gap};
 pub use latency::LatencySummary;
 pub use maintenance::MaintenanceTotals;
 pub use options::{KafkaConnection, Maintenance, Partitions, ProcessOptions};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config::spec::SettingsSpec;
+use crate::config::spec::{OnDataLoss, SettingsSpec};
 
 /// How to reach the broker. The password, when there is one, comes from the environment
 /// (`DQETL_KAFKA_PASSWORD`, injected by ECS from Secrets Manager), never from argv or files.
@@ -44,6 +44,8 @@ pub struct ProcessOptions {
     pub consumer_options: Vec<(String, String)>,
     /// Table upkeep between batches; `None`: none.
     pub maintenance: Option<Maintenance>,
+    /// What to do on offsets never delivered (the config's `kafka.on_data_loss`).
+    pub on_data_loss: OnDataLoss,
 }
 
 /// How the processor keeps its tables (the config's `settings.maintenance_interval` and

@@ -16,6 +16,7 @@ use tokio::sync::{Mutex, watch};
 use super::apply::{Applied, TableRun};
 use super::batcher::{self, Bounds, Cadence, Drain, stop_requested};
 use super::consumer::{self, Consumer, Starts};
+use super::data_loss::DataLoss;
 use super::intake::{Intake, TableBatch};
 use super::latency::{Histogram, LatencySummary};
 use super::maintenance::{self, MaintenanceTotals, Schedule};
@@ -115,7 +116,7 @@ impl Processor {
             if !opts.tables.is_empty() && !opts.tables.iter().any(|t| t == &spec.name) {
                 continue;
             }
-            tables.push(TableRun::new(spec.clone()));
+            tables.push(TableRun::new(spec.clone(), opts.on_data_loss));
         }
         for wanted in &opts.tables {
             if !tables.iter().any(|t| &t.spec.name == wanted) {
@@ -503,6 +504,10 @@ impl Processor {
                 }
             }
             let Some(error) = last_error else { break };
+            if error.downcast_ref::<DataLoss>().is_some() {
+                // Retrying cannot bring deleted records back.
+                return Err(error);
+            }
             if attempt >= APPLY_ATTEMPTS || *shutdown.borrow() {
                 return Err(error.context(format!(
                     "giving up on the batch after {attempt} attempts (nothing is lost: a restart resumes from the lake)"

@@ -115,6 +115,7 @@ fn config(tables: Vec<TableSpec>) -> ConfigSpec {
             partitions: 3,
             consumer_group: None,
             consumer_options: Vec::new(),
+            on_data_loss: Default::default(),
         },
         schema_name: "public".into(),
         tables,

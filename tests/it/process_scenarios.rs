@@ -205,6 +205,7 @@ impl Flow {
             max_batch_bytes: 64 << 20,
             consumer_options: Vec::new(),
             maintenance: None,
+            on_data_loss: self.config.kafka.on_data_loss,
         }
     }
 
@@ -1449,6 +1450,7 @@ async fn the_tables_of_one_batch_are_applied_together_and_tables_limits_them() {
             max_batch_bytes: 64 << 20,
             consumer_options: Vec::new(),
             maintenance: None,
+            on_data_loss: Default::default(),
         };
         let (spec, layout) = (spec.clone(), layout.clone());
         async move {

@@ -961,6 +961,7 @@ fn s3_layout() -> dqetl::config::layout::LakeLayout {
             partitions: 1,
             consumer_group: None,
             consumer_options: Vec::new(),
+            on_data_loss: Default::default(),
         },
         schema_name: "public".into(),
         tables: vec![vehicles(HardDeletes::Close, false)],

@@ -8,7 +8,7 @@ use regex::Regex;
 
 use crate::config::diagnostics::did_you_mean;
 use crate::config::model::{KafkaSettings, Settings, SourceDatabase, Value};
-use crate::config::spec::{KafkaSpec, SettingsSpec};
+use crate::config::spec::{KafkaSpec, OnDataLoss, SettingsSpec};
 use crate::config::validate::checker::{Checker, MAX_IDENTIFIER_LEN, describe, is_identifier};
 
 pub const DEFAULT_TRIGGER_INTERVAL: Duration = Duration::from_secs(15);
@@ -212,6 +212,20 @@ pub(super) fn kafka(c: &mut Checker, kafka: Option<&KafkaSettings>) -> Option<Ka
     }
     let consumer_options = consumer_options(c, k.consumer_options.as_ref());
     ok &= consumer_options.is_some();
+    let on_data_loss = match k.on_data_loss.as_deref() {
+        None => OnDataLoss::Fail,
+        Some(v) if v.eq_ignore_ascii_case("fail") => OnDataLoss::Fail,
+        Some(v) if v.eq_ignore_ascii_case("warn") => OnDataLoss::Warn,
+        Some(_) => {
+            ok &= one_of(
+                c,
+                "kafka.on_data_loss",
+                k.on_data_loss.as_deref(),
+                ON_DATA_LOSS,
+            );
+            OnDataLoss::Fail
+        }
+    };
     ok.then(|| KafkaSpec {
         bootstrap_servers,
         security_protocol: k.security_protocol.clone(),
@@ -220,8 +234,12 @@ pub(super) fn kafka(c: &mut Checker, kafka: Option<&KafkaSettings>) -> Option<Ka
         partitions,
         consumer_group: k.consumer_group.clone(),
         consumer_options: consumer_options.unwrap_or_default(),
+        on_data_loss,
     })
 }
+
+/// Values of `kafka.on_data_loss`.
+const ON_DATA_LOSS: &[&str] = &["fail", "warn"];
 
 /// Consumer properties dqetl sets itself, and the key that sets them instead.
 const OWNED_CONSUMER_OPTIONS: &[(&str, &str)] = &[
@@ -470,6 +488,27 @@ tables:
                 .contains("vacuum_retention must be longer than zero"),
             "{}",
             report.errors[1].message
+        );
+    }
+
+    #[test]
+    fn on_data_loss_fails_unless_told_to_warn_and_refuses_other_values() {
+        let default = validated("  partitions: 3").spec.expect("valid");
+        assert_eq!(default.kafka.on_data_loss, OnDataLoss::Fail);
+        let warn = validated("  on_data_loss: warn").spec.expect("valid");
+        assert_eq!(warn.kafka.on_data_loss, OnDataLoss::Warn);
+        let report = validated("  on_data_loss: ignore");
+        assert!(report.spec.is_none());
+        let errors: Vec<(&str, usize)> = report
+            .errors
+            .iter()
+            .map(|e| (e.path.as_str(), e.line))
+            .collect();
+        assert_eq!(errors, [("kafka.on_data_loss", 2)]);
+        assert!(
+            report.errors[0].to_string().contains("fail, warn"),
+            "{}",
+            report.errors[0]
         );
     }
 
