@@ -24,10 +24,12 @@
 //!
 //! Failures: an unreachable broker is waited for with backoff (librdkafka reconnects on its own
 //! while a run is under way); a table whose batch fails is retried with backoff after re-reading
-//! its marks, then the processor exits with the error. Nothing is lost either way: a restart
-//! resumes from the lake. A record the consumer delivers twice within a batch is applied once;
-//! offsets it never delivers are counted and logged (a broker fault unless the topic is compacted
-//! or transactional). A stop request (SIGTERM, Ctrl-C) lets the batch in flight finish.
+//! its marks, then set aside (its partitions paused, tried again with a growing backoff) while
+//! the other tables go on; `--once` exits with the error instead. Nothing is lost either way: a
+//! resumed table and a restart both start from the lake's positions. A record the consumer
+//! delivers twice within a batch is applied once; offsets it never delivers stop the processor
+//! (`kafka.on_data_loss: fail`) or are counted and logged (`warn`: normal for a compacted topic).
+//! A stop request (SIGTERM, Ctrl-C) lets the batch in flight finish.
 //!
 //! `--once` drains each partition to the end the broker reports in its first fetch response,
 //! ending a micro-batch as soon as the backlog is read.

@@ -38,6 +38,8 @@ pub struct ProcessSummary {
     pub latency: LatencySummary,
     /// Compaction and vacuum rounds between batches.
     pub maintenance: MaintenanceTotals,
+    /// Tables still set aside at the end of the run (see [`Parked`]), with their last error.
+    pub parked: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -81,9 +83,29 @@ impl TableTotals {
     }
 }
 
-/// Attempts per table and batch before the processor gives up (with the error) and exits; a
-/// restart resumes from the lake, so giving up loses nothing either.
+/// Attempts per table and batch before `--once` gives up (with the error) and exits; a restart
+/// resumes from the lake, so giving up loses nothing either.
 const APPLY_ATTEMPTS: u32 = 6;
+
+/// Attempts per table and batch before a running processor sets the table aside (see
+/// [`Parked`]) and goes on with the others.
+const PARK_AFTER_ATTEMPTS: u32 = 3;
+
+/// Longest wait between two attempts at a parked table.
+const PARKED_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// A table whose part of a batch kept failing (its lake unwritable, say). One failing table
+/// must not stop the others (the original's Spark job stopped every stream with it), so its
+/// partitions are paused, its records in later batches are left unread, and its pending part is
+/// tried again with a growing backoff. Once it applies, its partitions are sought back to the
+/// lake's positions and resumed: nothing is skipped or applied twice.
+struct Parked {
+    records: Arc<TableBatch>,
+    attempts: u32,
+    retry_at: tokio::time::Instant,
+    backoff: Duration,
+    last_error: String,
+}
 
 /// How long `--once` keeps trying to reach the broker before it gives up.
 const ONCE_CONNECT_PATIENCE: Duration = Duration::from_secs(120);
@@ -103,6 +125,8 @@ pub struct Processor {
     partitions: BTreeMap<String, Vec<i32>>,
     summary: ProcessSummary,
     latency: Histogram,
+    /// Tables set aside after failing, by index.
+    parked: BTreeMap<usize, Parked>,
 }
 
 impl Processor {
@@ -139,6 +163,7 @@ impl Processor {
             partitions: BTreeMap::new(),
             summary: ProcessSummary::default(),
             latency: Histogram::default(),
+            parked: BTreeMap::new(),
         })
     }
 
@@ -232,16 +257,20 @@ impl Processor {
                 );
             }
             let mut batches = intake.finish()?;
+            // A parked table's later records are read again once it is resumed.
+            batches.retain(|index, _| !self.parked.contains_key(index));
             if consumer.context().take_assignment_change() {
                 // Records of partitions this processor no longer owns belong to their new owner;
                 // the marks of newly assigned ones may have moved (another processor of the group).
                 if !self.opts.once {
                     self.still_assigned(&consumer, &mut batches)?;
+                    self.parked_still_assigned(&consumer)?;
                 }
                 for index in 0..self.tables.len() {
                     self.reload(index).await?;
                 }
                 consumer.context().set_starts(self.starts().await);
+                self.pause_parked(&consumer);
             }
             let idle = batches.is_empty();
             if !idle {
@@ -286,6 +315,7 @@ impl Processor {
                 tracing::info!("stop requested; the batch in flight was applied");
                 break;
             }
+            self.retry_parked(&consumer).await;
             if let Some(schedule) = upkeep.as_mut()
                 && schedule.due(tokio::time::Instant::now())
             {
@@ -306,6 +336,15 @@ impl Processor {
         }
         self.lake.settle().await;
         self.summary.latency = self.latency.summary();
+        for (index, parked) in &self.parked {
+            tracing::warn!(
+                table = %self.specs[*index].name, attempts = parked.attempts, error = %parked.last_error,
+                "stopping with the table still set aside; its records are read again on the next start"
+            );
+            self.summary
+                .parked
+                .insert(self.specs[*index].name.clone(), parked.last_error.clone());
+        }
         Ok(self.summary)
     }
 
@@ -426,7 +465,8 @@ impl Processor {
 
     /// Applies one micro-batch: each table's records in its own task. A table that fails is
     /// retried with backoff after re-reading its marks (its destinations may have committed part
-    /// of the batch; the marks make that part a no-op), then the processor gives up.
+    /// of the batch; the marks make that part a no-op), then set aside ([`Parked`]), or with
+    /// `--once` the processor gives up.
     async fn apply(
         &mut self,
         consumer: &Consumer,
@@ -467,6 +507,7 @@ impl Processor {
             }
             let mut failed = BTreeMap::new();
             let mut last_error = None;
+            let mut fatal = None;
             for (index, task) in tasks {
                 let outcome = match task.await {
                     Ok(outcome) => outcome,
@@ -474,39 +515,37 @@ impl Processor {
                         "the task applying the batch failed: {join}"
                     )),
                 };
-                let run = self.tables[index].lock().await;
                 match outcome {
                     Ok(applied) => {
-                        for (partition, offset) in &applied.ends {
-                            offsets.add_partition_offset(
-                                &run.spec.topic,
-                                *partition,
-                                Offset::Offset(offset + 1),
-                            )?;
-                        }
-                        self.summary
-                            .per_table
-                            .entry(run.spec.name.clone())
-                            .or_default()
-                            .add(&applied);
-                        produced_ms.extend_from_slice(&applied.produced_ms);
+                        self.count_applied(index, &applied, &mut offsets, &mut produced_ms)?;
                     }
                     Err(error) => {
+                        let text = format!("{error:#}");
                         tracing::error!(
-                            table = %run.spec.name, attempt, error = format!("{error:#}"),
+                            table = %self.specs[index].name, attempt, error = %text,
                             "applying the batch failed"
                         );
                         if let Some(records) = pending.get(&index) {
-                            failed.insert(index, records.clone());
+                            failed.insert(index, (records.clone(), text));
                         }
-                        last_error = Some(error);
+                        if error.downcast_ref::<DataLoss>().is_some() {
+                            fatal = Some(error);
+                        } else {
+                            last_error = Some(error);
+                        }
                     }
                 }
             }
-            let Some(error) = last_error else { break };
-            if error.downcast_ref::<DataLoss>().is_some() {
+            if let Some(error) = fatal {
                 // Retrying cannot bring deleted records back.
                 return Err(error);
+            }
+            let Some(error) = last_error else { break };
+            if !self.opts.once && attempt >= PARK_AFTER_ATTEMPTS && !*shutdown.borrow() {
+                for (index, (records, text)) in failed {
+                    self.park(consumer, index, records, text, attempt);
+                }
+                break;
             }
             if attempt >= APPLY_ATTEMPTS || *shutdown.borrow() {
                 return Err(error.context(format!(
@@ -533,19 +572,227 @@ impl Processor {
                     );
                 }
             }
-            pending = failed;
+            pending = failed
+                .into_iter()
+                .map(|(index, (records, _))| (index, records))
+                .collect();
         }
+        self.committed(consumer, &offsets, produced_ms);
+        Ok(())
+    }
+
+    /// Adds what a table's part of a batch did to the summary, and its ends to the offsets to
+    /// commit.
+    fn count_applied(
+        &mut self,
+        index: usize,
+        applied: &Applied,
+        offsets: &mut TopicPartitionList,
+        produced_ms: &mut Vec<i64>,
+    ) -> anyhow::Result<()> {
+        let spec = &self.specs[index];
+        for (partition, offset) in &applied.ends {
+            offsets.add_partition_offset(&spec.topic, *partition, Offset::Offset(offset + 1))?;
+        }
+        self.summary
+            .per_table
+            .entry(spec.name.clone())
+            .or_default()
+            .add(applied);
+        produced_ms.extend_from_slice(&applied.produced_ms);
+        Ok(())
+    }
+
+    /// Records the latency of what was committed, and commits the Kafka offsets (advisory).
+    fn committed(
+        &mut self,
+        consumer: &Consumer,
+        offsets: &TopicPartitionList,
+        produced_ms: Vec<i64>,
+    ) {
         let committed_ms = Utc::now().timestamp_millis();
         for ms in produced_ms {
             self.latency
                 .record(committed_ms.saturating_sub(ms).max(0) as u64);
         }
         if offsets.count() > 0
-            && let Err(error) = consumer.commit(&offsets, CommitMode::Async)
+            && let Err(error) = consumer.commit(offsets, CommitMode::Async)
         {
             // Advisory only: the lake holds the authoritative positions.
             tracing::warn!(%error, "committing Kafka offsets failed");
         }
+    }
+
+    /// The partitions of a table's topic assigned to this consumer now.
+    fn assigned_of(&self, consumer: &Consumer, index: usize) -> TopicPartitionList {
+        let topic = &self.specs[index].topic;
+        let mut tpl = TopicPartitionList::new();
+        if let Ok(assigned) = consumer.assignment() {
+            for e in assigned.elements().iter().filter(|e| e.topic() == topic) {
+                tpl.add_partition(topic, e.partition());
+            }
+        }
+        tpl
+    }
+
+    /// Sets a failing table aside (see [`Parked`]): its partitions stop fetching, the other
+    /// tables go on.
+    fn park(
+        &mut self,
+        consumer: &Consumer,
+        index: usize,
+        records: Arc<TableBatch>,
+        last_error: String,
+        attempts: u32,
+    ) {
+        let backoff = Duration::from_secs(4);
+        tracing::error!(
+            table = %self.specs[index].name, attempts, retry_in_s = backoff.as_secs(),
+            error = %last_error,
+            "setting the table aside: its partitions are paused and its batch is tried again \
+             with a growing backoff while the other tables go on"
+        );
+        self.parked.insert(
+            index,
+            Parked {
+                records,
+                attempts,
+                retry_at: tokio::time::Instant::now() + backoff,
+                backoff,
+                last_error,
+            },
+        );
+        self.pause_parked(consumer);
+    }
+
+    /// Pauses the assigned partitions of every parked table (again after a rebalance, which
+    /// assigns partitions unpaused).
+    fn pause_parked(&self, consumer: &Consumer) {
+        for index in self.parked.keys() {
+            let tpl = self.assigned_of(consumer, *index);
+            if tpl.count() > 0
+                && let Err(error) = consumer.pause(&tpl)
+            {
+                // Not fatal: records of a parked table are left out of every batch anyway.
+                tracing::warn!(table = %self.specs[*index].name, %error, "pausing the partitions failed");
+            }
+        }
+    }
+
+    /// After a rebalance: a parked table's records of partitions no longer assigned belong to
+    /// their new owner.
+    fn parked_still_assigned(&mut self, consumer: &Consumer) -> anyhow::Result<()> {
+        let indices: Vec<usize> = self.parked.keys().copied().collect();
+        for index in indices {
+            let partitions: BTreeSet<i32> = self
+                .assigned_of(consumer, index)
+                .elements()
+                .iter()
+                .map(|e| e.partition())
+                .collect();
+            // Held nowhere else between batches; were it shared, the sink's per-partition marks
+            // would still refuse to apply a record twice.
+            if let Some(records) = self
+                .parked
+                .get_mut(&index)
+                .and_then(|parked| Arc::get_mut(&mut parked.records))
+            {
+                records
+                    .retain_partitions(&|partition| partitions.contains(&partition))
+                    .context("leaving out the records of revoked partitions")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tries each parked table whose backoff is up. One that applies is sought back to the lake's
+    /// positions and resumed; one that fails again waits longer.
+    async fn retry_parked(&mut self, consumer: &Consumer) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<usize> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| p.retry_at <= now)
+            .map(|(index, _)| *index)
+            .collect();
+        for index in due {
+            let Some(records) = self.parked.get(&index).map(|p| p.records.clone()) else {
+                continue;
+            };
+            self.summary.retries += 1;
+            let outcome = match self.reload(index).await {
+                Ok(()) => {
+                    let now = Utc::now();
+                    let mut run = self.tables[index].lock().await;
+                    run.apply(
+                        &self.lake,
+                        &self.opts.group,
+                        &records,
+                        now.timestamp_millis(),
+                        now,
+                    )
+                    .await
+                }
+                Err(error) => Err(error),
+            };
+            let name = self.specs[index].name.clone();
+            match outcome.and_then(|applied| {
+                let mut offsets = TopicPartitionList::new();
+                let mut produced_ms = Vec::new();
+                self.count_applied(index, &applied, &mut offsets, &mut produced_ms)?;
+                self.committed(consumer, &offsets, produced_ms);
+                Ok(())
+            }) {
+                Ok(()) => {
+                    self.parked.remove(&index);
+                    match self.resume(consumer, index).await {
+                        Ok(()) => {
+                            tracing::info!(table = %name, "the table applies again; its partitions are resumed")
+                        }
+                        Err(error) => tracing::error!(
+                            table = %name, error = format!("{error:#}"),
+                            "resuming the table's partitions failed"
+                        ),
+                    }
+                }
+                Err(error) => {
+                    if let Some(parked) = self.parked.get_mut(&index) {
+                        parked.attempts += 1;
+                        parked.backoff = (parked.backoff * 2).min(PARKED_BACKOFF_MAX);
+                        parked.retry_at = tokio::time::Instant::now() + parked.backoff;
+                        parked.last_error = format!("{error:#}");
+                        tracing::error!(
+                            table = %name, attempts = parked.attempts,
+                            retry_in_s = parked.backoff.as_secs(), error = %parked.last_error,
+                            "the table set aside failed again"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Seeks a table's assigned partitions to the lake's positions (the records it left unread
+    /// while parked come next), then resumes them.
+    async fn resume(&self, consumer: &Consumer, index: usize) -> anyhow::Result<()> {
+        let starts = self.starts().await;
+        let assigned = self.assigned_of(consumer, index);
+        let mut positions = TopicPartitionList::new();
+        for e in assigned.elements() {
+            let start = starts
+                .get(&(e.topic().to_string(), e.partition()))
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            positions.add_partition_offset(e.topic(), e.partition(), start)?;
+        }
+        consumer.context().set_starts(starts);
+        if positions.count() > 0 {
+            consumer
+                .seek_partitions(positions, Duration::from_secs(10))
+                .context("seeking the partitions to the lake's positions")?;
+        }
+        consumer
+            .resume(&assigned)
+            .context("resuming the partitions")?;
         Ok(())
     }
 }

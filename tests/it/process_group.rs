@@ -4,15 +4,22 @@
 
 use std::time::Duration;
 
-use dqetl::sink::LakeTable;
-use dqetl::stream::{ProcessOptions, ProcessSummary, Processor};
-use serde_json::json;
+use dqetl::cdc::encode::encode;
+use dqetl::config::layout::LakeLayout;
+use dqetl::config::spec::ConfigSpec;
+use dqetl::pipeline::plan::Operation;
+use dqetl::sink::{Lake, LakeTable};
+use dqetl::stream::{KafkaConnection, Partitions, ProcessOptions, ProcessSummary, Processor};
+use dqetl::target::local::create_topics;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::process_scenarios::{
-    Event, Flow, ORDERS, RUN_LIMIT, SqliteBroker, field, insert, totals, update,
+    Event, Flow, Message, ORDERS, RUN_LIMIT, SqliteBroker, TWO_TABLES, at, config, field, insert,
+    produce, rows, totals, update,
 };
+use crate::support;
 
 fn orders(first: i64, count: i64, amount: f64, when: &str) -> Vec<Event> {
     (first..first + count)
@@ -94,7 +101,7 @@ fn start(flow: &Flow) -> (watch::Sender<bool>, JoinHandle<ProcessSummary>) {
     let (config, layout) = (flow.config.clone(), flow.layout());
     let (stop, stop_rx) = watch::channel(false);
     let running = tokio::spawn(async move {
-        let lake = dqetl::sink::Lake::new(layout, Default::default());
+        let lake = Lake::new(layout, Default::default());
         let processor = Processor::new(&config, lake, options)
             .await
             .unwrap_or_else(|e| panic!("processor starts: {e:#}"));
@@ -196,4 +203,148 @@ async fn partitions_moving_between_two_processors_lose_and_repeat_nothing() {
     // other applied since it last saved the table's progress (see README, Known gaps).
     assert!(ta.events + tb.events >= 3 * KEYS as u64);
     flow.assert_invariants().await;
+}
+
+/// Waits until `sql` (a count as `n`) gives `want`, the table existing or not yet.
+async fn until_count(layout: &LakeLayout, config: &ConfigSpec, table: &str, sql: &str, want: i64) {
+    let deadline = tokio::time::Instant::now() + RUN_LIMIT;
+    let lake = Lake::new(layout.clone(), Default::default());
+    loop {
+        let exists = lake
+            .table_version(&LakeTable::Data(table.into()))
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        if exists && field(&rows(layout, config, sql).await, "n") == [json!(want)] {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sql} did not reach {want} in time"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_table_whose_lake_fails_is_set_aside_while_the_others_go_on_and_catches_up_after() {
+    let broker = SqliteBroker::start();
+    let bootstrap = broker.bootstrap();
+    let prefix = support::unique("cdc-aside");
+    let spec = config(TWO_TABLES, &prefix);
+    let (orders_topic, customers_topic) =
+        (format!("{prefix}-orders"), format!("{prefix}-customers"));
+    create_topics(
+        &bootstrap,
+        &[(orders_topic.as_str(), 1), (customers_topic.as_str(), 1)],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("topics: {}", support::error_chain(&e)));
+    let when = at("2026-03-01T09:00:00Z");
+    let orders = |ids: std::ops::RangeInclusive<i64>| -> Vec<Message> {
+        let table = spec.table("orders").expect("orders");
+        ids.map(|id| {
+            let row = json!({"id": id, "amount": 5.0});
+            let Value::Object(row) = row else {
+                unreachable!()
+            };
+            Message::raw(
+                &id.to_string(),
+                encode(table, "public", Operation::Insert, row, when, None),
+            )
+        })
+        .collect()
+    };
+    let customers = |codes: std::ops::RangeInclusive<i64>| -> Vec<Message> {
+        let table = spec.table("customers").expect("customers");
+        codes
+            .map(|n| {
+                let row = json!({"code": format!("c{n}"), "name": "Ann"});
+                let Value::Object(row) = row else {
+                    unreachable!()
+                };
+                Message::raw(
+                    &format!("c{n}"),
+                    encode(table, "public", Operation::Insert, row, when, None),
+                )
+            })
+            .collect()
+    };
+
+    // A file where the customers table's folder would be: every commit to it fails.
+    let lake_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let blocker = lake_dir.path().join("customers");
+    std::fs::write(&blocker, b"in the way").unwrap_or_else(|e| panic!("blocker: {e}"));
+    let layout = LakeLayout::local(lake_dir.path());
+    let options = ProcessOptions {
+        kafka: KafkaConnection {
+            bootstrap_servers: bootstrap.clone(),
+            ..KafkaConnection::default()
+        },
+        group: support::unique("dqetl-aside"),
+        tables: Vec::new(),
+        once: false,
+        partitions: Partitions::Group,
+        trigger_interval: Duration::from_millis(200),
+        max_batch_records: 10_000,
+        max_batch_bytes: 64 << 20,
+        consumer_options: Vec::new(),
+        maintenance: None,
+        on_data_loss: Default::default(),
+    };
+    let processor = Processor::new(
+        &spec,
+        Lake::new(layout.clone(), Default::default()),
+        options,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("processor starts: {e:#}"));
+    let (stop, stop_rx) = watch::channel(false);
+    let running = tokio::spawn(processor.run(stop_rx));
+
+    let orders_count = "SELECT count(*) AS n FROM orders WHERE _is_current";
+    let customers_count = "SELECT count(*) AS n FROM customers WHERE _is_current";
+    produce(&bootstrap, &orders_topic, &orders(1..=5)).await;
+    produce(&bootstrap, &customers_topic, &customers(1..=3)).await;
+    until_count(&layout, &spec, "orders", orders_count, 5).await;
+    // Past the three attempts (1 s, 2 s apart) the customers table is set aside.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    produce(&bootstrap, &orders_topic, &orders(6..=10)).await;
+    produce(&bootstrap, &customers_topic, &customers(4..=5)).await;
+    until_count(&layout, &spec, "orders", orders_count, 10).await;
+
+    std::fs::remove_file(&blocker).unwrap_or_else(|e| panic!("removing the blocker: {e}"));
+    until_count(&layout, &spec, "customers", customers_count, 5).await;
+    // Resumed: new records flow again.
+    produce(&bootstrap, &customers_topic, &customers(6..=6)).await;
+    produce(&bootstrap, &orders_topic, &orders(11..=11)).await;
+    until_count(&layout, &spec, "customers", customers_count, 6).await;
+    until_count(&layout, &spec, "orders", orders_count, 11).await;
+
+    let _ = stop.send(true);
+    let summary = match tokio::time::timeout(RUN_LIMIT, running).await {
+        Ok(Ok(Ok(summary))) => summary,
+        other => panic!("the processor stops cleanly: {other:?}"),
+    };
+    assert!(summary.parked.is_empty(), "{summary:?}");
+    assert!(
+        summary.retries >= 3,
+        "attempts at the failing table: {summary:?}"
+    );
+    let versions = rows(
+        &layout,
+        &spec,
+        "SELECT code, count(*) AS n FROM customers GROUP BY code ORDER BY code",
+    )
+    .await;
+    assert_eq!(
+        versions,
+        (1..=6)
+            .map(|n| json!({"code": format!("c{n}"), "n": 1}))
+            .collect::<Vec<_>>(),
+        "each customer once, none lost while the table was set aside"
+    );
+    let t = totals(&summary, "customers");
+    assert_eq!((t.loaded, t.offsets_not_delivered), (6, 0), "{summary:?}");
 }

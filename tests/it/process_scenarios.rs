@@ -1344,7 +1344,7 @@ async fn a_dms_reload_of_the_same_rows_adds_no_version() {
     flow.assert_invariants().await;
 }
 
-const TWO_TABLES: &str = r#"
+pub const TWO_TABLES: &str = r#"
 tables:
   - name: orders
     topic: {topic}-orders
