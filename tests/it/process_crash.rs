@@ -427,6 +427,19 @@ fn wait_for_log(log: &Path, text: &str, limit: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_applies_the_batch_in_flight_before_exiting() {
+    a_stop_signal_applies_the_batch_in_flight_before_exiting(nix::sys::signal::Signal::SIGTERM)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_applies_the_batch_in_flight_before_exiting() {
+    a_stop_signal_applies_the_batch_in_flight_before_exiting(nix::sys::signal::Signal::SIGINT)
+        .await;
+}
+
+async fn a_stop_signal_applies_the_batch_in_flight_before_exiting(
+    signal: nix::sys::signal::Signal,
+) {
     let broker = SqliteBroker::start();
     let flow = Flow::on(&broker.bootstrap(), TELEMETRY, 3).await;
     let dir = Kept::new(tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}")));
@@ -459,8 +472,7 @@ async fn sigterm_applies_the_batch_in_flight_before_exiting() {
     );
 
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
-        .unwrap_or_else(|e| panic!("SIGTERM: {e}"));
+    nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("{signal}: {e}"));
     wait_success(child, Duration::from_secs(90), &log);
 
     let text = std::fs::read_to_string(&log).unwrap_or_default();
