@@ -1668,3 +1668,56 @@ async fn an_anomaly_check_compares_each_batch_with_the_batches_before_it_across_
     );
     flow.assert_invariants().await;
 }
+
+const MEASURED: &str = r#"
+tables:
+  - name: vehicles
+    topic: {topic}
+    primary_key: id
+    schema:
+      - {name: id, type: integer, nullable: false}
+      - {name: vin, type: string}
+      - {name: speed, type: double}
+    deequ_checks:
+      - {metric: size, threshold: 1}
+      - {metric: completeness, column: vin, threshold: 0.9}
+      - {metric: uniqueness, column: vin, threshold: 0.5}
+      - {metric: compliance, column: vin, pattern: "^V[0-9]+$", threshold: 0.5}
+      - {metric: compliance, name: speed_plausible, expression: "speed >= 0 AND speed <= 350", threshold: 0.9}
+"#;
+
+#[tokio::test]
+async fn metric_values_in_dq_metrics_follow_deequs_definitions() {
+    let flow = Flow::new(MEASURED, 1).await;
+    let v = |id: i64, vin: Option<&str>, speed: f64| json!({"id": id, "vin": vin, "speed": speed});
+    flow.produce(&[
+        insert(v(1, Some("V1"), 10.0), "2026-03-01T09:00:00Z"),
+        insert(v(2, Some("V1"), 20.0), "2026-03-01T09:00:01Z"),
+        insert(v(3, Some("V2"), 400.0), "2026-03-01T09:00:02Z"),
+        insert(v(4, None, 30.0), "2026-03-01T09:00:03Z"),
+        insert(v(5, Some("x9"), 40.0), "2026-03-01T09:00:04Z"),
+        // Key 1 again: the batch measures its last version only.
+        update(v(1, Some("V7"), 11.0), "2026-03-01T09:00:05Z"),
+    ])
+    .await;
+    flow.process().await;
+    let metrics = flow
+        .rows("SELECT metric_name, column_name, metric_value, threshold, passed FROM dq_metrics WHERE scope = 'batch' ORDER BY metric_name, column_name")
+        .await;
+    // Rows measured: ids 1 (V7), 2 (V1), 3 (V2), 4 (NULL), 5 (x9).
+    assert_eq!(
+        metrics,
+        [
+            json!({"metric_name": "Completeness", "column_name": "vin", "metric_value": 0.8, "threshold": 0.9, "passed": false}),
+            // speed 400 is out of the expression's range: 4 of 5.
+            json!({"metric_name": "Compliance", "column_name": "speed_plausible", "metric_value": 0.8, "threshold": 0.9, "passed": false}),
+            // vin like ^V[0-9]+$ (a pattern check is named after its column): V7, V1, V2 of 5,
+            // NULL counting as not compliant.
+            json!({"metric_name": "Compliance", "column_name": "vin_compliance", "metric_value": 0.6, "threshold": 0.5, "passed": true}),
+            json!({"metric_name": "Size", "column_name": null, "metric_value": 5.0, "threshold": 1.0, "passed": true}),
+            // Every non-NULL vin occurs once now (V1 of key 1 was replaced by V7): 4 of 5 rows.
+            json!({"metric_name": "Uniqueness", "column_name": "vin", "metric_value": 0.8, "threshold": 0.5, "passed": true}),
+        ]
+    );
+    flow.assert_invariants().await;
+}
