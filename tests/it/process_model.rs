@@ -244,7 +244,7 @@ async fn run_case(case: Case) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 10,
+        cases: 24,
         max_shrink_iters: 20,
         failure_persistence: None,
         .. ProptestConfig::default()
