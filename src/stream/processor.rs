@@ -230,6 +230,10 @@ impl Processor {
             .map(|m| Schedule::new(m, tokio::time::Instant::now()));
         // A batch collected while the previous one was applied, to apply next.
         let mut collected: Option<Intake> = None;
+        // Tables resumed after `collected` was read: any records of them it holds (fetched before
+        // a pause took hold, or after a rebalance assigned them unpaused) came before the seek
+        // back to the lake's positions, which reads them again.
+        let mut read_before_resume: BTreeSet<usize> = BTreeSet::new();
         loop {
             let intake = match collected.take() {
                 Some(intake) => intake,
@@ -258,7 +262,10 @@ impl Processor {
             }
             let mut batches = intake.finish()?;
             // A parked table's later records are read again once it is resumed.
-            batches.retain(|index, _| !self.parked.contains_key(index));
+            batches.retain(|index, _| {
+                !self.parked.contains_key(index) && !read_before_resume.contains(index)
+            });
+            read_before_resume.clear();
             if consumer.context().take_assignment_change() {
                 // Records of partitions this processor no longer owns belong to their new owner;
                 // the marks of newly assigned ones may have moved (another processor of the group).
@@ -315,7 +322,10 @@ impl Processor {
                 tracing::info!("stop requested; the batch in flight was applied");
                 break;
             }
-            self.retry_parked(&consumer).await;
+            let resumed = self.retry_parked(&consumer).await?;
+            if collected.is_some() {
+                read_before_resume.extend(resumed);
+            }
             if let Some(schedule) = upkeep.as_mut()
                 && schedule.due(tokio::time::Instant::now())
             {
@@ -706,8 +716,10 @@ impl Processor {
     }
 
     /// Tries each parked table whose backoff is up. One that applies is sought back to the lake's
-    /// positions and resumed; one that fails again waits longer.
-    async fn retry_parked(&mut self, consumer: &Consumer) {
+    /// positions and resumed (returned); one that fails again waits longer. Offsets never
+    /// delivered end the run, as in a batch.
+    async fn retry_parked(&mut self, consumer: &Consumer) -> anyhow::Result<Vec<usize>> {
+        let mut resumed = Vec::new();
         let now = tokio::time::Instant::now();
         let due: Vec<usize> = self
             .parked
@@ -735,40 +747,48 @@ impl Processor {
                 }
                 Err(error) => Err(error),
             };
-            let name = self.specs[index].name.clone();
-            match outcome.and_then(|applied| {
-                let mut offsets = TopicPartitionList::new();
-                let mut produced_ms = Vec::new();
-                self.count_applied(index, &applied, &mut offsets, &mut produced_ms)?;
-                self.committed(consumer, &offsets, produced_ms);
-                Ok(())
-            }) {
+            let applied = match outcome {
+                Ok(applied) => applied,
+                // Retrying cannot bring deleted records back.
+                Err(error) if error.downcast_ref::<DataLoss>().is_some() => return Err(error),
+                Err(error) => {
+                    self.still_parked(index, error);
+                    continue;
+                }
+            };
+            let mut offsets = TopicPartitionList::new();
+            let mut produced_ms = Vec::new();
+            self.count_applied(index, &applied, &mut offsets, &mut produced_ms)?;
+            self.committed(consumer, &offsets, produced_ms);
+            match self.resume(consumer, index).await {
                 Ok(()) => {
                     self.parked.remove(&index);
-                    match self.resume(consumer, index).await {
-                        Ok(()) => {
-                            tracing::info!(table = %name, "the table applies again; its partitions are resumed")
-                        }
-                        Err(error) => tracing::error!(
-                            table = %name, error = format!("{error:#}"),
-                            "resuming the table's partitions failed"
-                        ),
-                    }
+                    resumed.push(index);
+                    tracing::info!(
+                        table = %self.specs[index].name,
+                        "the table applies again; its partitions are resumed"
+                    );
                 }
-                Err(error) => {
-                    if let Some(parked) = self.parked.get_mut(&index) {
-                        parked.attempts += 1;
-                        parked.backoff = (parked.backoff * 2).min(PARKED_BACKOFF_MAX);
-                        parked.retry_at = tokio::time::Instant::now() + parked.backoff;
-                        parked.last_error = format!("{error:#}");
-                        tracing::error!(
-                            table = %name, attempts = parked.attempts,
-                            retry_in_s = parked.backoff.as_secs(), error = %parked.last_error,
-                            "the table set aside failed again"
-                        );
-                    }
-                }
+                // Tried again later: its records are applied by then, so only the resume is left.
+                Err(error) => self.still_parked(index, error),
             }
+        }
+        Ok(resumed)
+    }
+
+    /// A parked table failed again: it waits longer.
+    fn still_parked(&mut self, index: usize, error: anyhow::Error) {
+        let name = &self.specs[index].name;
+        if let Some(parked) = self.parked.get_mut(&index) {
+            parked.attempts += 1;
+            parked.backoff = (parked.backoff * 2).min(PARKED_BACKOFF_MAX);
+            parked.retry_at = tokio::time::Instant::now() + parked.backoff;
+            parked.last_error = format!("{error:#}");
+            tracing::error!(
+                table = %name, attempts = parked.attempts,
+                retry_in_s = parked.backoff.as_secs(), error = %parked.last_error,
+                "the table set aside failed again"
+            );
         }
     }
 
@@ -788,11 +808,11 @@ impl Processor {
         if positions.count() > 0 {
             consumer
                 .seek_partitions(positions, Duration::from_secs(10))
-                .context("seeking the partitions to the lake's positions")?;
+                .context("resuming the table: seeking its partitions to the lake's positions")?;
         }
         consumer
             .resume(&assigned)
-            .context("resuming the partitions")?;
+            .context("resuming the table's partitions")?;
         Ok(())
     }
 }
