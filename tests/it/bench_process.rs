@@ -28,6 +28,23 @@ fn a_small_benchmark_reports_every_phase_and_the_processor_process_memory() {
     );
     assert_eq!(report["partitions"], 2);
     assert_eq!(report["core"]["events"], 3000);
+    // The reported rate is the median of the passes, which are listed slowest first.
+    let passes: Vec<f64> = report["core"]["pass_events_per_second"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        passes.len() as u64,
+        report["core"]["passes"].as_u64().unwrap_or(0)
+    );
+    assert!(passes.len() >= 3, "{}", report["core"]);
+    assert!(passes.windows(2).all(|w| w[0] <= w[1]), "{passes:?}");
+    let median = report["core"]["events_per_second"].as_f64().unwrap_or(0.0);
+    assert!(
+        (median - passes[passes.len() / 2]).abs() < 1e-6 * median,
+        "{}",
+        report["core"]
+    );
     let mix = &report["mixes"][0];
     assert_eq!(mix["mix"], "insert-heavy");
     // The run fails unless the processor decoded every message; these are what it wrote.
