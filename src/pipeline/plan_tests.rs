@@ -1027,6 +1027,13 @@ mod properties {
     }
 }
 
+/// (metric, value, threshold, passed) of each row.
+fn judged(rows: Vec<MetricRow>) -> Vec<(String, f64, Option<f64>, bool)> {
+    rows.into_iter()
+        .map(|m| (m.metric_name, m.metric_value, m.threshold, m.passed))
+        .collect()
+}
+
 #[test]
 fn anomaly_checks_judge_each_batch_against_the_batches_before_it() {
     let mut table = metrics_table();
@@ -1099,42 +1106,20 @@ fn anomaly_checks_judge_each_batch_against_the_batches_before_it() {
         serde_json::from_str(&saved).unwrap_or_else(|e| panic!("{e}"));
     // Size 17 > 2 × 8: anomalous; completeness 1.0 outside 0.5 ± 0: anomalous too.
     let fourth = batch(&mut state, &[full; 17]);
-    let judged: Vec<_> = fourth
-        .iter()
-        .map(|m| {
-            (
-                m.metric_name.as_str(),
-                m.metric_value,
-                m.threshold,
-                m.passed,
-            )
-        })
-        .collect();
     assert_eq!(
-        judged,
+        judged(fourth),
         [
-            ("Size", 17.0, Some(16.0), false),
-            ("Completeness", 1.0, Some(0.5), false)
+            ("Size".to_string(), 17.0, Some(16.0), false),
+            ("Completeness".to_string(), 1.0, Some(0.5), false)
         ]
     );
     // The anomalous completeness stays out of the band; the size compares with 17 now.
     let fifth = batch(&mut state, &[half; 3].concat());
-    let judged: Vec<_> = fifth
-        .iter()
-        .map(|m| {
-            (
-                m.metric_name.as_str(),
-                m.metric_value,
-                m.threshold,
-                m.passed,
-            )
-        })
-        .collect();
     assert_eq!(
-        judged,
+        judged(fifth),
         [
-            ("Size", 12.0, Some(8.5), true),
-            ("Completeness", 0.5, Some(0.5), true)
+            ("Size".to_string(), 12.0, Some(8.5), true),
+            ("Completeness".to_string(), 0.5, Some(0.5), true)
         ]
     );
 }

@@ -123,34 +123,9 @@ async fn finish(stop: watch::Sender<bool>, running: JoinHandle<ProcessSummary>) 
 
 /// Waits until every key's current row has `amount`.
 async fn until_current(flow: &Flow, keys: i64, amount: f64) {
-    let deadline = tokio::time::Instant::now() + RUN_LIMIT;
-    loop {
-        if flow
-            .version_of(LakeTable::Data("orders".into()))
-            .await
-            .is_none()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the processor made no data commit in time"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            continue;
-        }
-        let rows = flow
-            .rows(&format!(
-                "SELECT count(*) AS n FROM orders WHERE _is_current AND amount = {amount:.1}"
-            ))
-            .await;
-        if field(&rows, "n") == [json!(keys)] {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "amount {amount} did not reach all {keys} keys in time: {rows:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let sql =
+        format!("SELECT count(*) AS n FROM orders WHERE _is_current AND amount = {amount:.1}");
+    until_count(&flow.layout(), &flow.config, "orders", &sql, keys).await;
 }
 
 #[tokio::test]
