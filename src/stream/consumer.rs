@@ -47,7 +47,10 @@ impl ProcessorContext {
         *self.starts.lock().unwrap_or_else(|p| p.into_inner()) = starts;
     }
 
-    fn positioned(&self, assigned: &TopicPartitionList) -> KafkaResult<TopicPartitionList> {
+    pub(super) fn positioned(
+        &self,
+        assigned: &TopicPartitionList,
+    ) -> KafkaResult<TopicPartitionList> {
         let starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
         let mut tpl = TopicPartitionList::new();
         for e in assigned.elements() {

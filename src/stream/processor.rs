@@ -797,14 +797,8 @@ impl Processor {
     async fn resume(&self, consumer: &Consumer, index: usize) -> anyhow::Result<()> {
         let starts = self.starts().await;
         let assigned = self.assigned_of(consumer, index);
-        let mut positions = TopicPartitionList::new();
-        for e in assigned.elements() {
-            let start = starts
-                .get(&(e.topic().to_string(), e.partition()))
-                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
-            positions.add_partition_offset(e.topic(), e.partition(), start)?;
-        }
         consumer.context().set_starts(starts);
+        let positions = consumer.context().positioned(&assigned)?;
         if positions.count() > 0 {
             consumer
                 .seek_partitions(positions, Duration::from_secs(10))
