@@ -178,11 +178,18 @@ impl TableRun {
             }
             applied.ends.insert(r.partition, r.offset);
             let read = self.read.entry(r.partition).or_insert(r.offset - 1);
-            if r.offset > *read + 1 {
-                applied.not_delivered += (r.offset - *read - 1) as u64;
+            // Offsets a destination already holds were delivered before, here or to another
+            // member of the group (whose progress record may lag behind its commits).
+            let first_missing = (*read + 1).max(
+                self.marks
+                    .ceiling(r.partition)
+                    .map_or(i64::MIN, |mark| mark + 1),
+            );
+            if r.offset > first_missing {
+                applied.not_delivered += (r.offset - first_missing) as u64;
                 gaps.push(Gap {
                     partition: r.partition,
-                    first: *read + 1,
+                    first: first_missing,
                     last: r.offset - 1,
                 });
             }
@@ -478,6 +485,23 @@ mod tests {
             again.downcast_ref::<DataLoss>().map(|l| l.offsets()),
             Some(4)
         );
+    }
+
+    #[tokio::test]
+    async fn offsets_a_destination_already_holds_are_no_gap() {
+        let (_dir, lake, mut run) = run(OnDataLoss::Fail).await;
+        run.apply(&lake, "g", &batch(&run.spec, &[0, 1]), 1, Utc::now())
+            .await
+            .expect("first batch");
+        // Another member of the group committed offsets 2..=5 to the data table, and its stale
+        // progress record left the floor behind: the consumer resumes after 5.
+        run.marks.data.insert(0, 5);
+        let applied = run
+            .apply(&lake, "g", &batch(&run.spec, &[6, 7]), 2, Utc::now())
+            .await
+            .expect("no offsets are missing");
+        assert_eq!(applied.not_delivered, 0);
+        assert_eq!(applied.ends.get(&0), Some(&7));
     }
 
     #[tokio::test]

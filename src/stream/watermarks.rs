@@ -41,6 +41,20 @@ impl TableMarks {
         .flatten()
     }
 
+    /// The highest mark of any destination: records at or below it reached the lake, so the
+    /// broker delivered them (to this processor or to another member of the group).
+    pub fn ceiling(&self, partition: i32) -> Option<i64> {
+        [
+            &self.data,
+            &self.quarantine,
+            &self.metric_rows,
+            &self.metric_state,
+        ]
+        .iter()
+        .filter_map(|m| m.get(&partition).copied())
+        .max()
+    }
+
     pub fn advance(marks: &mut Marks, ends: &BTreeMap<i32, i64>) {
         for (p, o) in ends {
             let e = marks.entry(*p).or_insert(*o);
