@@ -273,8 +273,8 @@ pub struct KafkaSpec {
 }
 
 /// What the processor does when a partition's offsets were never delivered: the broker deleted
-/// them (retention) before they were applied, or skipped them. Compacted topics skip offsets
-/// by design and need `Warn`.
+/// them (retention) before they were applied, or skipped them. Compacted topics and transactional
+/// producers (commit markers) skip offsets by design and need `Warn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnDataLoss {
     /// Stop before applying anything past the gap, naming it (Spark's `failOnDataLoss=true`).

@@ -38,7 +38,7 @@ impl fmt::Display for Gap {
     "table '{table}': topic {topic} skipped {offsets} offset(s), never delivered by the broker \
      ({listed}): deleted by the topic's retention before they were applied, or lost by the \
      broker. Nothing past them was applied. To go on without them, set `kafka.on_data_loss: warn` \
-     (compacted topics need it); to keep them, re-capture the rows from the source",
+     (compacted topics and transactional producers need it); to keep them, re-capture the rows from the source",
     offsets = self.offsets(),
     listed = self.listed()
 )]
