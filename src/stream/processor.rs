@@ -411,26 +411,9 @@ impl Processor {
         consumer: &Consumer,
         batches: &mut BTreeMap<usize, TableBatch>,
     ) -> anyhow::Result<()> {
-        let assigned: BTreeSet<(String, i32)> = match consumer.assignment() {
-            Ok(tpl) => tpl
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect(),
-            // Unknown: keep them; the sink's per-partition watermarks still refuse a double commit.
-            Err(_) => return Ok(()),
-        };
         let mut dropped = 0;
         for (index, batch) in batches.iter_mut() {
-            let topic = &self.specs[*index].topic;
-            let partitions: BTreeSet<i32> = assigned
-                .iter()
-                .filter(|(t, _)| t == topic)
-                .map(|(_, partition)| *partition)
-                .collect();
-            dropped += batch
-                .retain_partitions(&|partition| partitions.contains(&partition))
-                .context("leaving out the records of revoked partitions")?;
+            dropped += keep_assigned(self.assigned_partitions(consumer, *index), batch)?;
         }
         batches.retain(|_, batch| !batch.records.is_empty());
         if dropped > 0 {
@@ -440,6 +423,21 @@ impl Processor {
             );
         }
         Ok(())
+    }
+
+    /// The partitions of a table's topic assigned to this consumer now; None when the consumer
+    /// cannot tell.
+    fn assigned_partitions(&self, consumer: &Consumer, index: usize) -> Option<BTreeSet<i32>> {
+        let topic = &self.specs[index].topic;
+        let assigned = consumer.assignment().ok()?;
+        Some(
+            assigned
+                .elements()
+                .iter()
+                .filter(|e| e.topic() == topic)
+                .map(|e| e.partition())
+                .collect(),
+        )
     }
 
     /// One round of table maintenance. A stop request abandons it: what it did so far stands,
@@ -633,14 +631,15 @@ impl Processor {
         }
     }
 
-    /// The partitions of a table's topic assigned to this consumer now.
+    /// The partitions of a table's topic assigned to this consumer now, as a list.
     fn assigned_of(&self, consumer: &Consumer, index: usize) -> TopicPartitionList {
         let topic = &self.specs[index].topic;
         let mut tpl = TopicPartitionList::new();
-        if let Ok(assigned) = consumer.assignment() {
-            for e in assigned.elements().iter().filter(|e| e.topic() == topic) {
-                tpl.add_partition(topic, e.partition());
-            }
+        for partition in self
+            .assigned_partitions(consumer, index)
+            .unwrap_or_default()
+        {
+            tpl.add_partition(topic, partition);
         }
         tpl
     }
@@ -694,12 +693,7 @@ impl Processor {
     fn parked_still_assigned(&mut self, consumer: &Consumer) -> anyhow::Result<()> {
         let indices: Vec<usize> = self.parked.keys().copied().collect();
         for index in indices {
-            let partitions: BTreeSet<i32> = self
-                .assigned_of(consumer, index)
-                .elements()
-                .iter()
-                .map(|e| e.partition())
-                .collect();
+            let assigned = self.assigned_partitions(consumer, index);
             // Held nowhere else between batches; were it shared, the sink's per-partition marks
             // would still refuse to apply a record twice.
             if let Some(records) = self
@@ -707,9 +701,7 @@ impl Processor {
                 .get_mut(&index)
                 .and_then(|parked| Arc::get_mut(&mut parked.records))
             {
-                records
-                    .retain_partitions(&|partition| partitions.contains(&partition))
-                    .context("leaving out the records of revoked partitions")?;
+                keep_assigned(assigned, records)?;
             }
         }
         Ok(())
@@ -809,6 +801,18 @@ impl Processor {
             .context("resuming the table's partitions")?;
         Ok(())
     }
+}
+
+/// Takes the records of partitions no longer `assigned` out of a table's batch; how many. With
+/// the assignment unknown (None) it keeps them: the sink's per-partition watermarks still refuse
+/// a double commit.
+fn keep_assigned(assigned: Option<BTreeSet<i32>>, batch: &mut TableBatch) -> anyhow::Result<usize> {
+    let Some(partitions) = assigned else {
+        return Ok(0);
+    };
+    batch
+        .retain_partitions(&|partition| partitions.contains(&partition))
+        .context("leaving out the records of revoked partitions")
 }
 
 /// The end offset of every partition of `topics`.
