@@ -97,7 +97,8 @@ pub fn judge(
     if history.points < check.min_history {
         return None;
     }
-    let (lower, upper) = match check.strategy {
+    // The band, and the value it is centred on: the previous value or the mean.
+    let (lower, middle, upper) = match check.strategy {
         AnomalyStrategy::RelativeRateOfChange {
             max_increase,
             max_decrease,
@@ -105,6 +106,7 @@ pub fn judge(
             let previous = history.last?;
             (
                 max_decrease.map_or(f64::NEG_INFINITY, |d| previous * d),
+                previous,
                 max_increase.map_or(f64::INFINITY, |i| previous * i),
             )
         }
@@ -113,12 +115,8 @@ pub fn judge(
                 return None;
             }
             let spread = k * history.stddev();
-            (history.mean - spread, history.mean + spread)
+            (history.mean - spread, history.mean, history.mean + spread)
         }
-    };
-    let middle = match check.strategy {
-        AnomalyStrategy::RelativeRateOfChange { .. } => history.last.unwrap_or(value),
-        AnomalyStrategy::StdDev { .. } => history.mean,
     };
     Some(AnomalyOutcome {
         lower,

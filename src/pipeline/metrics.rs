@@ -31,8 +31,6 @@ use serde::{Deserialize, Serialize};
 use crate::config::spec::{CompliancePredicate, MetricCheckSpec, MetricKind, TableSpec};
 
 use super::anomaly::MetricHistory;
-#[cfg(doc)]
-use super::anomaly::history_key;
 use super::digest_set::DigestSet;
 use super::error::{PipelineError, Result};
 use super::plan::MetricRow;
@@ -292,7 +290,8 @@ pub struct TableMetricState {
     pub uniqueness: BTreeMap<String, Frequencies>,
     /// Failure rate, by rule id.
     pub rule_failures: BTreeMap<String, Ratio>,
-    /// The earlier values of each anomaly check's metric, by [`history_key`].
+    /// The earlier values of each anomaly check's metric, by
+    /// [`history_key`](super::anomaly::history_key).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub anomaly_history: BTreeMap<String, MetricHistory>,
 }

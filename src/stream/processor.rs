@@ -38,7 +38,8 @@ pub struct ProcessSummary {
     pub latency: LatencySummary,
     /// Compaction and vacuum rounds between batches.
     pub maintenance: MaintenanceTotals,
-    /// Tables still set aside at the end of the run (see [`Parked`]), with their last error.
+    /// Tables still set aside at the end of the run (one whose part of a batch kept failing), with
+    /// their last error.
     pub parked: BTreeMap<String, String>,
 }
 
