@@ -9,9 +9,9 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use dqetl::cdc::decode::{RawMessage, decode};
+use dqetl::cdc::decode::decode;
 use dqetl::pipeline::{TableMetricState, plan};
-use dqetl::stream::bench::{Mix, Workload, telemetry_config};
+use dqetl::stream::bench::{Mix, Workload, raw_messages, telemetry_config};
 
 /// The allocator and settings of the `dqetl` binary, so the figures are the binary's.
 #[global_allocator]
@@ -57,17 +57,7 @@ fn main() {
     let mut loaded = 0;
     let now = Utc::now();
     for (b, batch) in payloads.iter().enumerate() {
-        let raw: Vec<RawMessage> = batch
-            .iter()
-            .enumerate()
-            .map(|(i, (key, payload))| RawMessage {
-                topic: &table.topic,
-                partition: 0,
-                offset: (b * batch_size + i) as i64,
-                key: Some(key),
-                payload: Some(payload),
-            })
-            .collect();
+        let raw = raw_messages(&table.topic, (b * batch_size) as i64, batch);
         let started = Instant::now();
         let decoded = decode(table, &raw);
         decode_times.push(started.elapsed());

@@ -249,6 +249,26 @@ async fn measure(opts: &BenchOptions, work: &Path, bootstrap: &str) -> anyhow::R
 
 /// The shipped config's `vehicle_telemetry` table, alone, with `max_batch_records` instead of
 /// the config's `settings.max_batch_records` when given.
+/// Generated (key, payload) pairs as the decoder receives them from Kafka: partition 0, offsets
+/// from `first_offset` on.
+pub fn raw_messages<'a>(
+    topic: &'a str,
+    first_offset: i64,
+    messages: &'a [(Vec<u8>, Vec<u8>)],
+) -> Vec<RawMessage<'a>> {
+    messages
+        .iter()
+        .zip(first_offset..)
+        .map(|((key, payload), offset)| RawMessage {
+            topic,
+            partition: 0,
+            offset,
+            key: Some(key),
+            payload: Some(payload),
+        })
+        .collect()
+}
+
 pub fn telemetry_config(max_batch_records: Option<u64>) -> anyhow::Result<ConfigSpec> {
     let ctx = crate::config::LoadContext {
         stack_name: "bench".into(),
@@ -390,17 +410,7 @@ fn core(spec: &ConfigSpec, events: usize) -> anyhow::Result<CoreResult> {
         let started = Instant::now();
         for (n, chunk) in messages.chunks(CORE_BATCH).enumerate() {
             let batch_started = Instant::now();
-            let raw: Vec<RawMessage> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, (key, payload))| RawMessage {
-                    topic: &table.topic,
-                    partition: 0,
-                    offset: (n * CORE_BATCH + i) as i64,
-                    key: Some(key),
-                    payload: Some(payload),
-                })
-                .collect();
+            let raw = raw_messages(&table.topic, (n * CORE_BATCH) as i64, chunk);
             let decoded = decode(table, &raw);
             let plan =
                 crate::pipeline::plan(table, &decoded, &state, now).context("planning a batch")?;

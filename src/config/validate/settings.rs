@@ -398,6 +398,15 @@ mod tests {
         assert!(parse_interval("").is_err());
     }
 
+    /// (key path, line) of each error.
+    fn places(report: &crate::config::validate::ValidationReport) -> Vec<(&str, usize)> {
+        report
+            .errors
+            .iter()
+            .map(|e| (e.path.as_str(), e.line))
+            .collect()
+    }
+
     fn validated(kafka: &str) -> crate::config::validate::ValidationReport {
         validated_with("kafka", kafka)
     }
@@ -463,11 +472,7 @@ tables:
             "  maintenance_interval: often\n  vacuum_retention: 0",
         );
         assert!(report.spec.is_none());
-        let errors: Vec<(&str, usize)> = report
-            .errors
-            .iter()
-            .map(|e| (e.path.as_str(), e.line))
-            .collect();
+        let errors = places(&report);
         assert_eq!(
             errors,
             vec![
@@ -499,11 +504,7 @@ tables:
         assert_eq!(warn.kafka.on_data_loss, OnDataLoss::Warn);
         let report = validated("  on_data_loss: ignore");
         assert!(report.spec.is_none());
-        let errors: Vec<(&str, usize)> = report
-            .errors
-            .iter()
-            .map(|e| (e.path.as_str(), e.line))
-            .collect();
+        let errors = places(&report);
         assert_eq!(errors, [("kafka.on_data_loss", 2)]);
         assert!(
             report.errors[0].to_string().contains("fail, warn"),
